@@ -1,0 +1,275 @@
+package genid
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/genid-project/genid/genid/page"
+	"github.com/genid-project/genid/genid/wire"
+)
+
+// Client is a process's handle on genid: the mmap'd page for the hot-path
+// check, and a connection to the daemon for everything else. A Client is safe
+// for concurrent use.
+//
+//	c, err := genid.Open(genid.DefaultRunDir)
+//	...
+//	if g := c.Generation(); g != seen { reseed() }
+type Client struct {
+	runDir string
+	page   *page.Reader
+	s      *session
+}
+
+// Open maps the page of runDir. The daemon is dialed on first use, so Open
+// works while the daemon is down, provided it ran once.
+func Open(runDir string) (*Client, error) {
+	pg, err := page.Open(filepath.Join(runDir, PageFile))
+	if err != nil {
+		return nil, fmt.Errorf("open genid page: %w", err)
+	}
+	return &Client{runDir: runDir, page: pg, s: &session{path: filepath.Join(runDir, SocketFile)}}, nil
+}
+
+// SocketPath is the daemon's socket this client uses.
+func (c *Client) SocketPath() string { return c.s.path }
+
+// Generation loads the current generation from the page: no system call.
+func (c *Client) Generation() uint32 { return c.page.Load() }
+
+// Close releases the page and the connection. Watchers made by c stay usable
+// until closed themselves.
+func (c *Client) Close() error {
+	c.s.close()
+	return c.page.Close()
+}
+
+// Bump asks the daemon to move the generation to max(current+1, min), giving
+// reason for the record. It needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN.
+func (c *Client) Bump(ctx context.Context, min uint32, reason string) (uint32, error) {
+	f, err := c.s.call(ctx, wire.OpBump, wire.Bump{Min: min, Reason: reason}.Encode(), false)
+	if err != nil {
+		return 0, err
+	}
+	return wire.ParseU32(f.Payload)
+}
+
+// MinAvoiding returns the min of a bump whose result must be greater than n.
+func MinAvoiding(n uint32) (uint32, error) {
+	if n == math.MaxUint32 {
+		return 0, fmt.Errorf("avoid %d: %w", n, ErrOverflow)
+	}
+	return n + 1, nil
+}
+
+// Outdated returns the number of watchers that have not acked the current
+// generation.
+func (c *Client) Outdated(ctx context.Context) (int, error) {
+	return outdated(ctx, c.s)
+}
+
+// WaitWatchers returns nil when no watcher is outdated, an error matching
+// ErrTimeout after timeout (0 waits as long as ctx allows).
+func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) error {
+	return waitWatchers(ctx, c.s, timeout)
+}
+
+// Status returns the daemon's state.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	f, err := c.s.call(ctx, wire.OpStatus, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	var st Status
+	if err := json.Unmarshal(f.Payload, &st); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	return &st, nil
+}
+
+func outdated(ctx context.Context, s *session) (int, error) {
+	f, err := s.call(ctx, wire.OpOutdated, nil, true)
+	if err != nil {
+		return 0, err
+	}
+	n, err := wire.ParseU32(f.Payload)
+	return int(n), err
+}
+
+func waitWatchers(ctx context.Context, s *session, timeout time.Duration) error {
+	ms := uint32(min(timeout.Milliseconds(), math.MaxUint32))
+	if timeout > 0 && ms == 0 {
+		ms = 1
+	}
+	_, err := s.call(ctx, wire.OpWaitWatchers, wire.U32(ms), true)
+	return err
+}
+
+// Watcher is a registration with the daemon: it learns of every new
+// generation and counts as outdated until it acks. Like a sysgenid fd:
+// Wait is read, TryWait is a non-blocking read, Ack is write.
+type Watcher struct {
+	page *page.Reader
+	s    *session
+
+	mu      sync.Mutex
+	acked   uint32
+	latest  uint32
+	changed chan struct{} // closed and replaced when latest changes or the link drops
+}
+
+// Watch registers a new watcher, up to date with the current generation.
+func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
+	w := &Watcher{page: c.page, changed: make(chan struct{})}
+	registered := false
+	w.s = &session{
+		path:    c.s.path,
+		onEvent: w.event,
+		setup: func(ctx context.Context, l *link) error {
+			if !registered {
+				f, err := l.call(ctx, wire.OpWatch, nil)
+				if err != nil {
+					return fmt.Errorf("watch: %w", err)
+				}
+				gen, err := wire.ParseU32(f.Payload)
+				if err != nil {
+					return err
+				}
+				w.mu.Lock()
+				w.acked, w.latest = gen, max(w.latest, gen)
+				w.mu.Unlock()
+				registered = true
+				return nil
+			}
+			// A new daemon (or a restarted one): register again with what we
+			// acked, so a change made meanwhile shows as outdated.
+			w.mu.Lock()
+			acked := w.acked
+			w.mu.Unlock()
+			f, err := l.call(ctx, wire.OpAttach, wire.U32s(wire.FlagWatcher, acked))
+			if err != nil {
+				return fmt.Errorf("watch again: %w", err)
+			}
+			gen, err := wire.ParseU32(f.Payload)
+			if err != nil {
+				return err
+			}
+			w.event(gen, 0)
+			return nil
+		},
+	}
+	if _, err := w.s.current(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Watcher) event(gen, _ uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if gen != w.latest {
+		w.latest = gen
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+}
+
+// current is the newest generation known: from events, or from the page,
+// which shows a bump before any event is sent.
+func (w *Watcher) currentLocked() uint32 {
+	return max(w.latest, w.page.Load())
+}
+
+// TryWait returns the current generation if the watcher is outdated, else
+// ErrWouldBlock.
+func (w *Watcher) TryWait() (uint32, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if g := w.currentLocked(); g != w.acked {
+		return g, nil
+	}
+	return 0, ErrWouldBlock
+}
+
+// Wait returns the current generation once it differs from the acked one,
+// at once while the watcher stays outdated. It follows the daemon across
+// restarts, reporting a change made while it was away.
+func (w *Watcher) Wait(ctx context.Context) (uint32, error) {
+	return w.wait(ctx, 0, false)
+}
+
+// WaitAfter is Wait for a generation greater than after: a caller that
+// failed to handle one generation (and did not ack it) waits for the next.
+func (w *Watcher) WaitAfter(ctx context.Context, after uint32) (uint32, error) {
+	return w.wait(ctx, after, true)
+}
+
+func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, error) {
+	backoff := 50 * time.Millisecond
+	for {
+		w.mu.Lock()
+		g := w.currentLocked()
+		ch := w.changed
+		outdated := g != w.acked && (!strict || g > after)
+		w.mu.Unlock()
+		if outdated {
+			return g, nil
+		}
+		l, err := w.s.current(ctx)
+		if err != nil {
+			if err == ErrClosed || ctx.Err() != nil {
+				return 0, err
+			}
+			// The daemon is away: try again, ever more patiently.
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		select {
+		case <-ch:
+		case <-l.done:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// Ack acknowledges gen, which must be the current generation (else an error
+// matching ErrStale).
+func (w *Watcher) Ack(ctx context.Context, gen uint32) error {
+	if _, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.acked = gen
+	w.mu.Unlock()
+	return nil
+}
+
+// Acked returns the generation last acknowledged.
+func (w *Watcher) Acked() uint32 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.acked
+}
+
+// Outdated returns the number of outdated watchers.
+func (w *Watcher) Outdated(ctx context.Context) (int, error) { return outdated(ctx, w.s) }
+
+// WaitWatchers waits until no watcher is outdated; it fails at once with an
+// error matching ErrInterrupted if this watcher is or becomes outdated.
+func (w *Watcher) WaitWatchers(ctx context.Context, timeout time.Duration) error {
+	return waitWatchers(ctx, w.s, timeout)
+}
+
+// Close unregisters the watcher.
+func (w *Watcher) Close() error {
+	w.s.close()
+	return nil
+}

@@ -1,0 +1,230 @@
+package genid
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/genid-project/genid/genid/wire"
+)
+
+// ErrUnreachable wraps failures to reach the daemon's socket.
+var ErrUnreachable = errors.New("genid daemon unreachable")
+
+// errLinkDown means the connection broke while a call was in flight.
+var errLinkDown = errors.New("genid: connection to the daemon lost")
+
+// link is one connection to the daemon. A goroutine reads frames, handing
+// replies to their callers by id and events to the owner.
+type link struct {
+	nc      *net.UnixConn
+	onEvent func(gen, flags uint32)
+
+	mu      sync.Mutex
+	nextID  uint32
+	pending map[uint32]*pendingCall
+	err     error
+	done    chan struct{}
+}
+
+type pendingCall struct {
+	req   []byte
+	reply chan wire.Frame
+}
+
+func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*link, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, path, err)
+	}
+	l := &link{
+		nc:      c.(*net.UnixConn),
+		onEvent: onEvent,
+		pending: make(map[uint32]*pendingCall),
+		done:    make(chan struct{}),
+	}
+	go l.read()
+	return l, nil
+}
+
+func (l *link) read() {
+	for {
+		f, err := wire.ReadFrame(l.nc, wire.MaxReplyPayload)
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		if f.Op == wire.OpEvent {
+			p, err := wire.ParsePair(f.Payload)
+			if err != nil {
+				l.fail(fmt.Errorf("bad event: %w", err))
+				return
+			}
+			if p.B&wire.FlagRestored != 0 {
+				// This connection replaced a checkpointed one: whatever we
+				// had asked was lost with it, so ask again.
+				l.resend()
+			}
+			if l.onEvent != nil {
+				l.onEvent(p.A, p.B)
+			}
+			continue
+		}
+		l.mu.Lock()
+		pc := l.pending[f.ID]
+		delete(l.pending, f.ID)
+		l.mu.Unlock()
+		if pc != nil {
+			pc.reply <- f
+		}
+	}
+}
+
+func (l *link) resend() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, pc := range l.pending {
+		if _, err := l.nc.Write(pc.req); err != nil {
+			return // read fails next and fails the calls
+		}
+	}
+}
+
+func (l *link) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return
+	}
+	l.err = err
+	l.nc.Close()
+	close(l.done)
+}
+
+func (l *link) alive() bool {
+	select {
+	case <-l.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (l *link) close() { l.fail(net.ErrClosed) }
+
+// call sends a request and waits for its reply. A non-OK status comes back
+// as an *Error. A link whose call is abandoned (ctx ended) is closed, since
+// the daemon may still be working on the request.
+func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame, error) {
+	pc := &pendingCall{reply: make(chan wire.Frame, 1)}
+	l.mu.Lock()
+	if l.err != nil {
+		l.mu.Unlock()
+		return wire.Frame{}, errLinkDown
+	}
+	l.nextID++
+	id := l.nextID
+	pc.req = wire.Append(nil, wire.Header{Op: op, ID: id}, payload)
+	l.pending[id] = pc
+	_, err := l.nc.Write(pc.req)
+	l.mu.Unlock()
+	if err != nil {
+		l.fail(err)
+		return wire.Frame{}, errLinkDown
+	}
+	select {
+	case f := <-pc.reply:
+		if f.Status != wire.StatusOK {
+			return f, &Error{Code: f.Status, Msg: string(f.Payload)}
+		}
+		return f, nil
+	case <-l.done:
+		return wire.Frame{}, errLinkDown
+	case <-ctx.Done():
+		l.close()
+		return wire.Frame{}, ctx.Err()
+	}
+}
+
+// session keeps a link to the daemon, dialing again after a daemon restart.
+// setup runs on each new link before it is used (a watcher registers there).
+type session struct {
+	path    string
+	setup   func(context.Context, *link) error
+	onEvent func(gen, flags uint32)
+
+	mu     sync.Mutex
+	l      *link
+	closed bool
+}
+
+// current returns a live link, dialing once if there is none.
+func (s *session) current(ctx context.Context) (*link, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if s.l != nil && s.l.alive() {
+		return s.l, nil
+	}
+	l, err := dial(ctx, s.path, s.onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if s.setup != nil {
+		if err := s.setup(ctx, l); err != nil {
+			l.close()
+			return nil, err
+		}
+	}
+	s.l = l
+	return l, nil
+}
+
+// call sends one request. Idempotent requests are sent again on a new
+// connection when the old one broke mid-call (daemon restart). Errors from
+// the daemon come back as it worded them; local ones name the op.
+func (s *session) call(ctx context.Context, op wire.Op, payload []byte, idempotent bool) (wire.Frame, error) {
+	for attempt := 0; ; attempt++ {
+		l, err := s.current(ctx)
+		if err != nil {
+			return wire.Frame{}, fmt.Errorf("%s: %w", op, err)
+		}
+		f, err := l.call(ctx, op, payload)
+		if errors.Is(err, errLinkDown) && idempotent && attempt < 3 {
+			sleepCtx(ctx, time.Duration(attempt)*50*time.Millisecond)
+			continue
+		}
+		var daemonErr *Error
+		if err != nil && !errors.As(err, &daemonErr) {
+			return f, fmt.Errorf("%s: %w", op, err)
+		}
+		return f, err
+	}
+}
+
+func (s *session) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.l != nil {
+		s.l.close()
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,94 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+
+	"github.com/moby/sys/capability"
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/genid"
+)
+
+// peer is what the kernel tells about the process at the other end.
+type peer struct {
+	pid int
+	uid uint32
+}
+
+func peerOf(raw syscall.RawConn) (peer, error) {
+	var (
+		uc  *unix.Ucred
+		err error
+	)
+	if cerr := raw.Control(func(fd uintptr) {
+		uc, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); cerr != nil {
+		return peer{}, cerr
+	}
+	if err != nil {
+		return peer{}, fmt.Errorf("SO_PEERCRED: %w", err)
+	}
+	return peer{pid: int(uc.Pid), uid: uc.Uid}, nil
+}
+
+// checkBump allows a bump only to a peer holding CAP_CHECKPOINT_RESTORE or
+// CAP_SYS_ADMIN in the daemon's own user namespace. Root of a nested user
+// namespace has those capabilities only there, and is refused.
+func checkBump(raw syscall.RawConn, p peer) error {
+	if p.pid <= 0 {
+		return fmt.Errorf("peer's pid is not visible from the daemon: %w", genid.ErrPermission)
+	}
+	// A pidfd pins the peer, so a pid reused after the peer exited cannot
+	// lend its capabilities: the process is checked to be alive afterwards.
+	pidfd := -1
+	_ = raw.Control(func(fd uintptr) {
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+			pidfd = v
+		}
+	})
+	if pidfd >= 0 {
+		defer unix.Close(pidfd)
+	}
+
+	same, err := sameUserNS(p.pid)
+	if err != nil {
+		return fmt.Errorf("peer %d: %v: %w", p.pid, err, genid.ErrPermission)
+	}
+	if !same {
+		return fmt.Errorf("peer %d is in another user namespace: %w", p.pid, genid.ErrPermission)
+	}
+	caps, err := capability.NewPid2(p.pid)
+	if err == nil {
+		err = caps.Load()
+	}
+	if err != nil {
+		return fmt.Errorf("capabilities of peer %d: %v: %w", p.pid, err, genid.ErrPermission)
+	}
+	if !caps.Get(capability.EFFECTIVE, capability.CAP_CHECKPOINT_RESTORE) &&
+		!caps.Get(capability.EFFECTIVE, capability.CAP_SYS_ADMIN) {
+		return fmt.Errorf("peer %d (uid %d): %w", p.pid, p.uid, genid.ErrPermission)
+	}
+	if pidfd >= 0 {
+		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+			return fmt.Errorf("peer %d exited during the check: %w", p.pid, genid.ErrPermission)
+		}
+	}
+	return nil
+}
+
+func sameUserNS(pid int) (bool, error) {
+	var self, other unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", pid), &other); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, errors.New("process is gone")
+		}
+		return false, err
+	}
+	return self.Dev == other.Dev && self.Ino == other.Ino, nil
+}

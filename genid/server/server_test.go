@@ -1,0 +1,445 @@
+package server_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/genid/server"
+	"github.com/genid-project/genid/genid/wire"
+)
+
+type daemon struct {
+	*server.Server
+	dir  string
+	stop func()
+}
+
+func start(t *testing.T, dir string, cfg server.Config) *daemon {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	cfg.RunDir = dir
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	d := &daemon{Server: srv, dir: dir}
+	d.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		d.stop = func() {}
+	}
+	t.Cleanup(func() { d.stop() })
+	return d
+}
+
+func (d *daemon) dial(t *testing.T) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: d.SocketPath(), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func send(t *testing.T, c net.Conn, op wire.Op, id uint32, payload []byte) {
+	t.Helper()
+	if _, err := c.Write(wire.Append(nil, wire.Header{Op: op, ID: id}, payload)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func recv(t *testing.T, c net.Conn) wire.Frame {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := wire.ReadFrame(c, wire.MaxReplyPayload)
+	if err != nil {
+		t.Fatalf("read frame: %v", err)
+	}
+	return f
+}
+
+func expectClosed(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 256)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue // an error reply before the close
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("connection still open")
+		}
+		return
+	}
+}
+
+// alive checks that the daemon still answers.
+func (d *daemon) alive(t *testing.T) {
+	t.Helper()
+	c := d.dial(t)
+	send(t, c, wire.OpGet, 1, nil)
+	if f := recv(t, c); f.Status != wire.StatusOK || f.ID != 1 {
+		t.Fatalf("daemon not answering: %+v", f.Header)
+	}
+}
+
+func TestPageFile(t *testing.T) {
+	d := start(t, "", server.Config{})
+	st, err := os.Stat(filepath.Join(d.dir, genid.PageFile))
+	if err != nil || st.Size() != 4096 || st.Mode().Perm() != 0o644 {
+		t.Fatalf("page: %v size %d mode %v", err, st.Size(), st.Mode())
+	}
+	if _, err := d.Bump(42, "test"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(d.dir, genid.PageFile))
+	if g := binary.NativeEndian.Uint32(b); g != 42 {
+		t.Fatalf("page holds %d", g)
+	}
+	d.stop()
+	if _, err := os.Stat(filepath.Join(d.dir, genid.SocketFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left after shutdown: %v", err)
+	}
+	d2 := start(t, d.dir, server.Config{})
+	if g := d2.Scope().Generation(); g != 42 {
+		t.Fatalf("restart resumed at %d, want 42", g)
+	}
+	if _, err := server.New(server.Config{RunDir: d.dir}); err == nil {
+		t.Fatal("a second daemon on the same run dir was allowed")
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	d := start(t, "", server.Config{FrameTimeout: 100 * time.Millisecond, MaxPayload: 64})
+
+	t.Run("garbage", func(t *testing.T) {
+		c := d.dial(t)
+		c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+		f := recv(t, c)
+		if f.Status != wire.StatusVersion {
+			t.Fatalf("garbage answered with %v", f.Status)
+		}
+		expectClosed(t, c)
+	})
+	t.Run("oversized", func(t *testing.T) {
+		c := d.dial(t)
+		var h [wire.HeaderSize]byte
+		wire.PutHeader(h[:], wire.Header{Op: wire.OpBump, ID: 3, Len: 1 << 30})
+		c.Write(h[:])
+		if f := recv(t, c); f.Status != wire.StatusBadRequest || f.ID != 3 {
+			t.Fatalf("oversized frame: %+v", f.Header)
+		}
+		expectClosed(t, c)
+	})
+	t.Run("truncated", func(t *testing.T) {
+		c := d.dial(t)
+		full := wire.Append(nil, wire.Header{Op: wire.OpAck, ID: 1}, wire.U32(1))
+		c.Write(full[:7])
+		expectClosed(t, c) // the partial-frame deadline ends it
+		c2 := d.dial(t)
+		c2.Write(full[:18])
+		expectClosed(t, c2)
+	})
+	t.Run("unknown op", func(t *testing.T) {
+		c := d.dial(t)
+		send(t, c, wire.Op(99), 5, []byte("xyz"))
+		if f := recv(t, c); f.Status != wire.StatusUnknownOp || f.ID != 5 {
+			t.Fatalf("unknown op: %+v", f.Header)
+		}
+		send(t, c, wire.OpGet, 6, nil)
+		if f := recv(t, c); f.Status != wire.StatusOK {
+			t.Fatalf("connection unusable after an unknown op: %+v", f.Header)
+		}
+	})
+	t.Run("bad payloads", func(t *testing.T) {
+		c := d.dial(t)
+		for i, req := range []struct {
+			op wire.Op
+			p  []byte
+		}{
+			{wire.OpGet, []byte{1}},
+			{wire.OpAck, []byte{1, 2}},
+			{wire.OpBump, []byte{1}},
+			{wire.OpBump, append(wire.U32s(0, 0), "a\x00b"...)},
+			{wire.OpAttach, wire.U32s(1 << 7, 0)},
+			{wire.OpWaitWatchers, nil},
+			{wire.OpQueryPeer, []byte{1}},
+		} {
+			send(t, c, req.op, uint32(i+1), req.p)
+			if f := recv(t, c); f.Status != wire.StatusBadRequest || len(f.Payload) == 0 {
+				t.Errorf("%v with %x: %+v %q", req.op, req.p, f.Header, f.Payload)
+			}
+		}
+		send(t, c, wire.OpAck, 50, wire.U32(0))
+		if f := recv(t, c); f.Status != wire.StatusNotWatcher {
+			t.Errorf("ack without watch: %v", f.Status)
+		}
+	})
+	t.Run("random bytes", func(t *testing.T) {
+		buf := make([]byte, 4096)
+		for i := range 50 {
+			c := d.dial(t)
+			for j := range buf {
+				buf[j] = byte(i*7 + j*13)
+			}
+			buf[0] = 1 // get past the version check now and then
+			c.Write(buf[:(i*97)%len(buf)+1])
+			c.Close()
+		}
+	})
+	d.alive(t)
+}
+
+func TestLimits(t *testing.T) {
+	d := start(t, "", server.Config{MaxConns: 8, MaxWatchers: 2})
+	var conns []*net.UnixConn
+	for range 30 {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: d.SocketPath(), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// The first 8 are served, the rest hung up on.
+	served := 0
+	for _, c := range conns {
+		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil)) // fails on those hung up on
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := wire.ReadFrame(c, 64); err == nil {
+			served++
+		}
+	}
+	if served != 8 {
+		t.Fatalf("%d connections served, want 8", served)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := d.dial(t)
+		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil))
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := wire.ReadFrame(c, 64); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("connections not accepted again after the flood")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	w1, w2, w3 := d.dial(t), d.dial(t), d.dial(t)
+	for i, c := range []net.Conn{w1, w2, w3} {
+		send(t, c, wire.OpWatch, 1, nil)
+		f := recv(t, c)
+		if want := wire.StatusOK; i == 2 {
+			if f.Status != wire.StatusLimit {
+				t.Fatalf("third watcher: %v", f.Status)
+			}
+		} else if f.Status != want {
+			t.Fatalf("watcher %d: %v", i, f.Status)
+		}
+	}
+}
+
+// A watcher that never reads must not slow a bump down or grow the daemon:
+// its events coalesce, and it gets the latest when it reads at last.
+func TestSlowReader(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dial(t)
+	c.SetReadBuffer(4096)
+	send(t, c, wire.OpWatch, 1, nil)
+	recv(t, c)
+	startT := time.Now()
+	var last uint32
+	for range 50000 {
+		last, _ = d.Bump(0, "storm")
+	}
+	if el := time.Since(startT); el > 10*time.Second {
+		t.Fatalf("bumps blocked on a slow reader: %v", el)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f := recv(t, c)
+		p, _ := wire.ParsePair(f.Payload)
+		if f.Op == wire.OpEvent && p.A == last {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("latest generation %d never arrived", last)
+		}
+	}
+}
+
+// TestRestoredAttach plays the CRIU plugin: it learns a watcher's state
+// through query-peer, then attaches a new connection in its place.
+func TestRestoredAttach(t *testing.T) {
+	d := start(t, "", server.Config{})
+	client := d.dial(t)
+	send(t, client, wire.OpWatch, 1, nil)
+	recv(t, client)
+	d.Bump(0, "t")
+	recv(t, client) // event 1
+	send(t, client, wire.OpAck, 2, wire.U32(1))
+	recv(t, client)
+
+	// The plugin knows the client's socket inode from CRIU.
+	var st unix.Stat_t
+	raw, _ := client.SyscallConn()
+	raw.Control(func(fd uintptr) { unix.Fstat(int(fd), &st) })
+	q := d.dial(t)
+	ino := binary.LittleEndian.AppendUint64(nil, st.Ino)
+	send(t, q, wire.OpQueryPeer, 1, ino)
+	f := recv(t, q)
+	p, err := wire.ParsePair(f.Payload)
+	if f.Status != wire.StatusOK || err != nil || p.A != wire.FlagWatcher || p.B != 1 {
+		t.Fatalf("query-peer: %+v %q %+v", f.Header, f.Payload, p)
+	}
+	send(t, q, wire.OpQueryPeer, 2, binary.LittleEndian.AppendUint64(nil, 1))
+	if f := recv(t, q); f.Status != wire.StatusNotFound {
+		t.Fatalf("query-peer of an unknown inode: %v", f.Status)
+	}
+
+	// Restore on a host that moved past the snapshot.
+	d.Bump(5, "criu-restore")
+	restored := d.dial(t)
+	send(t, restored, wire.OpAttach, 9, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 1))
+	f = recv(t, restored)
+	if f.Op != wire.OpAttach || f.ID != 9 || f.Status != wire.StatusOK {
+		t.Fatalf("first frame after attach must be its reply: %+v", f.Header)
+	}
+	ev := recv(t, restored)
+	p, _ = wire.ParsePair(ev.Payload)
+	if ev.Op != wire.OpEvent || p.A != 5 || p.B&wire.FlagRestored == 0 {
+		t.Fatalf("restored event: %+v %+v", ev.Header, p)
+	}
+	if n := d.Scope().Outdated(); n != 2 {
+		t.Fatalf("outdated %d, want the restored watcher and the original", n)
+	}
+	send(t, restored, wire.OpAck, 10, wire.U32(5))
+	if f := recv(t, restored); f.Status != wire.StatusOK {
+		t.Fatalf("ack on restored connection: %v", f.Status)
+	}
+}
+
+func TestClient(t *testing.T) {
+	d := start(t, "", server.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := genid.Open(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w, err := c.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.TryWait(); !errors.Is(err, genid.ErrWouldBlock) {
+		t.Fatalf("TryWait when up to date: %v", err)
+	}
+	got := make(chan uint32, 1)
+	go func() {
+		g, _ := w.Wait(ctx)
+		got <- g
+	}()
+	time.Sleep(20 * time.Millisecond)
+	d.Bump(7, "t")
+	if g := <-got; g != 7 || c.Generation() != 7 {
+		t.Fatalf("Wait = %d, page %d", g, c.Generation())
+	}
+	if g, err := w.TryWait(); g != 7 || err != nil {
+		t.Fatalf("read keeps returning until acked: %d %v", g, err)
+	}
+	if n, _ := c.Outdated(ctx); n != 1 {
+		t.Fatalf("outdated %d", n)
+	}
+	if err := c.WaitWatchers(ctx, 50*time.Millisecond); !errors.Is(err, genid.ErrTimeout) {
+		t.Fatalf("wait-watchers timeout: %v", err)
+	}
+	if err := w.WaitWatchers(ctx, 0); !errors.Is(err, genid.ErrInterrupted) {
+		t.Fatalf("an outdated watcher waiting on watchers: %v", err)
+	}
+	if err := w.Ack(ctx, 6); !errors.Is(err, genid.ErrStale) {
+		t.Fatalf("stale ack: %v", err)
+	}
+	if err := w.Ack(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitWatchers(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// A wait abandoned by its caller does not wedge the connection.
+	d.Bump(0, "t")
+	short, cancelShort := context.WithTimeout(ctx, 30*time.Millisecond)
+	c.WaitWatchers(short, 0)
+	cancelShort()
+	w.Ack(ctx, 8)
+	if err := c.WaitWatchers(ctx, time.Second); err != nil {
+		t.Fatalf("after an abandoned wait: %v", err)
+	}
+	st, err := c.Status(ctx)
+	if err != nil || st.Generation != 8 || st.Watchers != 1 || st.LastBump == nil || st.WatcherList[0].PID != os.Getpid() {
+		t.Fatalf("status %+v %v", st, err)
+	}
+}
+
+// The client follows the daemon across a restart and reports a change made
+// while it was away.
+func TestClientReconnect(t *testing.T) {
+	d := start(t, "", server.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := genid.Open(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w, err := c.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.stop()
+	d2 := start(t, d.dir, server.Config{})
+	d2.Bump(0, "while away")
+	g, err := w.Wait(ctx)
+	if err != nil || g != 1 {
+		t.Fatalf("change while disconnected: %d %v", g, err)
+	}
+	if err := w.Ack(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := d2.Scope().Outdated(); n != 0 {
+		t.Fatalf("outdated %d after ack on the new daemon", n)
+	}
+	if w := d2.Scope().Watchers(); len(w) != 1 {
+		t.Fatalf("watcher not registered again: %+v", w)
+	}
+	// And a bump after the restart reaches it as usual.
+	d2.Bump(0, "after")
+	if g, err := w.Wait(ctx); err != nil || g != 2 {
+		t.Fatalf("bump after restart: %d %v", g, err)
+	}
+}

@@ -1,0 +1,95 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	b := Append(nil, Header{Op: OpBump, ID: 7}, Bump{Min: 9, Reason: "criu-restore"}.Encode())
+	f, n, err := Decode(b, DefaultMaxPayload)
+	if err != nil || n != len(b) {
+		t.Fatalf("decode: %v, used %d of %d", err, n, len(b))
+	}
+	bp, err := ParseBump(f.Payload)
+	if err != nil || f.Op != OpBump || f.ID != 7 || bp.Min != 9 || bp.Reason != "criu-restore" {
+		t.Fatalf("got %+v %+v %v", f.Header, bp, err)
+	}
+	rf, err := ReadFrame(bytes.NewReader(b), DefaultMaxPayload)
+	if err != nil || !bytes.Equal(rf.Payload, f.Payload) {
+		t.Fatalf("ReadFrame: %v", err)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	good := Append(nil, Header{Op: OpGet, ID: 1}, nil)
+	if _, _, err := Decode(good[:10], 16); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("short header: %v", err)
+	}
+	bad := bytes.Clone(good)
+	bad[0] = 2
+	if _, _, err := Decode(bad, 16); !errors.Is(err, ErrVersion) {
+		t.Errorf("version: %v", err)
+	}
+	bad = bytes.Clone(good)
+	bad[13] = 1
+	if _, _, err := Decode(bad, 16); !errors.Is(err, ErrReserved) {
+		t.Errorf("reserved: %v", err)
+	}
+	big := Append(nil, Header{Op: OpBump}, make([]byte, 100))
+	if _, _, err := Decode(big, 16); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("too large: %v", err)
+	}
+	if _, err := ParseBump(append(U32s(1, 0), "a\nb"...)); err == nil {
+		t.Error("reason with a newline accepted")
+	}
+	if _, err := ParseBump(append(U32s(1, 0), make([]byte, MaxReason+1)...)); err == nil {
+		t.Error("overlong reason accepted")
+	}
+	if _, err := ParseU32([]byte{1, 2, 3}); !errors.Is(err, ErrShort) {
+		t.Errorf("short u32: %v", err)
+	}
+}
+
+// FuzzDecode feeds the decoder and every payload parser arbitrary bytes: they
+// must never panic, never claim more bytes than given, and what they accept
+// must encode back to the same bytes.
+func FuzzDecode(f *testing.F) {
+	f.Add(Append(nil, Header{Op: OpGet, ID: 1}, nil))
+	f.Add(Append(nil, Header{Op: OpAck, ID: 2}, U32(5)))
+	f.Add(Append(nil, Header{Op: OpAttach, ID: 3}, U32s(FlagWatcher|FlagRestored, 5)))
+	f.Add(Append(nil, Header{Op: OpBump, ID: 4}, Bump{Min: 6, Reason: "criu-restore"}.Encode()))
+	f.Add(Append(nil, Header{Op: OpQueryPeer, ID: 5}, []byte{1, 2, 3, 4, 5, 6, 7, 8}))
+	f.Add(Append(nil, Header{Op: OpEvent}, U32s(7, FlagRestored)))
+	f.Add([]byte{1, 1, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
+	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, n, err := Decode(b, DefaultMaxPayload)
+		if err != nil {
+			if n != 0 {
+				t.Fatalf("error %v but consumed %d", err, n)
+			}
+			return
+		}
+		if n > len(b) || n != HeaderSize+len(fr.Payload) {
+			t.Fatalf("consumed %d of %d with payload %d", n, len(b), len(fr.Payload))
+		}
+		again := Append(nil, fr.Header, fr.Payload)
+		if !bytes.Equal(again, b[:n]) {
+			t.Fatalf("re-encoding differs:\n%x\n%x", again, b[:n])
+		}
+		if bp, err := ParseBump(fr.Payload); err == nil {
+			if !bytes.Equal(bp.Encode(), fr.Payload) {
+				t.Fatalf("bump re-encoding differs")
+			}
+		}
+		ParsePair(fr.Payload)
+		ParseU32(fr.Payload)
+		ParseInode(fr.Payload)
+		if _, err := ReadFrame(bytes.NewReader(b), DefaultMaxPayload); err != nil {
+			t.Fatalf("Decode accepted what ReadFrame refused: %v", err)
+		}
+	})
+}

@@ -1,0 +1,474 @@
+#!/usr/bin/env bash
+# hack/vm.sh - QEMU (TCG) test bed for genid end-to-end tests.
+#
+# Usage:
+#   hack/vm.sh build
+#       Install host packages if missing (qemu-system-x86, busybox-static, cpio, socat,
+#       binutils), fetch Debian's current linux-image-6.*-amd64 with `apt-get download`,
+#       and cache vmlinuz (+ the vmgenid .ko files if CONFIG_VMGENID=m) in
+#       ${GENID_CACHE:-/var/cache/genid}/vm-<16 hex of sha256 of hack/vm*.sh hack/vm-init*>/.
+#       Atomic (temp dir + rename). Last stdout line: the cache dir.
+#   hack/vm.sh path
+#       Print the cache dir (without building).
+#   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT] [--no-kmsg]
+#       newc cpio + gzip with busybox-static (+ applet symlinks), the added files, the
+#       vmgenid module if needed, and /init. /init mounts proc, sysfs, devtmpfs, tmpfs on
+#       /run and /tmp, loads modules, copies /dev/kmsg to the console in the background
+#       (unless --no-kmsg), prints "VM-INIT: start", runs SCRIPT with busybox sh
+#       (stdout/stderr -> /dev/console = ttyS0), prints "VM-EXIT: <rc>" and powers off.
+#       A SCRIPT that never exits keeps the guest alive (migration tests).
+#   hack/vm.sh boot --initrd FILE [--mem MB] [--guid auto|UUID|none] [--qmp SOCK]
+#                   [--serial LOG] [--incoming FILE|defer|URI] [--append STR] [--print]
+#                   [-- EXTRA-QEMU-ARGS...]
+#       exec qemu-system-x86_64 (foreground; the pid is qemu's). --print: print the command
+#       line (shell-quoted) instead of running it. --incoming FILE means 'exec:cat FILE'.
+#   hack/vm.sh qmp SOCK JSON...
+#       Connect to a QMP socket, negotiate capabilities, send each JSON command, print each
+#       reply line ({"return"...} or {"error"...}); events are skipped. Exit 1 on an error reply.
+#   hack/vm.sh selftest
+#       Prove boot / migrate-to-file / restore / vmgenid-fork-detection on this machine.
+#
+# Environment: GENID_CACHE (cache root), VM_ACCEL (default tcg), VM_QEMU (default
+# qemu-system-x86_64), VM_TIMEOUT (seconds to wait for guest markers, default 180).
+set -euo pipefail
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE_ROOT=${GENID_CACHE:-/var/cache/genid}
+VM_ACCEL=${VM_ACCEL:-tcg}
+VM_QEMU=${VM_QEMU:-qemu-system-x86_64}
+VM_TIMEOUT=${VM_TIMEOUT:-180}
+VMFORK_LINE='crng reseeded due to virtual machine fork'
+
+log() { printf '%s\n' "vm.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cache_dir() {
+	local files=() f
+	shopt -s nullglob
+	for f in "$HACK_DIR"/vm*.sh "$HACK_DIR"/vm-init*; do files+=("$f"); done
+	shopt -u nullglob
+	local h
+	h=$(cat "${files[@]}" | sha256sum | cut -c1-16)
+	printf '%s/vm-%s\n' "$CACHE_ROOT" "$h"
+}
+
+# ---------------------------------------------------------------- build
+need_pkgs() {
+	local missing=() p
+	command -v "$VM_QEMU" >/dev/null 2>&1 || missing+=(qemu-system-x86)
+	[ -x /bin/busybox ] && /bin/busybox --list-full >/dev/null 2>&1 &&
+		! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
+	command -v cpio >/dev/null 2>&1 || missing+=(cpio)
+	command -v socat >/dev/null 2>&1 || missing+=(socat)
+	command -v strings >/dev/null 2>&1 || missing+=(binutils)
+	command -v gzip >/dev/null 2>&1 || missing+=(gzip)
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+		{ apt-get update >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
+	for p in "${missing[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || die "package $p not installed"; done
+}
+
+# modinfo without kmod: read the .modinfo strings of a .ko
+ko_field() { strings -a "$1" | sed -n "s/^$2=//p" | head -n1; }
+
+cmd_build() {
+	local dir; dir=$(cache_dir)
+	need_pkgs
+	if [ -f "$dir/vmlinuz" ] && [ -f "$dir/meta.env" ]; then
+		printf '%s\n' "$dir"; return 0
+	fi
+	mkdir -p "$CACHE_ROOT"
+	local tmp; tmp=$(mktemp -d "$CACHE_ROOT/.vm-build.XXXXXX")
+	# shellcheck disable=SC2064
+	trap "rm -rf '$tmp'" EXIT
+	chmod 755 "$tmp"    # lets apt's _apt user write there (else a harmless warning)
+
+	local pkg
+	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-6\.[^ ]*-amd64\)$/\1/p' | head -n1)
+	[ -n "$pkg" ] || { apt-get update >&2; pkg=$(apt-cache depends linux-image-amd64 |
+		sed -n 's/^ *Depends: \(linux-image-6\.[^ ]*-amd64\)$/\1/p' | head -n1); }
+	[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 dependency"
+	log "downloading $pkg"
+	mkdir "$tmp/dl"; chmod 777 "$tmp/dl"
+	(cd "$tmp/dl" && apt-get download "$pkg" >&2) ||
+		{ apt-get update >&2 && (cd "$tmp/dl" && apt-get download "$pkg" >&2); }
+	local deb; deb=$(ls "$tmp"/dl/*.deb)
+	dpkg-deb -x "$deb" "$tmp/x"
+
+	local vmlinuz config kver
+	vmlinuz=$(ls "$tmp"/x/boot/vmlinuz-* | head -n1)
+	config=$(ls "$tmp"/x/boot/config-* | head -n1)
+	kver=${vmlinuz##*/vmlinuz-}
+	mkdir "$tmp/out"
+	cp "$vmlinuz" "$tmp/out/vmlinuz"
+	cp "$config" "$tmp/out/config"
+	cp /bin/busybox "$tmp/out/busybox"
+
+	local vmgenid
+	vmgenid=$(sed -n 's/^CONFIG_VMGENID=\(.\)$/\1/p' "$config")
+	[ -n "$vmgenid" ] || die "CONFIG_VMGENID not set in $pkg: the kernel has no vmgenid driver"
+	: >"$tmp/out/modules.order"
+	if [ "$vmgenid" = m ]; then
+		local moddir="$tmp/x/lib/modules/$kver" order=() seen=" "
+		mkdir "$tmp/out/modules"
+		add_mod() { # $1 = module name; appends deps first
+			local name=$1 f dep
+			case "$seen" in *" $name "*) return;; esac
+			seen="$seen$name "
+			f=$(find "$moddir" -name "$name.ko*" -o -name "${name//_/-}.ko*" | head -n1)
+			[ -n "$f" ] || die "module $name not found"
+			case "$f" in *.xz|*.zst|*.gz) die "compressed module $f: busybox insmod needs plain .ko";; esac
+			for dep in $(ko_field "$f" depends | tr , ' '); do add_mod "$dep"; done
+			cp "$f" "$tmp/out/modules/"
+			order+=("${f##*/}")
+		}
+		add_mod vmgenid
+		printf '%s\n' "${order[@]}" >"$tmp/out/modules.order"
+	fi
+	cat >"$tmp/out/meta.env" <<EOF
+KPKG=$pkg
+KDEB=${deb##*/}
+KVER=$kver
+CONFIG_VMGENID=$vmgenid
+EOF
+	rm -rf "$tmp/x" "$tmp/dl"
+	if ! mv -T "$tmp/out" "$dir" 2>/dev/null; then
+		[ -f "$dir/meta.env" ] || die "cannot rename $tmp/out to $dir"
+		log "another build finished first; using it"
+	fi
+	rm -rf "$tmp"; trap - EXIT
+	log "kernel $kver from $pkg, CONFIG_VMGENID=$vmgenid"
+	printf '%s\n' "$dir"
+}
+
+# ---------------------------------------------------------------- initramfs
+write_init() { # $1 = path
+	cat >"$1" <<'EOF'
+#!/bin/sh
+# generated by hack/vm.sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+while read -r m; do
+	[ -n "$m" ] || continue
+	insmod "/lib/modules/$m" || echo "VM-INIT: insmod $m failed"
+done </etc/vm-modules.order
+hostname genid-vm
+[ -f /etc/vm-kmsg ] && cat /dev/kmsg &
+echo "VM-INIT: start"
+sh /vm-script
+echo "VM-EXIT: $?"
+sync
+poweroff -f
+EOF
+	chmod 755 "$1"
+}
+
+cmd_initramfs() {
+	[ $# -ge 1 ] || die "usage: initramfs OUT.cpio.gz [--add HOST:GUEST]... [--init SCRIPT] [--no-kmsg]"
+	local out=$1; shift
+	local adds=() script="" kmsg=1
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--add) adds+=("$2"); shift 2;;
+		--add=*) adds+=("${1#--add=}"); shift;;
+		--init) script=$2; shift 2;;
+		--init=*) script=${1#--init=}; shift;;
+		--no-kmsg) kmsg=0; shift;;
+		*) die "initramfs: unknown argument $1";;
+		esac
+	done
+	local dir; dir=$(cmd_build | tail -n1)
+	local root; root=$(mktemp -d)
+	# shellcheck disable=SC2064
+	trap "rm -rf '$root'" RETURN
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,root,lib/modules}
+	chmod 1777 "$root/tmp"
+	cp "$dir/busybox" "$root/bin/busybox"
+	local a
+	for a in $("$root/bin/busybox" --list-full); do
+		[ "$a" = bin/busybox ] && continue
+		mkdir -p "$root/$(dirname "$a")"
+		ln -sf /bin/busybox "$root/$a"
+	done
+	mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+	mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
+	if [ -d "$dir/modules" ]; then cp "$dir"/modules/* "$root/lib/modules/"; fi
+	cp "$dir/modules.order" "$root/etc/vm-modules.order"
+	[ "$kmsg" = 1 ] && : >"$root/etc/vm-kmsg"
+	write_init "$root/init"
+	if [ -n "$script" ]; then
+		cp "$script" "$root/vm-script"
+	else
+		printf 'echo "VM-READY"\n' >"$root/vm-script"
+	fi
+	local spec host guest
+	for spec in "${adds[@]}"; do
+		host=${spec%%:*}; guest=${spec#*:}
+		[ "$host" != "$spec" ] && [ -n "$guest" ] || die "--add wants HOSTFILE:GUESTPATH, got $spec"
+		[ -e "$host" ] || die "--add: $host does not exist"
+		mkdir -p "$root/$(dirname "$guest")"
+		cp -a "$host" "$root/$guest"
+	done
+	local outabs; outabs=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -6n) >"$outabs.tmp"
+	mv -f "$outabs.tmp" "$outabs"
+	log "initramfs $outabs ($(stat -c %s "$outabs") bytes)"
+}
+
+# ---------------------------------------------------------------- boot
+# Prints qemu argv, one per line, for the given options (see usage).
+qemu_argv() {
+	local initrd="" mem=256 guid=auto qmp="" serial="" incoming="" append="" extra=()
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--initrd) initrd=$2; shift 2;;
+		--mem) mem=$2; shift 2;;
+		--guid) guid=$2; shift 2;;
+		--qmp) qmp=$2; shift 2;;
+		--serial) serial=$2; shift 2;;
+		--incoming) incoming=$2; shift 2;;
+		--append) append=$2; shift 2;;
+		--) shift; extra=("$@"); break;;
+		*) die "boot: unknown argument $1";;
+		esac
+	done
+	[ -n "$initrd" ] || die "boot: --initrd is required"
+	local dir; dir=$(cache_dir)
+	[ -f "$dir/vmlinuz" ] || die "no kernel in $dir: run hack/vm.sh build"
+	local a=("$VM_QEMU" -accel "$VM_ACCEL" -cpu max -M pc -m "$mem" -smp 1
+		-nodefaults -no-user-config -display none -no-reboot
+		-kernel "$dir/vmlinuz" -initrd "$initrd"
+		-append "console=ttyS0 quiet panic=-1 ${append}")
+	[ "$guid" = none ] || a+=(-device "vmgenid,guid=$guid")
+	if [ -n "$serial" ]; then a+=(-serial "file:$serial"); else a+=(-serial stdio); fi
+	[ -n "$qmp" ] && a+=(-qmp "unix:$qmp,server=on,wait=off")
+	case $incoming in
+	"") ;;
+	defer|*:*) a+=(-incoming "$incoming");;
+	*) a+=(-incoming "exec:cat $(printf '%q' "$incoming")");;
+	esac
+	a+=("${extra[@]}")
+	printf '%s\n' "${a[@]}"
+}
+
+cmd_boot() {
+	local print=0 args=()
+	for x in "$@"; do [ "$x" = --print ] && print=1 || args+=("$x"); done
+	local argv=()
+	mapfile -t argv < <(qemu_argv "${args[@]}")
+	[ ${#argv[@]} -gt 0 ] || exit 1
+	if [ $print = 1 ]; then printf '%q ' "${argv[@]}"; echo; return; fi
+	exec "${argv[@]}"
+}
+
+# ---------------------------------------------------------------- qmp
+# qmp SOCK JSON... : one connection, capabilities, then each command; prints replies.
+cmd_qmp() {
+	local sock=$1; shift
+	local rc=0 line cmd
+	coproc QMP { exec socat - "UNIX-CONNECT:$sock"; }
+	local in=${QMP[0]} outfd=${QMP[1]}
+	read -r -t 10 line <&"$in" || die "qmp: no greeting on $sock"
+	for cmd in '{"execute":"qmp_capabilities"}' "$@"; do
+		printf '%s\n' "$cmd" >&"$outfd"
+		while :; do
+			read -r -t 60 line <&"$in" || die "qmp: no reply to $cmd"
+			case $line in
+			'{"return"'*) [ "$cmd" = '{"execute":"qmp_capabilities"}' ] || printf '%s\n' "$line"; break;;
+			'{"error"'*) printf '%s\n' "$line"; rc=1; break;;
+			esac  # events skipped
+		done
+	done
+	exec {outfd}>&-
+	wait "$QMP_PID" 2>/dev/null || true
+	return $rc
+}
+
+# ---------------------------------------------------------------- selftest
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
+
+# wait_for FILE PATTERN [TIMEOUT] [COUNT]: until PATTERN occurs COUNT times in FILE
+wait_for() {
+	local f=$1 pat=$2 t=${3:-$VM_TIMEOUT} n=${4:-1} end
+	end=$(( $(date +%s) + t ))
+	while [ "$(date +%s)" -lt "$end" ]; do
+		[ "$(grep -c -- "$pat" "$f" 2>/dev/null || true)" -ge "$n" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# qmp_wait SOCK JSON PATTERN [TIMEOUT]: repeat a query until the reply matches
+qmp_wait() {
+	local end r; end=$(( $(date +%s) + ${4:-$VM_TIMEOUT} ))
+	while [ "$(date +%s)" -lt "$end" ]; do
+		r=$(cmd_qmp "$1" "$2" 2>/dev/null || true)
+		case $r in *$3*) return 0;; esac
+		sleep 0.1
+	done
+	log "qmp_wait: last reply: $r"
+	return 1
+}
+
+wait_sock() { local i; for i in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; return 1; }
+
+FAILS=0
+pass() { printf 'PASS: %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*"; FAILS=$((FAILS + 1)); }
+info() { printf 'INFO: %s\n' "$*"; }
+
+QPIDS=()
+start_qemu() { # NAME ARGS... ; runs qemu in background, stderr to $W/NAME.err
+	local name=$1; shift
+	local argv=()
+	mapfile -t argv < <(qemu_argv "$@")
+	printf '%q ' "${argv[@]}" >"$W/$name.cmd"
+	"${argv[@]}" 2>"$W/$name.err" &
+	QPIDS+=($!)
+	eval "PID_$name=$!"
+}
+stop_qemu() { # NAME: quit over QMP, then wait
+	local pid; eval "pid=\$PID_$1"
+	cmd_qmp "$W/$1.sock" '{"execute":"quit"}' >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+# boot NAME MEM GUID : boot to READY, echo seconds
+boot_ready() {
+	local name=$1 mem=$2 guid=$3 t0
+	t0=$(now)
+	start_qemu "$name" --initrd "$W/initrd.gz" --mem "$mem" --guid "$guid" \
+		--qmp "$W/$name.sock" --serial "$W/$name.log"
+	if ! wait_for "$W/$name.log" '^READY' "$VM_TIMEOUT"; then
+		cat "$W/$name.err" >&2; return 1
+	fi
+	elapsed "$t0" "$(now)"
+}
+
+# migrate NAME FILE : stop + migrate to file + quit; echo seconds
+migrate_to_file() {
+	local name=$1 file=$2 sock=$W/$1.sock t0
+	t0=$(now)
+	cmd_qmp "$sock" '{"execute":"stop"}' \
+		'{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":17179869184}}' \
+		"{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $file\"}}" >/dev/null || return 1
+	qmp_wait "$sock" '{"execute":"query-migrate"}' '"status": "completed"' || return 1
+	elapsed "$t0" "$(now)"
+	stop_qemu "$name"
+}
+
+# restore NAME MEM GUID FILE MODE(exec|defer) : until paused, then cont; echo seconds
+restore() {
+	local name=$1 mem=$2 guid=$3 file=$4 mode=$5 sock=$W/$1.sock t0 inc
+	[ "$mode" = defer ] && inc=defer || inc=$file
+	t0=$(now)
+	start_qemu "$name" --initrd "$W/initrd.gz" --mem "$mem" --guid "$guid" \
+		--qmp "$sock" --serial "$W/$name.log" --incoming "$inc"
+	wait_sock "$sock" || return 1
+	if [ "$mode" = defer ]; then
+		cmd_qmp "$sock" "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"exec:cat $file\"}}" >/dev/null || return 1
+	fi
+	# 'cont' while still "inmigrate" would be swallowed: wait for "paused" first.
+	qmp_wait "$sock" '{"execute":"query-status"}' '"status": "paused"' || { cat "$W/$name.err" >&2; return 1; }
+	elapsed "$t0" "$(now)"
+	cmd_qmp "$sock" '{"execute":"cont"}' >/dev/null
+}
+
+cmd_selftest() {
+	need_pkgs
+	cmd_build >/dev/null
+	local dir; dir=$(cache_dir)
+	# shellcheck disable=SC1091
+	. "$dir/meta.env"
+	W=$(mktemp -d /tmp/vmst.XXXXXX)   # short: unix socket paths are limited to 107 bytes
+	trap 'for p in "${QPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ "${KEEP:-0}" = 1 ] || rm -rf "$W"' EXIT
+	info "kernel $KVER ($KPKG), CONFIG_VMGENID=$CONFIG_VMGENID, accel=$VM_ACCEL, work dir $W"
+
+	cat >"$W/test.sh" <<'EOF'
+if dmesg | grep -q 'crng init done'; then
+	echo "RNG-READY"
+else
+	echo "RNG-NOT-READY"
+fi
+if [ -d /sys/bus/acpi/drivers/vmgenid ] && ls /sys/bus/acpi/drivers/vmgenid | grep -q ':'; then
+	echo "VMGENID-BOUND $(ls /sys/bus/acpi/drivers/vmgenid | grep ':' | tr '\n' ' ')"
+else
+	echo "VMGENID-NOT-BOUND"
+fi
+echo "READY"
+i=0
+while :; do i=$((i+1)); echo "HB $i"; sleep 1; done
+EOF
+	local t0 t
+	t0=$(now)
+	cmd_initramfs "$W/initrd.gz" --init "$W/test.sh" 2>/dev/null
+	info "initramfs $(stat -c %s "$W/initrd.gz") bytes, built in $(elapsed "$t0" "$(now)")s"
+
+	# --- A: guid=auto, boot, migrate to file; B: restore with guid=auto -> vmfork expected
+	if t=$(boot_ready A 256 auto); then pass "boot A (-m 256, guid=auto) to READY in ${t}s"; else fail "boot A: no READY"; return 1; fi
+	grep -q '^RNG-READY' "$W/A.log" && pass "guest RNG ready (crng init done) at boot" || fail "guest RNG not ready at boot"
+	grep -q '^VMGENID-BOUND' "$W/A.log" && pass "vmgenid driver bound: $(grep '^VMGENID-BOUND' "$W/A.log" | cut -d' ' -f2-)" || fail "vmgenid driver not bound"
+	grep -q "$VMFORK_LINE" "$W/A.log" && fail "vmfork line already at first boot" || true
+	if t=$(migrate_to_file A "$W/A.mig"); then
+		pass "migrate A to file in ${t}s, $(stat -c %s "$W/A.mig") bytes (-m 256)"
+	else fail "migrate A"; return 1; fi
+	if t=$(restore B 256 auto "$W/A.mig" exec); then pass "restore B (-incoming exec:cat FILE) to paused in ${t}s, sent cont"; else fail "restore B"; return 1; fi
+	t0=$(now)
+	if wait_for "$W/B.log" "$VMFORK_LINE" 60; then
+		pass "B (new guid=auto): vmfork reseed line seen $(elapsed "$t0" "$(now)")s after cont: $(grep -m1 "$VMFORK_LINE" "$W/B.log")"
+	else fail "B (new guid=auto): no vmfork line within 60s"; fi
+	wait_for "$W/B.log" '^HB ' 30 && pass "B: guest alive after restore ($(grep '^HB ' "$W/B.log" | head -n1))" || fail "B: no heartbeat after restore"
+	stop_qemu B
+
+	# --- C: explicit guid, -m 128; D: restore with the same guid -> no vmfork;
+	#     E: restore with another explicit guid -> vmfork
+	local g1=8a9e4d0c-3f2b-4c55-9d6e-1f2a3b4c5d6e g2=0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d
+	if t=$(boot_ready C 128 "$g1"); then pass "boot C (-m 128, guid=$g1) to READY in ${t}s"; else fail "boot C"; return 1; fi
+	if t=$(migrate_to_file C "$W/C.mig"); then
+		pass "migrate C to file in ${t}s, $(stat -c %s "$W/C.mig") bytes (-m 128)"
+	else fail "migrate C"; return 1; fi
+	if t=$(restore D 128 "$g1" "$W/C.mig" defer); then pass "restore D (-incoming defer + migrate-incoming) to paused in ${t}s, sent cont"; else fail "restore D"; return 1; fi
+	if wait_for "$W/D.log" '^HB ' 60 5; then
+		if grep -q "$VMFORK_LINE" "$W/D.log"; then fail "D (same guid): unexpected vmfork line"
+		else pass "D (same guid): no vmfork line after 5 heartbeats"; fi
+	else fail "D: no heartbeats after restore"; fi
+	stop_qemu D
+	if t=$(restore E 128 "$g2" "$W/C.mig" exec); then pass "restore E (other explicit guid) to paused in ${t}s, sent cont"; else fail "restore E"; return 1; fi
+	wait_for "$W/E.log" "$VMFORK_LINE" 60 && pass "E (different guid): vmfork line seen" || fail "E (different guid): no vmfork line"
+	stop_qemu E
+
+	# --- F: a script that exits: VM-EXIT + poweroff makes qemu exit by itself
+	printf 'echo hello-from-guest\nexit 3\n' >"$W/exit.sh"
+	cmd_initramfs "$W/exit.gz" --init "$W/exit.sh" --no-kmsg 2>/dev/null
+	local argv=(); mapfile -t argv < <(qemu_argv --initrd "$W/exit.gz" --mem 128 --serial "$W/F.log")
+	t0=$(now)
+	if timeout "$VM_TIMEOUT" "${argv[@]}" 2>"$W/F.err" && grep -q '^VM-EXIT: 3' "$W/F.log"; then
+		pass "exiting script: qemu exited by itself after $(elapsed "$t0" "$(now)")s, log has 'VM-EXIT: 3'"
+	else fail "exiting script: $(cat "$W/F.log" "$W/F.err" 2>/dev/null | tail -n5)"; fi
+
+	if [ $FAILS -eq 0 ]; then echo "SELFTEST PASS"; else echo "SELFTEST FAIL ($FAILS failures; rerun with KEEP=1 to keep $W)"; return 1; fi
+}
+
+# ---------------------------------------------------------------- main
+case ${1:-} in
+build) shift; cmd_build "$@";;
+path) cache_dir;;
+initramfs) shift; cmd_initramfs "$@";;
+boot) shift; cmd_boot "$@";;
+qmp) shift; cmd_qmp "$@";;
+selftest) shift; cmd_selftest "$@";;
+*) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2;;
+esac
