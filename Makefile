@@ -9,7 +9,13 @@ GENID_CACHE ?= /var/cache/genid
 FUZZTIME    ?= 20s
 export GENID_CACHE
 
-.PHONY: all build run test unit fuzz e2e clean
+PLUGIN        := bin/genid-criu.so
+PLUGIN_SRC    := plugin/criu/genid-criu.c plugin/criu/genid.h
+PLUGIN_CFLAGS := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Werror -O2 -shared -fPIC
+CRIU_HEADER   := /usr/include/criu/criu-plugin.h
+TESTBED       := hack/testbed.sh
+
+.PHONY: all build run test unit fuzz e2e e2e-criu plugin install-plugin clean
 
 all: build
 
@@ -19,7 +25,7 @@ build:
 run: build
 	./$(BIN) daemon
 
-test: build unit fuzz e2e
+test: build unit fuzz e2e e2e-criu
 
 # Unit and in-process tests, with the race detector.
 unit:
@@ -33,6 +39,33 @@ fuzz:
 # The real binary: daemon and client processes.
 e2e: build
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v ./test/e2e/
+
+# The CRIU plugin: built on the host when it has CRIU's plugin header
+# (libcriu-dev), else inside the test bed, which has it.
+plugin: $(PLUGIN)
+
+$(PLUGIN): $(PLUGIN_SRC)
+	@mkdir -p bin
+	@if [ -f $(CRIU_HEADER) ]; then \
+		echo "cc $(PLUGIN_SRC) -> $@"; \
+		$(CC) $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
+	else \
+		echo "no $(CRIU_HEADER) here: building $@ in the test bed"; \
+		$(TESTBED) build >/dev/null && \
+		$(TESTBED) run --bind $(CURDIR):/src -w /src -- gcc $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
+	fi
+
+# Installs the plugin where CRIU (and so runc) loads it without flags.
+install-plugin: $(PLUGIN)
+	install -D -m 0644 $(PLUGIN) $(DESTDIR)/usr/lib/criu/genid-criu.so
+
+# Real CRIU 4.x and runc, in the test bed, with the plugin installed in
+# CRIU's default plugin dir.
+e2e-criu: build plugin
+	$(TESTBED) build >/dev/null
+	CGO_ENABLED=0 $(GO) test -c -o bin/criu-e2e.test ./test/criu
+	$(TESTBED) run --bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
+		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- /src/bin/criu-e2e.test -test.v -test.count=1
 
 clean:
 	rm -rf bin

@@ -3,10 +3,12 @@ module github.com/genid-project/genid
 go 1.26.8
 
 require (
+	github.com/checkpoint-restore/go-criu/v7 v7.2.0
 	github.com/mdlayher/netlink v1.11.2
 	github.com/moby/sys/capability v0.5.0
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/sys v0.49.0
+	google.golang.org/protobuf v1.34.2
 )
 
 require (

@@ -1,15 +1,21 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/genid/backend"
 	"github.com/genid-project/genid/genid/server"
 	"github.com/genid-project/genid/genid/wire"
 )
@@ -19,13 +25,20 @@ func daemonCommand() *cli.Command {
 		Name:  "daemon",
 		Usage: "run the genid daemon in the foreground",
 		Description: "Keeps the generation page RUN_DIR/generation (resuming from its value) and serves\n" +
-			"RUN_DIR/genid.sock. Stops cleanly on SIGTERM or SIGINT: the socket is removed, the page kept.",
+			"RUN_DIR/genid.sock. Stops cleanly on SIGTERM or SIGINT: the socket is removed, the page kept.\n" +
+			"Hypervisor backends bump the generation when the VM is restored: vmgenid (the kernel's\n" +
+			"vmgenid driver, seen through /dev/kmsg and, on Linux 6.8, its uevent) and vmclock\n" +
+			"(/dev/vmclock0, event-driven on Linux 7.0+).",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "max-watchers", Value: server.DefaultMaxWatchers, Usage: "most watchers at once"},
 			&cli.IntFlag{Name: "max-conns", Value: server.DefaultMaxConns, Usage: "most client connections at once"},
 			&cli.UintFlag{Name: "max-frame", Value: wire.DefaultMaxPayload, Usage: "largest request payload in bytes"},
 			&cli.DurationFlag{Name: "frame-timeout", Value: server.DefaultFrameTimeout, Usage: "time a client has to finish a frame it started"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "backends", Value: backend.ListAuto, Usage: "hypervisor backends that bump on VM restore: " +
+				"auto (those this machine has), none, or a comma-separated list of " + strings.Join(backend.Names(), ", ")},
+			&cli.DurationFlag{Name: "vmclock-poll", Usage: "check the VMClock device at this interval when it cannot notify " +
+				"(default off: the vmclock backend is event-driven only)"},
 		},
 		Action: runDaemon,
 	}
@@ -49,6 +62,17 @@ func runDaemon(c *cli.Context) error {
 	if c.Uint("max-frame") > 1<<20 {
 		return usageError{fmt.Errorf("--max-frame %d exceeds 1 MiB", c.Uint("max-frame"))}
 	}
+	if c.Duration("vmclock-poll") < 0 {
+		return usageError{fmt.Errorf("--vmclock-poll %v is negative", c.Duration("vmclock-poll"))}
+	}
+	// Before the run dir is touched: a wrong list is a usage error.
+	backends, err := backend.Parse(c.String("backends"), backend.Options{
+		Logger:      log,
+		VMClockPoll: c.Duration("vmclock-poll"),
+	})
+	if err != nil {
+		return usageError{fmt.Errorf("--backends: %w", err)}
+	}
 	srv, err := server.New(server.Config{
 		RunDir:       dir,
 		MaxWatchers:  c.Int("max-watchers"),
@@ -61,7 +85,43 @@ func runDaemon(c *cli.Context) error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	log.Info("run dir", "path", dir, "page", filepath.Join(dir, genid.PageFile))
+	startBackends(srv, log, backends)
 	return srv.Serve(c.Context)
+}
+
+// startBackends runs each backend in its own goroutine under the server,
+// which stops them before it releases the page. A backend that fails is
+// logged and dropped from status; the daemon goes on without it, since
+// explicit bumps and the other backends still work.
+func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
+	var mu sync.Mutex
+	active := backend.BackendNames(bs)
+	srv.SetBackends(active)
+	if len(bs) == 0 {
+		log.Info("no hypervisor backend: the generation changes on explicit bumps only")
+		return
+	}
+	log.Info("hypervisor backends", "active", strings.Join(active, ","))
+	bump := func(reason string) error {
+		_, err := srv.Bump(0, reason)
+		return err
+	}
+	for _, b := range bs {
+		srv.Go(func(ctx context.Context) {
+			err := b.Run(ctx, bump)
+			if ctx.Err() != nil {
+				return // the daemon is stopping
+			}
+			if err == nil {
+				err = errors.New("stopped")
+			}
+			log.Error("backend failed; going on without it", "backend", b.Name(), "err", err)
+			mu.Lock()
+			defer mu.Unlock()
+			active = slices.DeleteFunc(active, func(n string) bool { return n == b.Name() })
+			srv.SetBackends(active)
+		})
+	}
 }
 
 // writable tells whether the daemon can use dir (creating it if need be).

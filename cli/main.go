@@ -70,6 +70,9 @@ func newApp() *cli.App {
 			bumpCommand(),
 			waitWatchersCommand(),
 			outdatedCommand(),
+			imageInfoCommand(),
+			criuHookCommand(),
+			ociCommand(),
 		},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports and maps errors

@@ -35,7 +35,7 @@ type conn struct {
 	cancel context.CancelFunc
 
 	watcher atomic.Pointer[genid.Registration]
-	waiting atomic.Bool    // a wait-watchers is pending
+	waiting atomic.Bool // a wait-watchers is pending
 
 	wmu      sync.Mutex
 	out      []byte // bytes not yet written; non-empty only while flushing

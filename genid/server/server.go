@@ -75,6 +75,10 @@ type Server struct {
 	conns    map[*conn]struct{}
 	backends []string
 	closed   bool
+
+	bgCtx    context.Context // ends when Serve shuts down: the backends' context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup // backend goroutines, waited for before the page closes
 }
 
 // New prepares the run directory: it takes the page (resuming from the
@@ -89,6 +93,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("page: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, page: pg, conns: make(map[*conn]struct{})}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.scope = genid.NewScope(pg.Load(), pg.Store)
 
 	// The page lock proves no other daemon uses this run dir, so a socket
@@ -125,6 +130,13 @@ func (s *Server) SetBackends(names []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.backends = append([]string(nil), names...)
+}
+
+// Go runs f (a backend) in its own goroutine, with a context that ends when
+// Serve shuts down; Serve waits for f to return before it releases the page,
+// so a backend never bumps after that. Call it before Serve.
+func (s *Server) Go(f func(ctx context.Context)) {
+	s.bg.Go(func() { f(s.bgCtx) })
 }
 
 // Bump bumps the served scope on behalf of the daemon itself (backends).
@@ -214,6 +226,7 @@ func (s *Server) untrack(c *conn) {
 
 func (s *Server) shutdown() {
 	s.ln.Close()
+	s.bgCancel()
 	s.mu.Lock()
 	s.closed = true
 	conns := make([]*conn, 0, len(s.conns))
@@ -225,6 +238,7 @@ func (s *Server) shutdown() {
 		c.hangUp()
 	}
 	s.serving.Wait()
+	s.bg.Wait() // backends stopped by bgCancel above
 	if err := s.page.Close(); err != nil {
 		s.log.Warn("page close", "err", err)
 	}

@@ -182,7 +182,7 @@ func TestBadInput(t *testing.T) {
 			{wire.OpAck, []byte{1, 2}},
 			{wire.OpBump, []byte{1}},
 			{wire.OpBump, append(wire.U32s(0, 0), "a\x00b"...)},
-			{wire.OpAttach, wire.U32s(1 << 7, 0)},
+			{wire.OpAttach, wire.U32s(1<<7, 0)},
 			{wire.OpWaitWatchers, nil},
 			{wire.OpQueryPeer, []byte{1}},
 		} {

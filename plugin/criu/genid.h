@@ -1,0 +1,418 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * genid.h - C client of the genid daemon, header only.
+ *
+ * Speaks the protocol of PROTOCOL.md over the daemon's unix socket. Every
+ * function returns 0 on success, a positive GENID_ST_* code when the daemon
+ * refused the request, or a negative errno when the connection failed.
+ *
+ *	struct genid_conn c;
+ *	uint32_t gen, flags;
+ *
+ *	if (genid_open(&c, "/run/genid/genid.sock") < 0 || genid_watch(&c, &gen))
+ *		die();
+ *	while (genid_wait_event(&c, &gen, &flags) == 0) {
+ *		rebuild_state();
+ *		genid_ack(&c, gen);	// GENID_ST_STALE: a newer one came, wait again
+ *	}
+ */
+#ifndef GENID_H
+#define GENID_H
+
+#include <endian.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define GENID_DEFAULT_RUN_DIR	"/run/genid"
+#define GENID_SOCKET_NAME	"genid.sock"
+#define GENID_PAGE_NAME		"generation"
+
+#define GENID_VERSION		1
+#define GENID_HDR_SIZE		16
+#define GENID_MAX_REASON	256
+
+enum genid_op {
+	GENID_OP_GET		= 1,
+	GENID_OP_WATCH		= 2,
+	GENID_OP_ACK		= 3,
+	GENID_OP_OUTDATED	= 4,
+	GENID_OP_WAIT_WATCHERS	= 5,
+	GENID_OP_BUMP		= 6,
+	GENID_OP_STATUS		= 7,
+	GENID_OP_ATTACH		= 8,
+	GENID_OP_QUERY_PEER	= 9,
+	GENID_OP_EVENT		= 0x80,
+};
+
+#define GENID_FLAG_WATCHER	(1u << 0)
+#define GENID_FLAG_RESTORED	(1u << 1)
+
+enum genid_status {
+	GENID_ST_OK		= 0,
+	GENID_ST_BAD_REQUEST	= 1,
+	GENID_ST_UNKNOWN_OP	= 2,
+	GENID_ST_STALE		= 3,
+	GENID_ST_PERMISSION	= 4,
+	GENID_ST_TIMEOUT	= 5,
+	GENID_ST_INTERRUPTED	= 6,
+	GENID_ST_OVERFLOW	= 7,
+	GENID_ST_LIMIT		= 8,
+	GENID_ST_VERSION	= 9,
+	GENID_ST_NOT_WATCHER	= 10,
+	GENID_ST_NOT_FOUND	= 11,
+	GENID_ST_INTERNAL	= 12,
+};
+
+struct genid_hdr {
+	uint8_t version;
+	uint8_t op;
+	uint16_t status;
+	uint32_t id;
+	uint32_t len;
+	uint32_t reserved;
+};
+
+struct genid_conn {
+	int fd;
+	uint32_t next_id;
+	/* The newest event read while waiting for a reply, not yet handed out. */
+	int event_pending;
+	uint32_t event_gen;
+	uint32_t event_flags;
+	/* The message of the last refused request. */
+	char msg[256];
+};
+
+static inline const char *genid_strstatus(int st)
+{
+	switch (st) {
+	case GENID_ST_OK:		return "ok";
+	case GENID_ST_BAD_REQUEST:	return "bad request";
+	case GENID_ST_UNKNOWN_OP:	return "unknown op";
+	case GENID_ST_STALE:		return "stale generation";
+	case GENID_ST_PERMISSION:	return "permission denied";
+	case GENID_ST_TIMEOUT:		return "timeout";
+	case GENID_ST_INTERRUPTED:	return "interrupted";
+	case GENID_ST_OVERFLOW:		return "generation overflow";
+	case GENID_ST_LIMIT:		return "limit reached";
+	case GENID_ST_VERSION:		return "unsupported version";
+	case GENID_ST_NOT_WATCHER:	return "not a watcher";
+	case GENID_ST_NOT_FOUND:	return "not found";
+	case GENID_ST_INTERNAL:		return "internal error";
+	}
+	return "unknown status";
+}
+
+static inline int genid_write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static inline int genid_read_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static inline uint32_t genid_le32(const void *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return le32toh(v);
+}
+
+static inline void genid_put_le32(void *p, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(p, &v, sizeof(v));
+}
+
+/* genid_connect returns a connected socket or -errno. */
+static inline int genid_connect(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int fd, err;
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+static inline int genid_open(struct genid_conn *c, const char *path)
+{
+	memset(c, 0, sizeof(*c));
+	c->fd = genid_connect(path);
+	return c->fd < 0 ? c->fd : 0;
+}
+
+static inline void genid_close(struct genid_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+static inline int genid_send(struct genid_conn *c, uint8_t op, uint32_t id,
+			     const void *payload, uint32_t len)
+{
+	unsigned char hdr[GENID_HDR_SIZE] = { GENID_VERSION, op };
+	int ret;
+
+	genid_put_le32(hdr + 4, id);
+	genid_put_le32(hdr + 8, len);
+	ret = genid_write_all(c->fd, hdr, sizeof(hdr));
+	if (ret || !len)
+		return ret;
+	return genid_write_all(c->fd, payload, len);
+}
+
+/*
+ * genid_recv reads one frame. Up to cap bytes of payload land in buf; the
+ * rest is read and dropped (*len says how much there was).
+ */
+static inline int genid_recv(struct genid_conn *c, struct genid_hdr *h,
+			     void *buf, uint32_t cap)
+{
+	unsigned char raw[GENID_HDR_SIZE], sink[256];
+	uint32_t left;
+	int ret;
+
+	ret = genid_read_all(c->fd, raw, sizeof(raw));
+	if (ret)
+		return ret;
+	h->version = raw[0];
+	h->op = raw[1];
+	h->status = raw[2] | raw[3] << 8;
+	h->id = genid_le32(raw + 4);
+	h->len = genid_le32(raw + 8);
+	h->reserved = genid_le32(raw + 12);
+	if (h->version != GENID_VERSION)
+		return -EPROTO;
+
+	left = h->len;
+	if (cap > left)
+		cap = left;
+	ret = genid_read_all(c->fd, buf, cap);
+	if (ret)
+		return ret;
+	left -= cap;
+	while (left > 0) {
+		uint32_t n = left < sizeof(sink) ? left : sizeof(sink);
+
+		ret = genid_read_all(c->fd, sink, n);
+		if (ret)
+			return ret;
+		left -= n;
+	}
+	return 0;
+}
+
+static inline void genid_note_event(struct genid_conn *c, const unsigned char *p)
+{
+	c->event_pending = 1;
+	c->event_gen = genid_le32(p);
+	c->event_flags |= genid_le32(p + 4);
+}
+
+/*
+ * genid_call sends a request and reads until its reply. Events read meanwhile
+ * are kept for genid_wait_event. A refusal returns its status and leaves the
+ * daemon's message in c->msg.
+ */
+static inline int genid_call(struct genid_conn *c, uint8_t op,
+			     const void *req, uint32_t reqlen,
+			     void *rep, uint32_t repcap)
+{
+	unsigned char buf[512];
+	struct genid_hdr h;
+	uint32_t id = ++c->next_id;
+	int ret;
+
+	ret = genid_send(c, op, id, req, reqlen);
+	if (ret)
+		return ret;
+	for (;;) {
+		ret = genid_recv(c, &h, buf, sizeof(buf));
+		if (ret)
+			return ret;
+		if (h.op == GENID_OP_EVENT) {
+			if (h.len >= 8)
+				genid_note_event(c, buf);
+			continue;
+		}
+		if (h.id != id)
+			continue;
+		if (h.status) {
+			uint32_t n = h.len < sizeof(buf) ? h.len : sizeof(buf);
+
+			if (n >= sizeof(c->msg))
+				n = sizeof(c->msg) - 1;
+			memcpy(c->msg, buf, n);
+			c->msg[n] = '\0';
+			return h.status;
+		}
+		if (h.len < repcap)
+			return -EPROTO;
+		if (repcap)
+			memcpy(rep, buf, repcap);
+		return 0;
+	}
+}
+
+static inline int genid_call_u32(struct genid_conn *c, uint8_t op, const void *req,
+				 uint32_t reqlen, uint32_t *out)
+{
+	unsigned char rep[4];
+	int ret = genid_call(c, op, req, reqlen, rep, sizeof(rep));
+
+	if (!ret && out)
+		*out = genid_le32(rep);
+	return ret;
+}
+
+static inline int genid_get(struct genid_conn *c, uint32_t *gen)
+{
+	return genid_call_u32(c, GENID_OP_GET, NULL, 0, gen);
+}
+
+/* genid_watch makes the connection a watcher, acked = *gen = current. */
+static inline int genid_watch(struct genid_conn *c, uint32_t *gen)
+{
+	return genid_call_u32(c, GENID_OP_WATCH, NULL, 0, gen);
+}
+
+static inline int genid_ack(struct genid_conn *c, uint32_t gen)
+{
+	unsigned char req[4];
+
+	genid_put_le32(req, gen);
+	return genid_call(c, GENID_OP_ACK, req, sizeof(req), NULL, 0);
+}
+
+static inline int genid_outdated(struct genid_conn *c, uint32_t *n)
+{
+	return genid_call_u32(c, GENID_OP_OUTDATED, NULL, 0, n);
+}
+
+/* genid_wait_watchers: timeout in ms, 0 = none. */
+static inline int genid_wait_watchers(struct genid_conn *c, uint32_t timeout_ms)
+{
+	unsigned char req[4];
+
+	genid_put_le32(req, timeout_ms);
+	return genid_call(c, GENID_OP_WAIT_WATCHERS, req, sizeof(req), NULL, 0);
+}
+
+/* genid_bump: new = max(current + 1, min). Needs CAP_CHECKPOINT_RESTORE. */
+static inline int genid_bump(struct genid_conn *c, uint32_t min, const char *reason,
+			     uint32_t *gen)
+{
+	unsigned char req[8 + GENID_MAX_REASON];
+	size_t n = reason ? strlen(reason) : 0;
+
+	if (n > GENID_MAX_REASON)
+		n = GENID_MAX_REASON;
+	genid_put_le32(req, min);
+	genid_put_le32(req + 4, 0);
+	if (n)
+		memcpy(req + 8, reason, n);
+	return genid_call_u32(c, GENID_OP_BUMP, req, 8 + n, gen);
+}
+
+/* genid_attach registers the connection in place of an earlier one. */
+static inline int genid_attach(struct genid_conn *c, uint32_t flags, uint32_t acked,
+			       uint32_t *gen)
+{
+	unsigned char req[8];
+
+	genid_put_le32(req, flags);
+	genid_put_le32(req + 4, acked);
+	return genid_call_u32(c, GENID_OP_ATTACH, req, sizeof(req), gen);
+}
+
+/* genid_query_peer: the state of the connection whose client end has inode ino. */
+static inline int genid_query_peer(struct genid_conn *c, uint64_t ino,
+				   uint32_t *flags, uint32_t *acked)
+{
+	unsigned char req[8], rep[8];
+	uint64_t le = htole64(ino);
+	int ret;
+
+	memcpy(req, &le, sizeof(le));
+	ret = genid_call(c, GENID_OP_QUERY_PEER, req, sizeof(req), rep, sizeof(rep));
+	if (ret)
+		return ret;
+	*flags = genid_le32(rep);
+	*acked = genid_le32(rep + 4);
+	return 0;
+}
+
+/*
+ * genid_wait_event blocks until the daemon reports a new generation (the
+ * socket is readable exactly then: poll it first to wait in an event loop).
+ */
+static inline int genid_wait_event(struct genid_conn *c, uint32_t *gen, uint32_t *flags)
+{
+	unsigned char buf[64];
+	struct genid_hdr h;
+	int ret;
+
+	while (!c->event_pending) {
+		ret = genid_recv(c, &h, buf, sizeof(buf));
+		if (ret)
+			return ret;
+		if (h.op == GENID_OP_EVENT && h.len >= 8)
+			genid_note_event(c, buf);
+	}
+	*gen = c->event_gen;
+	if (flags)
+		*flags = c->event_flags;
+	c->event_pending = 0;
+	c->event_flags = 0;
+	return 0;
+}
+
+#endif /* GENID_H */

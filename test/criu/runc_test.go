@@ -1,0 +1,204 @@
+package criu
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runHelper is the test binary's second life, inside a container: it maps
+// /dev/sysgenid as AWS-LC does and writes every value it sees to OUT.
+func runHelper(name string) int {
+	if name != "mmap-reader" {
+		fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
+		return 2
+	}
+	f, err := os.Open("/dev/sysgenid")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ, unix.MAP_SHARED)
+	f.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	out, err := os.OpenFile(os.Getenv("OUT"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	last := int64(-1)
+	for {
+		// A hot-path reader: the check is one load, so it can run often.
+		g := int64(uint32(mem[0]) | uint32(mem[1])<<8 | uint32(mem[2])<<16 | uint32(mem[3])<<24)
+		if g != last {
+			fmt.Fprintln(out, g)
+			last = g
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// 4. A busybox container runs a watcher and a process that maps
+// /dev/sysgenid; unmodified `runc checkpoint` and `runc restore` (the plugin
+// is in CRIU's default dir) bump, and both processes see the new generation.
+func TestRunc(t *testing.T) {
+	h := newHost(t, "runc")
+	h.start(0)
+	h.mustCtl("bump", "--min", "5", "--reason", "setup")
+
+	bundle := t.TempDir()
+	rootfs := filepath.Join(bundle, "rootfs")
+	outDir := filepath.Join(bundle, "out") // seen as /out inside
+	for _, d := range []string{"bin", "tmp", "out"} {
+		os.MkdirAll(filepath.Join(rootfs, d), 0o755)
+	}
+	os.MkdirAll(outDir, 0o777)
+	copyFile(t, "/usr/bin/busybox", filepath.Join(rootfs, "bin/busybox"))
+	for _, a := range []string{"sh", "sleep", "cat"} {
+		os.Symlink("busybox", filepath.Join(rootfs, "bin", a))
+	}
+	copyFile(t, genidctl, filepath.Join(rootfs, "bin/genidctl"))
+	self, _ := os.Executable()
+	copyFile(t, self, filepath.Join(rootfs, "bin/genid-test"))
+
+	run(t, bundle, "runc", "spec")
+	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
+		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
+		"while :; do sleep 1; done"
+	editSpec(t, filepath.Join(bundle, "config.json"), func(s map[string]any) {
+		p := s["process"].(map[string]any)
+		p["terminal"] = false
+		p["args"] = []string{"sh", "-c", script}
+		s["root"].(map[string]any)["readonly"] = false
+		s["mounts"] = append(s["mounts"].([]any), map[string]any{
+			"destination": "/out", "type": "bind", "source": outDir, "options": []string{"rbind", "rw"},
+		})
+	})
+	// The helper under test adds /run/genid and /dev/sysgenid.
+	h.mustCtl("oci-config", bundle)
+
+	id := "genid-" + strconv.Itoa(os.Getpid())
+	env := []string{"GENID_RUN_DIR=" + h.dir}
+	runcDetached(t, bundle, env, "run", "-d", id)
+	t.Cleanup(func() { exec.Command("runc", "delete", "-f", id).Run() })
+	watchOut, mmapOut := filepath.Join(outDir, "watch.out"), filepath.Join(outDir, "mmap.out")
+	waitFor(t, "the container's watcher", func() bool { return h.status().Watchers == 1 })
+	waitLine(t, mmapOut, "5")
+
+	images := filepath.Join(t.TempDir(), "ckpt")
+	runcLogged(t, bundle, env, filepath.Join(t.TempDir(), "dump-work"), "checkpoint", "--image-path", images)(id)
+	r := readRecord(t, images)
+	if r.Generation == nil || *r.Generation != 5 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher {
+		t.Fatalf("record of the container's checkpoint %+v", r)
+	}
+
+	h.start(2) // the target host
+	runcLogged(t, bundle, env, filepath.Join(t.TempDir(), "restore-work"), "restore", "-d", "--image-path", images)(id)
+	if g := h.gen(); g != 6 {
+		t.Fatalf("generation after runc restore %d, want 6", g)
+	}
+	waitLine(t, watchOut, "6")
+	waitLine(t, mmapOut, "6")
+	if _, err := h.ctl("wait-watchers", "--timeout", "15s"); err != nil {
+		t.Fatalf("wait-watchers: %v", err)
+	}
+	st := h.status()
+	if st.Watchers != 1 || st.WatcherList[0].Acked != 6 {
+		t.Fatalf("status after runc restore %+v", st)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func run(t *testing.T, dir string, argv ...string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+}
+
+func editSpec(t *testing.T, path string, edit func(map[string]any)) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s map[string]any
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	edit(s)
+	b, _ = json.MarshalIndent(s, "", "  ")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runcDetached runs runc with pipes for the container's stdio, whose other
+// ends stay here: CRIU cannot dump stdio leading to files outside.
+func runcDetached(t *testing.T, bundle string, env []string, args ...string) {
+	t.Helper()
+	if out, err := runcPiped(t, bundle, env, args...); err != nil {
+		t.Fatalf("runc %v: %v\n%s", args, err, out)
+	}
+}
+
+func runcPiped(t *testing.T, bundle string, env []string, args ...string) (string, error) {
+	t.Helper()
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	inW.Close()
+	go io.Copy(io.Discard, outR)
+	t.Cleanup(func() { inR.Close(); outR.Close() })
+	var stderr strings.Builder
+	cmd := exec.Command("runc", args...)
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin, cmd.Stdout = inR, outW
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	outW.Close()
+	return stderr.String(), err
+}
+
+// runcLogged runs a runc checkpoint or restore with CRIU's log in work.
+func runcLogged(t *testing.T, bundle string, env []string, work string, args ...string) func(id string) {
+	return func(id string) {
+		t.Helper()
+		os.MkdirAll(work, 0o755)
+		full := append(append([]string{args[0], "--work-path", work}, args[1:]...), id)
+		if out, err := runcPiped(t, bundle, env, full...); err != nil {
+			logs, _ := filepath.Glob(filepath.Join(work, "*.log"))
+			var b strings.Builder
+			for _, l := range logs {
+				c, _ := os.ReadFile(l)
+				fmt.Fprintf(&b, "--- %s (tail):\n%s\n", l, tail(string(c), 40))
+			}
+			t.Fatalf("runc %v: %v\n%s\n%s", full, err, out, b.String())
+		}
+	}
+}
+
