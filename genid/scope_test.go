@@ -165,10 +165,13 @@ func TestWaitWatchers(t *testing.T) {
 		t.Fatalf("after the last ack: %v", err)
 	}
 
-	// The caller becoming outdated while it waits is interrupted too.
+	// The caller becoming outdated while it waits is interrupted too. a is
+	// left outdated, so only the interruption can end the wait.
+	gen, _ = s.Bump(0, "t")
+	self.Ack(gen)
 	go func() { done <- s.WaitWatchers(ctx, self) }()
+	time.Sleep(10 * time.Millisecond)
 	s.Bump(0, "t")
-	// a is outdated now as well, so only the interruption can end the wait.
 	select {
 	case err := <-done:
 		if !errors.Is(err, ErrInterrupted) {
