@@ -63,9 +63,12 @@ func criuHookCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "criu-hook",
 		Usage: "CRIU action script: record the generation at post-dump, bump past it at post-restore",
-		Description: "Use as `criu --action-script \"genidctl criu-hook\"`, or as an action-script line in\n" +
-			"/etc/criu/runc.conf for runc. It reads CRTOOLS_SCRIPT_ACTION and CRTOOLS_IMAGE_DIR and\n" +
-			"ignores other actions. Unlike the CRIU plugin it cannot re-attach watcher sockets:\n" +
+		Description: "CRIU runs action scripts by path without arguments, so give it genidctl itself:\n" +
+			"`criu --action-script /usr/bin/genidctl` (run dir from GENID_RUN_DIR), or an\n" +
+			"action-script line in /etc/criu/runc.conf for runc. Run without arguments while\n" +
+			"CRTOOLS_SCRIPT_ACTION is set, genidctl acts as this command. It reads CRTOOLS_IMAGE_DIR\n" +
+			"and ignores actions other than post-dump and post-restore. Unlike the CRIU plugin it\n" +
+			"cannot re-attach watcher sockets:\n" +
 			"restored watchers learn of the restore when they reconnect or read the page.\n" +
 			"A checkpoint recorded by the plugin is left to the plugin.",
 		Action: func(c *cli.Context) error {

@@ -37,6 +37,11 @@ func main() {
 }
 
 func run(args []string) int {
+	// CRIU runs an action script by path, without arguments: genidctl
+	// itself is then the hook (`criu --action-script /usr/bin/genidctl`).
+	if len(args) == 1 && os.Getenv("CRTOOLS_SCRIPT_ACTION") != "" {
+		args = append(args, "criu-hook")
+	}
 	app := newApp()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -41,32 +41,91 @@ func (c *conn) queryPeer(f wire.Frame) {
 }
 
 // connByPeerInode finds the connection whose client end has inode ino. The
-// kernel knows the pairs: a sock_diag dump of this network namespace's unix
-// sockets lists our ends with their peers' inodes, wherever the peers live.
+// kernel knows the pairs: a sock_diag dump lists unix sockets with their
+// peers' inodes. A stream connect creates our end in the client's network
+// namespace, so each namespace our ends live in is dumped on its own.
 func (s *Server) connByPeerInode(ino uint64) (*conn, error) {
-	peers, err := unixPeers()
-	if err != nil {
-		return nil, fmt.Errorf("sock_diag: %w", err)
-	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		if p, ok := peers[c.ino]; ok && uint64(p) == ino {
-			return c, nil
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	type netns struct {
+		fd    int // -1: ours
+		conns []*conn
+	}
+	spaces := map[uint64]*netns{}
+	defer func() {
+		for _, ns := range spaces {
+			if ns.fd >= 0 {
+				unix.Close(ns.fd)
+			}
+		}
+	}()
+	for _, c := range conns {
+		key, fd, err := c.netns()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		ns := spaces[key]
+		if ns == nil {
+			ns = &netns{fd: fd}
+			spaces[key] = ns
+		} else if fd >= 0 {
+			unix.Close(fd)
+		}
+		ns.conns = append(ns.conns, c)
+	}
+	for _, ns := range spaces {
+		peers, err := unixPeers(ns.fd)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, c := range ns.conns {
+			if p, ok := peers[c.ino]; ok && uint64(p) == ino {
+				return c, nil
+			}
 		}
 	}
 	return nil, genid.ErrNotFound
 }
 
-// unixPeers maps the inode of every connected unix socket of this network
-// namespace to its peer's inode.
-func unixPeers() (map[uint64]uint32, error) {
-	nl, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+// netns identifies the network namespace of our end of the connection and
+// returns an fd of it, or -1 when it is the daemon's own (or unknown: an
+// unprivileged daemon cannot look, and serves its own namespace only).
+func (c *conn) netns() (uint64, int, error) {
+	nsfd := -1
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) {
+		nsfd, err = unix.IoctlRetInt(int(fd), unix.SIOCGSKNS)
+	}); cerr != nil {
+		return 0, -1, cerr
+	}
+	if err != nil {
+		return 0, -1, nil
+	}
+	var st, self unix.Stat_t
+	if unix.Fstat(nsfd, &st) != nil || unix.Stat("/proc/self/ns/net", &self) != nil || st.Ino == self.Ino {
+		unix.Close(nsfd)
+		return 0, -1, nil
+	}
+	return st.Ino, nsfd, nil
+}
+
+// unixPeers maps the inode of every connected unix socket of a network
+// namespace (nsfd, or ours if -1) to its peer's inode.
+func unixPeers(nsfd int) (map[uint64]uint32, error) {
+	var cfg *netlink.Config
+	if nsfd >= 0 {
+		cfg = &netlink.Config{NetNS: nsfd}
+	}
+	nl, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer nl.Close()
-
 	// struct unix_diag_req
 	req := make([]byte, 24)
 	req[0] = unix.AF_UNIX

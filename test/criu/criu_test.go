@@ -411,10 +411,11 @@ func TestRestoreWithoutDaemon(t *testing.T) {
 func TestActionScript(t *testing.T) {
 	h := newHost(t, "hook")
 	h.start(7)
-	noPlugin := []string{"CRIU_LIBS_DIR=" + t.TempDir()}
+	// CRIU execs the script without arguments: genidctl is the hook itself.
+	noPlugin := []string{"CRIU_LIBS_DIR=" + t.TempDir(), "GENID_RUN_DIR=" + h.dir}
 	out := filepath.Join(t.TempDir(), "loop.out")
 	p := spawn(t, out, nil, "sh", "-c", "while :; do sleep 0.1; done")
-	hook := genidctl + " --run-dir " + h.dir + " criu-hook"
+	hook := genidctl
 	images := imagesDir(t)
 	mustCriu(t, noPlugin, "dump", images, "-t", strconv.Itoa(p.Pid), "--action-script", hook)
 	r := readRecord(t, images)
@@ -446,4 +447,3 @@ func TestCheckpointWithoutRecord(t *testing.T) {
 		t.Fatalf("generation %d, want 5", g)
 	}
 }
-

@@ -3,12 +3,12 @@ package criu
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,22 +166,41 @@ func runcDetached(t *testing.T, bundle string, env []string, args ...string) {
 	}
 }
 
+//
+// runc hands its own stdio to the container, so none of them may be a pipe
+// that exec waits to drain: the container keeps its end open.
 func runcPiped(t *testing.T, bundle string, env []string, args ...string) (string, error) {
 	t.Helper()
 	inR, inW, _ := os.Pipe()
 	outR, outW, _ := os.Pipe()
 	inW.Close()
-	go io.Copy(io.Discard, outR)
+	var (
+		mu  sync.Mutex
+		out strings.Builder
+	)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := outR.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
 	t.Cleanup(func() { inR.Close(); outR.Close() })
-	var stderr strings.Builder
 	cmd := exec.Command("runc", args...)
 	cmd.Dir = bundle
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin, cmd.Stdout = inR, outW
-	cmd.Stderr = &stderr
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, outW
 	err := cmd.Run()
 	outW.Close()
-	return stderr.String(), err
+	time.Sleep(50 * time.Millisecond) // let runc's last words arrive
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String(), err
 }
 
 // runcLogged runs a runc checkpoint or restore with CRIU's log in work.
@@ -201,4 +220,3 @@ func runcLogged(t *testing.T, bundle string, env []string, work string, args ...
 		}
 	}
 }
-
