@@ -18,11 +18,13 @@
 #   -w, --workdir DIR       working directory inside the guest (default /)
 #   --rw                    keep the rootfs writable (changes then persist in the shared cache!)
 #
-# Inside a run: private mount + pid namespaces (a bash is pid 1, CMD its child; when CMD exits,
-# every process it left behind, runc containers included, is killed). The rootfs is mounted read-only; /tmp,
-# /var/tmp, /run, /root, /dev and /dev/shm are per-run tmpfs. proc and sysfs are fresh, the host's
-# /sys/fs/cgroup tree is rbound. All fds above 2 are closed before CMD starts, so processes that
-# CRIU must dump only hold the caller's stdio (redirect those too before dumping: see selftest).
+# Inside a run: private mount + pid namespaces; a bash is pid 1 (and, unless stdin is a
+# terminal, leader of a new session) and CMD its child. When CMD exits, every process it left
+# behind, runc containers included, is killed. The rootfs is mounted read-only; /tmp, /var/tmp,
+# /run, /root, /dev and /dev/shm are per-run tmpfs. proc and sysfs are fresh, the host's
+# /sys/fs/cgroup tree is rbound. All fds above 2 are closed before CMD starts and a host
+# /dev/null on fds 0-2 becomes the guest's, so processes that CRIU must dump only hold the
+# caller's other stdio (redirect those too before dumping: see selftest).
 # Nothing is left mounted on the host. Concurrent runs are fine; runc container ids (and so
 # their cgroup paths) must be unique across concurrent runs.
 #
@@ -94,6 +96,7 @@ apt_source_pairs() {
 detect_mirror() {
   if [[ -n ${GENID_MIRROR:-} ]]; then printf '%s\n' "${GENID_MIRROR%/}"; return; fi
   local codename uri suite best="" fallback=""
+  # shellcheck disable=SC1091
   codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
   while read -r uri suite; do
     [[ $uri =~ ^(https?|ftp|file):// ]] || continue      # skip cdrom:, mirror+file:, ...
@@ -145,8 +148,8 @@ apt_proxy_env() {
 # The host keyring must verify the target suite's InRelease. bookworm's debian-archive-keyring
 # (2023.3+deb12u2) already carries the trixie keys, and trixie's InRelease is also signed with the
 # bookworm archive key; an older host keyring is upgraded from the host's own (signed) sources.
-# There is deliberately no --no-check-gpg fallback: it is a last resort that needs an explicit
-# GENID_INSECURE_NO_CHECK_GPG=1 from the caller.
+# debootstrap --no-check-gpg is only the last resort, and only when the caller explicitly sets
+# GENID_INSECURE_NO_CHECK_GPG=1; otherwise the build stops with an error.
 check_keyring() {
   local mirror=$1 tmp rc=0
   tmp=$(mktemp)
@@ -289,12 +292,17 @@ cmd_run() {
   exec 9>>"$lock"
   flock -s 9
   [[ -d $root ]] || die "rootfs vanished: $root"
-  local rc=0
+  local rc=0 sess=()
+  # Without a new session, the guest's processes would stay in the caller's session, whose
+  # leader is outside the pid namespace, and criu dump refuses them even with --shell-job ("A
+  # session leader of N is outside of its pid namespace"). So pid 1 gets a new session, unless
+  # stdin is a terminal (an interactive "run -- bash" keeps its controlling terminal).
+  [[ -t 0 ]] || sess=(setsid -w)
   # --kill-child: if this shell dies, the guest's pid 1 gets SIGKILL and with it every process
   # of the run. unshare -m makes all mounts private by default; --mount-proc is just so the
   # pre-pivot part of __init sees its own pid namespace in /proc.
   unshare --mount --pid --fork --kill-child --mount-proc -- \
-    bash "$SELF" __init "$root" "${args[@]}" -- "$@" 9>&- || rc=$?
+    "${sess[@]}" bash "$SELF" __init "$root" "${args[@]}" -- "$@" 9>&- || rc=$?
   exit "$rc"
 }
 
@@ -389,9 +397,16 @@ cmd_init() {
   # Close every fd above 2 (bash keeps its script on a close-on-exec fd); CRIU cannot dump
   # fds that lead outside the guest.
   local fdp fd
-  for fdp in /proc/$$/fd/*; do
+  for fdp in "/proc/$$/fd/"*; do
     fd=${fdp##*/}
     ((fd > 2 && fd != 255)) && eval "exec $fd>&-"
+  done
+  # A closed stdio fd, or the host's /dev/null (which CRIU cannot dump: its mount is not in the
+  # guest), becomes the guest's /dev/null. Pipes, files and ttys are passed through as they are.
+  for fd in 0 1 2; do
+    if [[ ! -e /proc/$$/fd/$fd || $(stat -L -c %t:%T "/proc/$$/fd/$fd") == 1:3 ]]; then
+      case $fd in 0) exec </dev/null ;; 1) exec >/dev/null ;; 2) exec 2>/dev/null ;; esac
+    fi
   done
   # CMD runs as a child of this shell, which stays pid 1 and reaps orphans: a pid namespace's
   # init ignores every signal it has no handler for (even SIGKILL from inside the namespace),
@@ -407,6 +422,7 @@ cmd_init() {
   # bash would report a CMD killed by a signal ("Killed") on stderr; the exit status says it.
   exec 2>/dev/null
   for sig in TERM INT HUP QUIT USR1 USR2; do
+    # shellcheck disable=SC2064  # expand $sig and $child now, on purpose
     trap "kill -$sig $child 2>/dev/null || true" "$sig"
   done
   while :; do

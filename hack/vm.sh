@@ -10,11 +10,14 @@
 #       Atomic (temp dir + rename). Last stdout line: the cache dir.
 #   hack/vm.sh path
 #       Print the cache dir (without building).
-#   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT] [--no-kmsg]
+#   hack/vm.sh clean
+#       Remove cache dirs left by other versions of these scripts.
+#   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT]
+#                        [--kmsg LEVEL | --no-kmsg]
 #       newc cpio + gzip with busybox-static (+ applet symlinks), the added files, the
 #       vmgenid module if needed, and /init. /init mounts proc, sysfs, devtmpfs, tmpfs on
-#       /run and /tmp, loads modules, copies /dev/kmsg to the console in the background
-#       (unless --no-kmsg), prints "VM-INIT: start", runs SCRIPT with busybox sh
+#       /run and /tmp, loads modules, copies /dev/kmsg records of level <= LEVEL (default
+#       5 = notice; 7 = all) raw to the console in the background, prints "VM-INIT: start", runs SCRIPT with busybox sh
 #       (stdout/stderr -> /dev/console = ttyS0), prints "VM-EXIT: <rc>" and powers off.
 #       A SCRIPT that never exits keeps the guest alive (migration tests).
 #   hack/vm.sh boot --initrd FILE [--mem MB] [--guid auto|UUID|none] [--qmp SOCK]
@@ -164,7 +167,11 @@ while read -r m; do
 	insmod "/lib/modules/$m" || echo "VM-INIT: insmod $m failed"
 done </etc/vm-modules.order
 hostname genid-vm
-[ -f /etc/vm-kmsg ] && cat /dev/kmsg &
+# copy kernel log records of level <= $(cat /etc/vm-kmsg) (default 5 = notice: includes
+# "random: crng reseeded due to virtual machine fork") to the console, raw /dev/kmsg format.
+if [ -f /etc/vm-kmsg ]; then
+	cat /dev/kmsg | grep "^[0-$(cat /etc/vm-kmsg)]," &
+fi
 echo "VM-INIT: start"
 sh /vm-script
 echo "VM-EXIT: $?"
@@ -177,14 +184,16 @@ EOF
 cmd_initramfs() {
 	[ $# -ge 1 ] || die "usage: initramfs OUT.cpio.gz [--add HOST:GUEST]... [--init SCRIPT] [--no-kmsg]"
 	local out=$1; shift
-	local adds=() script="" kmsg=1
+	local adds=() script="" kmsg=5
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--add) adds+=("$2"); shift 2;;
 		--add=*) adds+=("${1#--add=}"); shift;;
 		--init) script=$2; shift 2;;
 		--init=*) script=${1#--init=}; shift;;
-		--no-kmsg) kmsg=0; shift;;
+		--no-kmsg) kmsg=""; shift;;
+		--kmsg) kmsg=$2; shift 2;;
+		--kmsg=*) kmsg=${1#--kmsg=}; shift;;
 		*) die "initramfs: unknown argument $1";;
 		esac
 	done
@@ -205,7 +214,7 @@ cmd_initramfs() {
 	mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
 	if [ -d "$dir/modules" ]; then cp "$dir"/modules/* "$root/lib/modules/"; fi
 	cp "$dir/modules.order" "$root/etc/vm-modules.order"
-	[ "$kmsg" = 1 ] && : >"$root/etc/vm-kmsg"
+	case $kmsg in "") ;; [0-7]) echo "$kmsg" >"$root/etc/vm-kmsg";; *) die "--kmsg wants 0..7";; esac
 	write_init "$root/init"
 	if [ -n "$script" ]; then
 		cp "$script" "$root/vm-script"
@@ -218,6 +227,9 @@ cmd_initramfs() {
 		[ "$host" != "$spec" ] && [ -n "$guest" ] || die "--add wants HOSTFILE:GUESTPATH, got $spec"
 		[ -e "$host" ] || die "--add: $host does not exist"
 		mkdir -p "$root/$(dirname "$guest")"
+		# the applet symlinks are absolute (/bin/busybox): never copy *through* one,
+		# that would overwrite the host's file
+		rm -rf "${root:?}/$guest"
 		cp -a "$host" "$root/$guest"
 	done
 	local outabs; outabs=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
@@ -250,7 +262,7 @@ qemu_argv() {
 	local a=("$VM_QEMU" -accel "$VM_ACCEL" -cpu max -M pc -m "$mem" -smp 1
 		-nodefaults -no-user-config -display none -no-reboot
 		-kernel "$dir/vmlinuz" -initrd "$initrd"
-		-append "console=ttyS0 quiet panic=-1 ${append}")
+		-append "console=ttyS0 quiet panic=-1${VM_APPEND:+ $VM_APPEND}${append:+ $append}")
 	[ "$guid" = none ] || a+=(-device "vmgenid,guid=$guid")
 	if [ -n "$serial" ]; then a+=(-serial "file:$serial"); else a+=(-serial stdio); fi
 	[ -n "$qmp" ] && a+=(-qmp "unix:$qmp,server=on,wait=off")
@@ -305,7 +317,7 @@ wait_for() {
 	local f=$1 pat=$2 t=${3:-$VM_TIMEOUT} n=${4:-1} end
 	end=$(( $(date +%s) + t ))
 	while [ "$(date +%s)" -lt "$end" ]; do
-		[ "$(grep -c -- "$pat" "$f" 2>/dev/null || true)" -ge "$n" ] && return 0
+		[ "$(grep -c -- "$pat" "$f" 2>/dev/null)" -ge "$n" ] 2>/dev/null && return 0
 		sleep 0.1
 	done
 	return 1
@@ -336,7 +348,7 @@ start_qemu() { # NAME ARGS... ; runs qemu in background, stderr to $W/NAME.err
 	local argv=()
 	mapfile -t argv < <(qemu_argv "$@")
 	printf '%q ' "${argv[@]}" >"$W/$name.cmd"
-	"${argv[@]}" 2>"$W/$name.err" &
+	"${argv[@]}" </dev/null >"$W/$name.out" 2>"$W/$name.err" &
 	QPIDS+=($!)
 	eval "PID_$name=$!"
 }
@@ -346,7 +358,9 @@ stop_qemu() { # NAME: quit over QMP, then wait
 	wait "$pid" 2>/dev/null || true
 }
 
-# boot NAME MEM GUID : boot to READY, echo seconds
+# The helpers below set T (seconds) instead of printing it: a $(...) around a function
+# that starts qemu would wait for qemu (it inherits the pipe) and lose QPIDS/PID_*.
+# boot NAME MEM GUID : boot to READY
 boot_ready() {
 	local name=$1 mem=$2 guid=$3 t0
 	t0=$(now)
@@ -355,10 +369,10 @@ boot_ready() {
 	if ! wait_for "$W/$name.log" '^READY' "$VM_TIMEOUT"; then
 		cat "$W/$name.err" >&2; return 1
 	fi
-	elapsed "$t0" "$(now)"
+	T=$(elapsed "$t0" "$(now)")
 }
 
-# migrate NAME FILE : stop + migrate to file + quit; echo seconds
+# migrate NAME FILE : stop + migrate to file + quit
 migrate_to_file() {
 	local name=$1 file=$2 sock=$W/$1.sock t0
 	t0=$(now)
@@ -366,11 +380,11 @@ migrate_to_file() {
 		'{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":17179869184}}' \
 		"{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"exec:cat > $file\"}}" >/dev/null || return 1
 	qmp_wait "$sock" '{"execute":"query-migrate"}' '"status": "completed"' || return 1
-	elapsed "$t0" "$(now)"
+	T=$(elapsed "$t0" "$(now)")
 	stop_qemu "$name"
 }
 
-# restore NAME MEM GUID FILE MODE(exec|defer) : until paused, then cont; echo seconds
+# restore NAME MEM GUID FILE MODE(exec|defer) : until paused, then cont
 restore() {
 	local name=$1 mem=$2 guid=$3 file=$4 mode=$5 sock=$W/$1.sock t0 inc
 	[ "$mode" = defer ] && inc=defer || inc=$file
@@ -383,7 +397,7 @@ restore() {
 	fi
 	# 'cont' while still "inmigrate" would be swallowed: wait for "paused" first.
 	qmp_wait "$sock" '{"execute":"query-status"}' '"status": "paused"' || { cat "$W/$name.err" >&2; return 1; }
-	elapsed "$t0" "$(now)"
+	T=$(elapsed "$t0" "$(now)")
 	cmd_qmp "$sock" '{"execute":"cont"}' >/dev/null
 }
 
@@ -418,14 +432,14 @@ EOF
 	info "initramfs $(stat -c %s "$W/initrd.gz") bytes, built in $(elapsed "$t0" "$(now)")s"
 
 	# --- A: guid=auto, boot, migrate to file; B: restore with guid=auto -> vmfork expected
-	if t=$(boot_ready A 256 auto); then pass "boot A (-m 256, guid=auto) to READY in ${t}s"; else fail "boot A: no READY"; return 1; fi
+	if boot_ready A 256 auto; then pass "boot A (-m 256, guid=auto) to READY in ${T}s"; else fail "boot A: no READY"; return 1; fi
 	grep -q '^RNG-READY' "$W/A.log" && pass "guest RNG ready (crng init done) at boot" || fail "guest RNG not ready at boot"
 	grep -q '^VMGENID-BOUND' "$W/A.log" && pass "vmgenid driver bound: $(grep '^VMGENID-BOUND' "$W/A.log" | cut -d' ' -f2-)" || fail "vmgenid driver not bound"
 	grep -q "$VMFORK_LINE" "$W/A.log" && fail "vmfork line already at first boot" || true
-	if t=$(migrate_to_file A "$W/A.mig"); then
-		pass "migrate A to file in ${t}s, $(stat -c %s "$W/A.mig") bytes (-m 256)"
+	if migrate_to_file A "$W/A.mig"; then
+		pass "migrate A to file in ${T}s, $(stat -c %s "$W/A.mig") bytes (-m 256)"
 	else fail "migrate A"; return 1; fi
-	if t=$(restore B 256 auto "$W/A.mig" exec); then pass "restore B (-incoming exec:cat FILE) to paused in ${t}s, sent cont"; else fail "restore B"; return 1; fi
+	if restore B 256 auto "$W/A.mig" exec; then pass "restore B (-incoming exec:cat FILE) to paused in ${T}s, sent cont"; else fail "restore B"; return 1; fi
 	t0=$(now)
 	if wait_for "$W/B.log" "$VMFORK_LINE" 60; then
 		pass "B (new guid=auto): vmfork reseed line seen $(elapsed "$t0" "$(now)")s after cont: $(grep -m1 "$VMFORK_LINE" "$W/B.log")"
@@ -436,17 +450,17 @@ EOF
 	# --- C: explicit guid, -m 128; D: restore with the same guid -> no vmfork;
 	#     E: restore with another explicit guid -> vmfork
 	local g1=8a9e4d0c-3f2b-4c55-9d6e-1f2a3b4c5d6e g2=0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d
-	if t=$(boot_ready C 128 "$g1"); then pass "boot C (-m 128, guid=$g1) to READY in ${t}s"; else fail "boot C"; return 1; fi
-	if t=$(migrate_to_file C "$W/C.mig"); then
-		pass "migrate C to file in ${t}s, $(stat -c %s "$W/C.mig") bytes (-m 128)"
+	if boot_ready C 128 "$g1"; then pass "boot C (-m 128, guid=$g1) to READY in ${T}s"; else fail "boot C"; return 1; fi
+	if migrate_to_file C "$W/C.mig"; then
+		pass "migrate C to file in ${T}s, $(stat -c %s "$W/C.mig") bytes (-m 128)"
 	else fail "migrate C"; return 1; fi
-	if t=$(restore D 128 "$g1" "$W/C.mig" defer); then pass "restore D (-incoming defer + migrate-incoming) to paused in ${t}s, sent cont"; else fail "restore D"; return 1; fi
+	if restore D 128 "$g1" "$W/C.mig" defer; then pass "restore D (-incoming defer + migrate-incoming) to paused in ${T}s, sent cont"; else fail "restore D"; return 1; fi
 	if wait_for "$W/D.log" '^HB ' 60 5; then
 		if grep -q "$VMFORK_LINE" "$W/D.log"; then fail "D (same guid): unexpected vmfork line"
 		else pass "D (same guid): no vmfork line after 5 heartbeats"; fi
 	else fail "D: no heartbeats after restore"; fi
 	stop_qemu D
-	if t=$(restore E 128 "$g2" "$W/C.mig" exec); then pass "restore E (other explicit guid) to paused in ${t}s, sent cont"; else fail "restore E"; return 1; fi
+	if restore E 128 "$g2" "$W/C.mig" exec; then pass "restore E (other explicit guid) to paused in ${T}s, sent cont"; else fail "restore E"; return 1; fi
 	wait_for "$W/E.log" "$VMFORK_LINE" 60 && pass "E (different guid): vmfork line seen" || fail "E (different guid): no vmfork line"
 	stop_qemu E
 
@@ -463,8 +477,22 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
+cmd_clean() { # remove cache dirs of other script versions
+	local keep d
+	keep=$(cache_dir)
+	shopt -s nullglob
+	for d in "$CACHE_ROOT"/vm-[0-9a-f]*[0-9a-f] "$CACHE_ROOT"/.vm-build.*; do
+		[[ $d =~ /(vm-[0-9a-f]{16}|\.vm-build\..{6})$ ]] || continue
+		[ "$d" != "$keep" ] || continue
+		log "removing $d"; rm -rf "$d"
+	done
+	shopt -u nullglob
+	return 0
+}
+
 case ${1:-} in
 build) shift; cmd_build "$@";;
+clean) cmd_clean;;
 path) cache_dir;;
 initramfs) shift; cmd_initramfs "$@";;
 boot) shift; cmd_boot "$@";;

@@ -166,7 +166,6 @@ func runcDetached(t *testing.T, bundle string, env []string, args ...string) {
 	}
 }
 
-//
 // runc hands its own stdio to the container, so none of them may be a pipe
 // that exec waits to drain: the container keeps its end open.
 func runcPiped(t *testing.T, bundle string, env []string, args ...string) (string, error) {
