@@ -379,10 +379,13 @@ static int genid_restore_unix_sk(int id)
 		return dead_socket();
 	}
 
-	/* The path the task used at dump, then the configured one, then the
-	 * conventional one a container has the host's run dir mounted at. */
-	paths[0] = r->path;
-	paths[1] = g.sock;
+	/*
+	 * The daemon that was just bumped, as seen from the task: the configured
+	 * path, then the one the task used at dump (both the host's paths), then
+	 * the one a container has the host's run dir mounted at.
+	 */
+	paths[0] = g.sock;
+	paths[1] = r->path;
 	paths[2] = GENID_DEFAULT_RUN_DIR "/" GENID_SOCKET_NAME;
 	for (i = 0; i < 3; i++) {
 		ret = genid_open(&c, paths[i]);

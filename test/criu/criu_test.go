@@ -447,3 +447,45 @@ func TestCheckpointWithoutRecord(t *testing.T) {
 		t.Fatalf("generation %d, want 5", g)
 	}
 }
+
+// A client blocked in wait-watchers at checkpoint time (not a watcher) is
+// answered on its replaced connection: its request was lost with the old
+// one, the "restored" event makes it ask again, and the target host, where
+// no watcher is outdated, lets it through.
+func TestBlockedWaitWatchers(t *testing.T) {
+	h := newHost(t, "blocked")
+	h.start(3)
+	// A watcher whose command fails stays outdated, so wait-watchers blocks.
+	spawn(t, filepath.Join(t.TempDir(), "w.out"), nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
+	waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+	h.mustCtl("bump")
+	waitFor(t, "an outdated watcher", func() bool { return h.status().Outdated == 1 })
+
+	rc := filepath.Join(t.TempDir(), "rc")
+	p := spawn(t, filepath.Join(t.TempDir(), "ww.out"), nil, "sh", "-c",
+		genidctl+" --run-dir "+h.dir+" wait-watchers; echo $? >"+rc)
+	time.Sleep(300 * time.Millisecond) // let it block
+	if _, err := os.Stat(rc); err == nil {
+		t.Fatal("wait-watchers returned with a watcher outdated")
+	}
+	images := imagesDir(t)
+	mustCriu(t, nil, "dump", images, "-t", strconv.Itoa(p.Pid))
+	if r := readRecord(t, images); len(r.Sockets) != 1 || r.Sockets[0].Watcher {
+		t.Fatalf("record %+v: want one non-watcher socket", r)
+	}
+
+	target := newHost(t, "blocked-target")
+	target.start(1)
+	mustCriu(t, []string{"GENID_RUN_DIR=" + target.dir}, "restore", images, "-d")
+	defer syscall.Kill(p.Pid, syscall.SIGKILL)
+	waitFor(t, "the restored wait-watchers to finish", func() bool {
+		b, err := os.ReadFile(rc)
+		return err == nil && strings.TrimSpace(string(b)) != ""
+	})
+	if b, _ := os.ReadFile(rc); strings.TrimSpace(string(b)) != "0" {
+		t.Fatalf("restored wait-watchers exited %s", b)
+	}
+	if g := target.gen(); g != 5 {
+		t.Fatalf("target generation %d, want 5 (past the snapshot's 4)", g)
+	}
+}
