@@ -15,7 +15,7 @@ PLUGIN_CFLAGS := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Werror -O2 -sha
 CRIU_HEADER   := /usr/include/criu/criu-plugin.h
 TESTBED       := hack/testbed.sh
 
-.PHONY: all build run test unit fuzz e2e e2e-criu plugin install-plugin clean
+.PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin clean
 
 all: build
 
@@ -25,7 +25,7 @@ build:
 run: build
 	./$(BIN) daemon
 
-test: build unit fuzz e2e e2e-criu
+test: build unit fuzz e2e e2e-criu e2e-vm
 
 # Unit and in-process tests, with the race detector.
 unit:
@@ -66,6 +66,11 @@ e2e-criu: build plugin
 	CGO_ENABLED=0 $(GO) test -c -o bin/criu-e2e.test ./test/criu
 	$(TESTBED) run --bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
 		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- /src/bin/criu-e2e.test -test.v -test.count=1
+
+# A real VM snapshot/restore under QEMU: the vmgenid backend.
+e2e-vm: build
+	hack/vm.sh build >/dev/null
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 20m ./test/vm/
 
 clean:
 	rm -rf bin

@@ -1,0 +1,19 @@
+# Guest side of test/vm, run by the initramfs's /init with busybox sh; its
+# output is the serial console, which the test reads.
+export PATH=/bin:/sbin
+genidctl daemon --log-level debug >/tmp/daemon.log 2>&1 &
+while [ ! -S /run/genid/genid.sock ]; do sleep 0.1; done
+genidctl watch >/tmp/watch.out 2>/tmp/watch.err &
+while [ "$(genidctl status --json | grep -c '"pid"')" != 1 ]; do sleep 0.1; done
+echo "GENID-READY backends=$(genidctl status --json | tr -d ' \n' | grep -o '"backends":\[[^]]*\]')"
+
+# Numbered heartbeats: output the guest had not yet sent when it was saved
+# shows up again in a clone's log, so the test only trusts numbers it has
+# not seen before the save.
+n=0
+while :; do
+	n=$((n + 1))
+	reason=$(genidctl status --json | grep -o '"reason": "[^"]*"' | cut -d'"' -f4)
+	echo "GENID-HB $n gen=$(genidctl get) watch=$(tr '\n' ',' </tmp/watch.out) reason=$reason"
+	sleep 0.5
+done
