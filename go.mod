@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/checkpoint-restore/go-criu/v7 v7.2.0
+	github.com/godbus/dbus/v5 v5.2.4
 	github.com/mdlayher/netlink v1.11.2
 	github.com/moby/sys/capability v0.5.0
 	github.com/urfave/cli/v2 v2.27.7

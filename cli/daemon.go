@@ -59,6 +59,12 @@ func runDaemon(c *cli.Context) error {
 			log.Info("no access to the system run dir; using a per-user one", "system", genid.DefaultRunDir, "run_dir", dir)
 		}
 	}
+	// The socket's bound name is what clients' getpeername (and so the CRIU
+	// plugin) sees: never a relative one.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("daemon: run dir: %w", err)
+	}
 	if c.Uint("max-frame") > 1<<20 {
 		return usageError{fmt.Errorf("--max-frame %d exceeds 1 MiB", c.Uint("max-frame"))}
 	}

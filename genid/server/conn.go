@@ -3,13 +3,9 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,100 +14,39 @@ import (
 	"github.com/genid-project/genid/genid/wire"
 )
 
-// maxBacklog bounds what a connection may have queued for a client that does
-// not read. Events do not count: they are coalesced into one.
-const maxBacklog = 4 << 20
-
-// conn is one client connection. One goroutine reads and answers requests;
-// events are written by whoever bumps, never blocking on a slow client.
+// conn is one client connection. The loop reads it and answers its
+// requests; events are written by whoever bumps, replies to wait-watchers by
+// its waiter, none of them ever blocking on a slow client (output.go).
+//
+// It is kept small: an idle watcher is this struct, its Registration and
+// its fd, nothing else.
 type conn struct {
 	srv  *Server
-	uc   *net.UnixConn
-	raw  syscall.RawConn
+	fd   int
+	seq  uint32 // the loop's number for it, in its epoll events
 	peer peer
 	ino  uint64 // inode of our end, to find it from the client's end
 
-	ctx    context.Context
-	cancel context.CancelFunc
+	// Loop goroutine only.
+	in       []byte        // a frame received in part, nil when none
+	deadline time.Duration // when the frame in part (or the drain) is overdue
+	dl       int32         // index in the loop's deadline heap, -1 if none
+	draining bool          // broke the protocol: reading and dropping until closed
+	drained  int
 
 	watcher atomic.Pointer[genid.Registration]
 	waiting atomic.Bool // a wait-watchers is pending
 
-	wmu      sync.Mutex
-	out      []byte // bytes not yet written; non-empty only while flushing
-	flushing bool   // a flush goroutine owns the socket's write side
-	hold     bool   // events wait until the reply to watch/attach is queued
-	due      bool   // an event is pending (coalesced)
-	dueGen   uint32
-	dueFlags uint32
-	dead     bool
-}
-
-func newConn(s *Server, uc *net.UnixConn) (*conn, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	p, err := peerOf(raw)
-	if err != nil {
-		return nil, err
-	}
-	var st unix.Stat_t
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, serr
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{srv: s, uc: uc, raw: raw, peer: p, ino: st.Ino, ctx: ctx, cancel: cancel}, nil
-}
-
-// serve reads requests until the client goes away or breaks the protocol.
-func (c *conn) serve() {
-	defer c.cleanup()
-	maxPayload := c.srv.cfg.MaxPayload
-	var hdr [wire.HeaderSize]byte
-	for {
-		// Idle connections may wait forever; a started frame must finish in time.
-		n, err := c.uc.Read(hdr[:])
-		if err != nil {
-			return
-		}
-		if n < len(hdr) {
-			c.uc.SetReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
-			if _, err := io.ReadFull(c.uc, hdr[n:]); err != nil {
-				c.srv.log.Debug("partial header", "pid", c.peer.pid, "err", err)
-				return
-			}
-		}
-		h, err := wire.ParseHeader(hdr[:], maxPayload)
-		if err != nil {
-			// The stream cannot be resynchronised: answer, then hang up.
-			st := wire.StatusBadRequest
-			if errors.Is(err, wire.ErrVersion) {
-				st = wire.StatusVersion
-			}
-			c.replyStatus(h, st, err.Error())
-			c.srv.log.Debug("bad frame", "pid", c.peer.pid, "err", err)
-			c.drain()
-			return
-		}
-		var payload []byte
-		if h.Len > 0 {
-			c.uc.SetReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout))
-			payload = make([]byte, h.Len)
-			if _, err := io.ReadFull(c.uc, payload); err != nil {
-				c.srv.log.Debug("partial payload", "pid", c.peer.pid, "err", err)
-				return
-			}
-		}
-		if n < len(hdr) || h.Len > 0 {
-			c.uc.SetReadDeadline(time.Time{})
-		}
-		c.handle(wire.Frame{Header: h, Payload: payload})
-	}
+	wmu        sync.Mutex
+	out        []byte // bytes not yet written; non-empty only while the socket is full
+	pollOut    bool   // EPOLLOUT is armed, to flush out
+	hold       bool   // events wait until the reply to watch/attach is queued
+	due        bool   // an event is pending (coalesced)
+	dueGen     uint32
+	dueFlags   uint32
+	dead       bool               // writing failed or the backlog overflowed: the loop closes it
+	closed     bool               // the fd is closed: nothing may touch it
+	cancelWait context.CancelFunc // ends the pending wait-watchers
 }
 
 // handle answers one request. Errors become error replies; only the
@@ -201,11 +136,7 @@ func (c *conn) handle(f wire.Frame) {
 			c.replyErr(f.Header, fmt.Errorf("wait-watchers: %v: %w", err, genid.ErrBadRequest))
 			return
 		}
-		if !c.waiting.CompareAndSwap(false, true) {
-			c.replyErr(f.Header, fmt.Errorf("wait-watchers: one at a time per connection: %w", genid.ErrLimit))
-			return
-		}
-		go c.waitWatchers(f.Header, time.Duration(ms)*time.Millisecond, c.watcher.Load())
+		c.startWait(f.Header, time.Duration(ms)*time.Millisecond)
 
 	case wire.OpBump:
 		b, err := wire.ParseBump(f.Payload)
@@ -213,7 +144,7 @@ func (c *conn) handle(f wire.Frame) {
 			c.replyErr(f.Header, fmt.Errorf("bump: %v: %w", err, genid.ErrBadRequest))
 			return
 		}
-		if err := checkBump(c.raw, c.peer); err != nil {
+		if err := checkBump(c.fd, c.peer); err != nil {
 			s.log.Warn("bump refused", "pid", c.peer.pid, "uid", c.peer.uid, "err", err)
 			c.replyErr(f.Header, fmt.Errorf("bump: %w", err))
 			return
@@ -284,186 +215,28 @@ func (c *conn) release(flags uint32) {
 		}
 		c.dueFlags |= flags
 	}
-	if c.due && !c.flushing {
-		c.writeLocked(c.takeEventLocked())
+	if c.due && len(c.out) == 0 {
+		c.writeEventLocked()
 	}
 }
 
-func (c *conn) waitWatchers(h wire.Header, timeout time.Duration, self *genid.Registration) {
-	ctx := c.ctx
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	err := c.srv.scope.WaitWatchers(ctx, self)
-	// Free the slot before replying: the client may ask again at once.
-	c.waiting.Store(false)
-	switch {
-	case c.ctx.Err() != nil:
-		return // the client is gone
-	case errors.Is(err, context.DeadlineExceeded):
-		err = fmt.Errorf("wait-watchers: %d outdated after %v: %w", c.srv.scope.Outdated(), timeout, genid.ErrTimeout)
-	}
-	if err != nil {
-		c.replyErr(h, err)
-		return
-	}
-	c.reply(h, nil)
-}
-
-func (c *conn) reply(req wire.Header, payload []byte) {
-	c.send(wire.Append(nil, wire.Header{Op: req.Op, ID: req.ID}, payload))
-}
-
-func (c *conn) replyStatus(req wire.Header, st wire.Status, msg string) {
-	if len(msg) > 1024 {
-		msg = msg[:1024]
-	}
-	c.send(wire.Append(nil, wire.Header{Op: req.Op, ID: req.ID, Status: st}, []byte(msg)))
-}
-
-func (c *conn) replyErr(req wire.Header, err error) {
-	c.replyStatus(req, genid.StatusOf(err), err.Error())
-}
-
-// event is the watcher's notify function: it queues an event frame with the
-// new generation. A client that does not read gets only the latest one.
-func (c *conn) event(gen uint32) {
+// isDead tells the loop to close a connection that writing gave up on.
+func (c *conn) isDead() bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.due, c.dueGen = true, gen
-	if c.hold || c.flushing {
-		return
-	}
-	c.writeLocked(c.takeEventLocked())
+	return c.dead
 }
 
-func (c *conn) takeEventLocked() []byte {
-	f := wire.Append(nil, wire.Header{Op: wire.OpEvent}, wire.U32s(c.dueGen, c.dueFlags))
-	c.due, c.dueFlags = false, 0
-	return f
-}
-
-// send queues a frame behind anything not yet written.
-func (c *conn) send(frame []byte) {
+// close closes the fd (loop goroutine only) and ends a pending wait.
+func (c *conn) close() {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.flushing {
-		if len(c.out)+len(frame) > maxBacklog {
-			c.srv.log.Warn("client does not read its replies; closing", "pid", c.peer.pid)
-			c.dead = true
-			c.uc.Close()
-			return
-		}
-		c.out = append(c.out, frame...)
-		return
-	}
-	c.writeLocked(frame)
-}
-
-// writeLocked tries one non-blocking write; what does not fit is handed to a
-// flush goroutine, so a bump never waits for a slow client.
-func (c *conn) writeLocked(b []byte) {
-	if c.dead {
-		return
-	}
-	var n int
-	var err error
-	cerr := c.raw.Write(func(fd uintptr) bool {
-		for {
-			n, err = unix.Write(int(fd), b)
-			if err != unix.EINTR {
-				return true
-			}
-		}
-	})
-	if err == unix.EAGAIN {
-		n, err = 0, nil
-	}
-	if n < 0 {
-		n = 0
-	}
-	if cerr != nil || err != nil {
-		c.dead = true
-		c.uc.Close()
-		return
-	}
-	if n < len(b) {
-		c.out = append(c.out[:0], b[n:]...)
-		c.flushing = true
-		go c.flush()
-	}
-}
-
-// flush writes the backlog, waiting for the socket to drain, then any
-// coalesced event.
-func (c *conn) flush() {
-	for {
-		c.wmu.Lock()
-		if len(c.out) == 0 {
-			if !c.due || c.hold || c.dead {
-				c.flushing = false
-				c.wmu.Unlock()
-				return
-			}
-			c.out = c.takeEventLocked()
-		}
-		buf := c.out
-		c.out = nil
-		c.wmu.Unlock()
-
-		var err error
-		cerr := c.raw.Write(func(fd uintptr) bool {
-			for len(buf) > 0 {
-				var n int
-				n, err = unix.Write(int(fd), buf)
-				switch {
-				case err == unix.EINTR:
-					continue
-				case err == unix.EAGAIN:
-					err = nil
-					return false // wait until writable
-				case err != nil:
-					return true
-				}
-				buf = buf[n:]
-			}
-			return true
-		})
-		if cerr != nil || err != nil {
-			c.wmu.Lock()
-			c.dead, c.flushing = true, false
-			c.wmu.Unlock()
-			c.uc.Close()
-			return
-		}
-	}
-}
-
-// drain gives an error reply a moment to reach a client that is still
-// sending, instead of resetting the connection under it.
-func (c *conn) drain() {
-	c.uc.CloseWrite()
-	c.uc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	io.CopyN(io.Discard, c.uc, 64<<10)
-}
-
-// hangUp ends the connection from any goroutine; serve then cleans up.
-func (c *conn) hangUp() {
-	c.cancel()
-	c.wmu.Lock()
-	c.dead = true
+	c.closed = true
+	c.out = nil
+	cancel := c.cancelWait
+	c.cancelWait = nil
+	unix.Close(c.fd)
 	c.wmu.Unlock()
-	c.uc.Close()
-}
-
-// cleanup runs once, when serve returns: the watcher stops counting.
-func (c *conn) cleanup() {
-	c.hangUp()
-	if w := c.watcher.Swap(nil); w != nil {
-		w.Close()
-		c.srv.watchers.Add(-1)
+	if cancel != nil {
+		cancel()
 	}
-	c.srv.untrack(c)
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 
 	"github.com/moby/sys/capability"
 	"golang.org/x/sys/unix"
@@ -18,16 +17,8 @@ type peer struct {
 	uid uint32
 }
 
-func peerOf(raw syscall.RawConn) (peer, error) {
-	var (
-		uc  *unix.Ucred
-		err error
-	)
-	if cerr := raw.Control(func(fd uintptr) {
-		uc, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); cerr != nil {
-		return peer{}, cerr
-	}
+func peerOf(fd int) (peer, error) {
+	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	if err != nil {
 		return peer{}, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
@@ -37,18 +28,16 @@ func peerOf(raw syscall.RawConn) (peer, error) {
 // checkBump allows a bump only to a peer holding CAP_CHECKPOINT_RESTORE or
 // CAP_SYS_ADMIN in the daemon's own user namespace. Root of a nested user
 // namespace has those capabilities only there, and is refused.
-func checkBump(raw syscall.RawConn, p peer) error {
+func checkBump(fd int, p peer) error {
 	if p.pid <= 0 {
 		return fmt.Errorf("peer's pid is not visible from the daemon: %w", genid.ErrPermission)
 	}
 	// A pidfd pins the peer, so a pid reused after the peer exited cannot
 	// lend its capabilities: the process is checked to be alive afterwards.
-	pidfd := -1
-	_ = raw.Control(func(fd uintptr) {
-		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
-			pidfd = v
-		}
-	})
+	pidfd, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+	if err != nil {
+		pidfd = -1
+	}
 	if pidfd >= 0 {
 		defer unix.Close(pidfd)
 	}

@@ -44,13 +44,11 @@ func (c *conn) queryPeer(f wire.Frame) {
 // kernel knows the pairs: a sock_diag dump lists unix sockets with their
 // peers' inodes. A stream connect creates our end in the client's network
 // namespace, so each namespace our ends live in is dumped on its own.
+//
+// It runs on the event loop, which alone closes connections: their fds stay
+// valid throughout.
 func (s *Server) connByPeerInode(ino uint64) (*conn, error) {
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.loop.conns()
 
 	type netns struct {
 		fd    int // -1: ours
@@ -96,13 +94,7 @@ func (s *Server) connByPeerInode(ino uint64) (*conn, error) {
 // returns an fd of it, or -1 when it is the daemon's own (or unknown: an
 // unprivileged daemon cannot look, and serves its own namespace only).
 func (c *conn) netns() (uint64, int, error) {
-	nsfd := -1
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) {
-		nsfd, err = unix.IoctlRetInt(int(fd), unix.SIOCGSKNS)
-	}); cerr != nil {
-		return 0, -1, cerr
-	}
+	nsfd, err := unix.IoctlRetInt(c.fd, unix.SIOCGSKNS)
 	if err != nil {
 		return 0, -1, nil
 	}

@@ -1,6 +1,12 @@
 // Package server is the genid daemon: it owns a run directory (the page and
 // the socket), serves the protocol of package wire on the socket, and drives
 // one genid.Scope.
+//
+// Connections are served by one event loop (loop.go) over epoll: an idle
+// connection is a small struct and a registered fd, with no goroutine, no
+// timer and no buffer, so that ten thousand idle watchers cost little memory
+// and wake nothing. conn.go answers requests, output.go writes replies and
+// events without ever blocking, waiter.go serves wait-watchers.
 package server
 
 import (
@@ -8,12 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/genid/page"
@@ -64,17 +71,14 @@ type Server struct {
 	log   *slog.Logger
 	page  *page.Writer
 	scope *genid.Scope
-	ln    *net.UnixListener
 	sock  string
+	loop  *loop
 
-	nconns   atomic.Int64
 	watchers atomic.Int64
-	serving  sync.WaitGroup // connection goroutines
+	waiters  sync.WaitGroup // wait-watchers goroutines
 
 	mu       sync.Mutex
-	conns    map[*conn]struct{}
 	backends []string
-	closed   bool
 
 	bgCtx    context.Context // ends when Serve shuts down: the backends' context
 	bgCancel context.CancelFunc
@@ -92,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("page: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, page: pg, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, page: pg}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.scope = genid.NewScope(pg.Load(), pg.Store)
 
@@ -103,20 +107,42 @@ func New(cfg Config) (*Server, error) {
 		pg.Close()
 		return nil, fmt.Errorf("stale socket: %w", err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.sock, Net: "unix"})
+	lfd, err := listen(s.sock)
 	if err != nil {
 		pg.Close()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
-	// Everyone may watch and ack; bump checks capabilities per request.
-	if err := os.Chmod(s.sock, 0o666); err != nil {
-		ln.Close()
+	if s.loop, err = newLoop(s, lfd); err != nil {
+		unix.Close(lfd)
+		os.Remove(s.sock)
 		pg.Close()
-		return nil, fmt.Errorf("socket: %w", err)
+		return nil, err
 	}
-	s.ln = ln
 	return s, nil
+}
+
+// listen binds a non-blocking unix stream socket at path, open to everyone:
+// everyone may watch and ack; bump checks capabilities per request.
+func listen(path string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return -1, err
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil { // the kernel caps it at net.core.somaxconn
+		unix.Close(fd)
+		os.Remove(path)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // Scope returns the counter the daemon serves, for backends that bump it.
@@ -150,94 +176,22 @@ func (s *Server) Bump(min uint32, reason string) (uint32, error) {
 	return gen, nil
 }
 
-// Serve accepts connections until ctx ends, then removes the socket, closes
+// Serve serves connections until ctx ends, then removes the socket, closes
 // every connection and releases the page (which keeps its value).
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("serving", "socket", s.sock, "generation", s.scope.Generation(),
 		"max_watchers", s.cfg.MaxWatchers, "max_conns", s.cfg.MaxConns)
-	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	stop := context.AfterFunc(ctx, s.loop.stop)
 	defer stop()
 	defer s.shutdown()
-
-	var delay time.Duration
-	for {
-		c, err := s.ln.AcceptUnix()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err) {
-				// Out of fds or similar: back off instead of spinning.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept", "err", err, "retry_in", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		delay = 0
-		if s.nconns.Add(1) > int64(s.cfg.MaxConns) {
-			s.nconns.Add(-1)
-			c.Close()
-			s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
-			continue
-		}
-		cn, err := newConn(s, c)
-		if err != nil {
-			s.nconns.Add(-1)
-			c.Close()
-			s.log.Warn("connection dropped", "err", err)
-			continue
-		}
-		if !s.track(cn) {
-			cn.cleanup()
-			return nil
-		}
-		s.serving.Add(1)
-		go func() {
-			defer s.serving.Done()
-			cn.serve()
-		}()
-	}
-}
-
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
-}
-
-func (s *Server) track(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.nconns.Add(-1)
+	return s.loop.run()
 }
 
 func (s *Server) shutdown() {
-	s.ln.Close()
+	os.Remove(s.sock)
 	s.bgCancel()
-	s.mu.Lock()
-	s.closed = true
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.hangUp()
-	}
-	s.serving.Wait()
+	s.loop.close() // every connection, and so every pending wait
+	s.waiters.Wait()
 	s.bg.Wait() // backends stopped by bgCancel above
 	if err := s.page.Close(); err != nil {
 		s.log.Warn("page close", "err", err)
