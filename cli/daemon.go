@@ -56,6 +56,9 @@ func runDaemon(c *cli.Context) error {
 		dir = genid.DefaultRunDir
 		if !writable(dir) {
 			dir = userRunDir()
+			if err := ownPrivateDir(dir); err != nil {
+				return fmt.Errorf("daemon: per-user run dir: %w", err)
+			}
 			log.Info("no access to the system run dir; using a per-user one", "system", genid.DefaultRunDir, "run_dir", dir)
 		}
 	}
@@ -128,6 +131,22 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 			srv.SetBackends(active)
 		})
 	}
+}
+
+// ownPrivateDir creates dir for this user, or checks that an existing one
+// is ours and writable by no one else: under /tmp its name can be guessed.
+func ownPrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
+		return fmt.Errorf("%s is not a directory owned by uid %d and writable only by it", dir, os.Geteuid())
+	}
+	return nil
 }
 
 // writable tells whether the daemon can use dir (creating it if need be).
