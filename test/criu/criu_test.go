@@ -489,3 +489,26 @@ func TestBlockedWaitWatchers(t *testing.T) {
 		t.Fatalf("target generation %d, want 5 (past the snapshot's 4)", g)
 	}
 }
+
+// --libdir replaces CRIU's plugin dir: the plugin works from anywhere.
+func TestLibdir(t *testing.T) {
+	h := newHost(t, "libdir")
+	h.start(2)
+	lib := t.TempDir()
+	copyFile(t, pluginPath, filepath.Join(lib, "genid-criu.so"))
+	out := filepath.Join(t.TempDir(), "watch.out")
+	p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
+	waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+	images := imagesDir(t)
+	env := []string{"GENID_RUN_DIR=" + h.dir}
+	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
+	if r := readRecord(t, images); len(r.Sockets) != 1 || *r.Generation != 2 {
+		t.Fatalf("record %+v", r)
+	}
+	mustCriu(t, env, "restore", images, "-d", "--libdir", lib)
+	defer syscall.Kill(p.Pid, syscall.SIGKILL)
+	waitLine(t, out, "3")
+	if _, err := h.ctl("wait-watchers", "--timeout", "15s"); err != nil {
+		t.Fatal(err)
+	}
+}
