@@ -481,3 +481,22 @@ func TestFloodAndGarbage(t *testing.T) {
 		t.Fatalf("status after the flood: %s", g)
 	}
 }
+
+// TestCleanShutdown: SIGTERM and SIGINT remove the socket and keep the page.
+func TestCleanShutdown(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		d := startDaemon(t, bin, dir)
+		mustCtl(t, bin, dir, "bump")
+		if err := d.kill(sig); err != nil {
+			t.Fatalf("daemon exit on %v: %v\n%s", sig, err, d.log.String())
+		}
+		if _, err := os.Stat(filepath.Join(dir, "genid.sock")); !os.IsNotExist(err) {
+			t.Fatalf("socket left after %v: %v", sig, err)
+		}
+		if g := mustCtl(t, bin, dir, "get"); g != strconv.Itoa(i+1) {
+			t.Fatalf("page after %v holds %s", sig, g)
+		}
+	}
+}
