@@ -15,7 +15,7 @@ PLUGIN_CFLAGS := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Werror -O2 -sha
 CRIU_HEADER   := /usr/include/criu/criu-plugin.h
 TESTBED       := hack/testbed.sh
 
-.PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin clean
+.PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
 
 all: build
 
@@ -71,6 +71,17 @@ e2e-criu: build plugin
 e2e-vm: build
 	hack/vm.sh build >/dev/null
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 20m ./test/vm/
+
+# Benchmarks, not part of `make test` (as root, about 5 minutes on 2 cores):
+# genid against its physical limits and its peers, each ratio measured in
+# one run. Prints a markdown table; the same data goes to
+# test/bench/results.json. BENCHFLAGS: e.g. -quick, -only fanout,barrier.
+bench: build plugin
+	@command -v dbus-daemon >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dbus-daemon || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dbus-daemon; }; }
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -o bin/bench-waiters test/bench/waiters/waiters.c
+	CGO_ENABLED=0 $(GO) build -o bin/bench ./test/bench
+	cd test/bench && ../../bin/bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -35,18 +34,17 @@ type conn struct {
 	drained  int
 
 	watcher atomic.Pointer[genid.Registration]
-	waiting atomic.Bool // a wait-watchers is pending
+	waiting atomic.Bool // has a pending wait-watchers (set under waits.mu)
 
-	wmu        sync.Mutex
-	out        []byte // bytes not yet written; non-empty only while the socket is full
-	pollOut    bool   // EPOLLOUT is armed, to flush out
-	hold       bool   // events wait until the reply to watch/attach is queued
-	due        bool   // an event is pending (coalesced)
-	dueGen     uint32
-	dueFlags   uint32
-	dead       bool               // writing failed or the backlog overflowed: the loop closes it
-	closed     bool               // the fd is closed: nothing may touch it
-	cancelWait context.CancelFunc // ends the pending wait-watchers
+	wmu      sync.Mutex
+	out      []byte // bytes not yet written; non-empty only while the socket is full
+	pollOut  bool   // EPOLLOUT is armed, to flush out
+	hold     bool   // events wait until the reply to watch/attach is queued
+	due      bool   // an event is pending (coalesced)
+	dueGen   uint32
+	dueFlags uint32
+	dead     bool // writing failed or the backlog overflowed: the loop closes it
+	closed   bool // the fd is closed: nothing may touch it
 }
 
 // handle answers one request. Errors become error replies; only the
@@ -122,6 +120,9 @@ func (c *conn) handle(f wire.Frame) {
 			return
 		}
 		c.reply(f.Header, nil)
+		if s.waits.pending.Load() > 0 && s.scope.Outdated() == 0 {
+			s.waits.check()
+		}
 
 	case wire.OpOutdated:
 		if len(f.Payload) != 0 {
@@ -136,7 +137,7 @@ func (c *conn) handle(f wire.Frame) {
 			c.replyErr(f.Header, fmt.Errorf("wait-watchers: %v: %w", err, genid.ErrBadRequest))
 			return
 		}
-		c.startWait(f.Header, time.Duration(ms)*time.Millisecond)
+		s.waits.start(c, f.Header, time.Duration(ms)*time.Millisecond)
 
 	case wire.OpBump:
 		b, err := wire.ParseBump(f.Payload)
@@ -227,16 +228,11 @@ func (c *conn) isDead() bool {
 	return c.dead
 }
 
-// close closes the fd (loop goroutine only) and ends a pending wait.
+// close closes the fd (loop goroutine only).
 func (c *conn) close() {
 	c.wmu.Lock()
 	c.closed = true
 	c.out = nil
-	cancel := c.cancelWait
-	c.cancelWait = nil
 	unix.Close(c.fd)
 	c.wmu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
 }

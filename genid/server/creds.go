@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
-	"github.com/moby/sys/capability"
 	"golang.org/x/sys/unix"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 
 	"github.com/genid-project/genid/genid"
 )
@@ -49,15 +50,15 @@ func checkBump(fd int, p peer) error {
 	if !same {
 		return fmt.Errorf("peer %d is in another user namespace: %w", p.pid, genid.ErrPermission)
 	}
-	caps, err := capability.NewPid2(p.pid)
-	if err == nil {
-		err = caps.Load()
-	}
+	// One capget(2): cheaper than parsing /proc/PID/status, which a bump
+	// would otherwise pay on every call.
+	caps, err := cap.GetPID(p.pid)
 	if err != nil {
 		return fmt.Errorf("capabilities of peer %d: %v: %w", p.pid, err, genid.ErrPermission)
 	}
-	if !caps.Get(capability.EFFECTIVE, capability.CAP_CHECKPOINT_RESTORE) &&
-		!caps.Get(capability.EFFECTIVE, capability.CAP_SYS_ADMIN) {
+	cr, _ := caps.GetFlag(cap.Effective, cap.CHECKPOINT_RESTORE)
+	sa, _ := caps.GetFlag(cap.Effective, cap.SYS_ADMIN)
+	if !cr && !sa {
 		return fmt.Errorf("peer %d (uid %d): %w", p.pid, p.uid, genid.ErrPermission)
 	}
 	if pidfd >= 0 {
@@ -68,11 +69,19 @@ func checkBump(fd int, p peer) error {
 	return nil
 }
 
+// ownUserNS is the daemon's user namespace, which does not change.
+var ownUserNS = sync.OnceValues(func() (unix.Stat_t, error) {
+	var st unix.Stat_t
+	err := unix.Stat("/proc/self/ns/user", &st)
+	return st, err
+})
+
 func sameUserNS(pid int) (bool, error) {
-	var self, other unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
+	self, err := ownUserNS()
+	if err != nil {
 		return false, err
 	}
+	var other unix.Stat_t
 	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", pid), &other); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return false, errors.New("process is gone")

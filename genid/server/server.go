@@ -6,7 +6,8 @@
 // connection is a small struct and a registered fd, with no goroutine, no
 // timer and no buffer, so that ten thousand idle watchers cost little memory
 // and wake nothing. conn.go answers requests, output.go writes replies and
-// events without ever blocking, waiter.go serves wait-watchers.
+// events without ever blocking, waiter.go serves wait-watchers, also without
+// a goroutine.
 package server
 
 import (
@@ -75,7 +76,7 @@ type Server struct {
 	loop  *loop
 
 	watchers atomic.Int64
-	waiters  sync.WaitGroup // wait-watchers goroutines
+	waits    waits // pending wait-watchers
 
 	mu       sync.Mutex
 	backends []string
@@ -97,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("page: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, page: pg}
+	s.waits.srv = s
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.scope = genid.NewScope(pg.Load(), pg.Store)
 
@@ -191,8 +193,7 @@ func (s *Server) shutdown() {
 	os.Remove(s.sock)
 	s.bgCancel()
 	s.loop.close() // every connection, and so every pending wait
-	s.waiters.Wait()
-	s.bg.Wait() // backends stopped by bgCancel above
+	s.bg.Wait()    // backends stopped by bgCancel above
 	if err := s.page.Close(); err != nil {
 		s.log.Warn("page close", "err", err)
 	}

@@ -1,0 +1,486 @@
+package server
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/genid/wire"
+)
+
+// drainTime and drainBytes bound how long a connection that broke the
+// protocol is read (and discarded) after its error reply, so that the reply
+// reaches a client that is still sending instead of a reset.
+const (
+	drainTime  = 100 * time.Millisecond
+	drainBytes = 64 << 10
+)
+
+// loop is the daemon's event loop. One goroutine serves an epoll instance
+// holding the listening socket, every connection and a wake-up eventfd: it
+// accepts, reads and answers requests, flushes backlogs, and ends
+// connections whose started frame is overdue. Only the loop opens and
+// closes connection fds, so an fd is valid for as long as the loop sees its
+// conn.
+//
+// Nothing runs while the daemon is idle: the loop is parked without a
+// deadline unless a frame is half received, and no goroutine or timer
+// exists per connection.
+type loop struct {
+	srv      *Server
+	ep       int      // epoll instance
+	epFile   *os.File // ep in Go's netpoller: the loop parks on it
+	lfd      int      // listening socket
+	wake     int      // eventfd that stop writes to
+	stopping atomic.Bool
+
+	// Owned by the loop goroutine.
+	byFD      []*conn // by fd
+	nconns    int
+	seq       uint32 // tells a connection from an earlier one on the same fd
+	deadlines deadlineHeap
+	epoch     time.Time     // the loop's clock: time since epoch
+	retry     time.Duration // when to accept again after running out of fds; 0: not waiting
+	backoff   time.Duration
+	buf       []byte // read buffer, shared by all connections
+	events    []unix.EpollEvent
+	failed    error // accept failed for good: run returns it
+}
+
+func newLoop(s *Server, lfd int) (*loop, error) {
+	l := &loop{srv: s, lfd: lfd, epoch: time.Now(), buf: make([]byte, 64<<10), events: make([]unix.EpollEvent, 256)}
+	var err error
+	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	// Non-blocking, so that os.NewFile puts it in the netpoller.
+	if err := unix.SetNonblock(l.ep, true); err != nil {
+		unix.Close(l.ep)
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	l.epFile = os.NewFile(uintptr(l.ep), "epoll")
+	if err := l.epFile.SetReadDeadline(time.Time{}); err != nil {
+		l.epFile.Close()
+		return nil, fmt.Errorf("epoll fd not pollable by the Go runtime: %w", err)
+	}
+	if l.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		l.epFile.Close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	for _, fd := range []int{lfd, l.wake} {
+		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			l.epFile.Close()
+			unix.Close(l.wake)
+			return nil, fmt.Errorf("epoll: %w", err)
+		}
+	}
+	return l, nil
+}
+
+func (l *loop) now() time.Duration { return time.Since(l.epoch) }
+
+// stop makes run return; safe from any goroutine.
+func (l *loop) stop() {
+	l.stopping.Store(true)
+	one := [8]byte{1}
+	unix.Write(l.wake, one[:])
+}
+
+func rawRecvFd(fd int, b []byte) {
+	unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+}
+
+// run serves until stop. It returns an error only if epoll or accept fail
+// for good.
+//
+// The loop waits in Go's netpoller, on the epoll fd (which is readable when
+// any of its fds is ready), and fetches the events with a non-blocking
+// epoll_wait, all without a blocking system call: in Go 1.26 entering one
+// wakes the runtime's sysmon thread from its idle sleep, which then polls
+// every 20 µs for milliseconds. A parked goroutine leaves the daemon
+// entirely asleep, and wakes without stirring sysmon.
+func (l *loop) run() error {
+	rc, err := l.epFile.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var deadline time.Duration // the epoll fd's read deadline; 0: none
+	serve := func(uintptr) bool {
+		for !l.stopping.Load() && l.failed == nil {
+			n, err := epollPoll(l.ep, l.events)
+			if err != nil {
+				l.failed = fmt.Errorf("epoll_wait: %w", err)
+				break
+			}
+			if n > 0 {
+				l.dispatch(l.events[:n])
+				continue
+			}
+			l.expire()
+			if l.next() != deadline {
+				break // to set the new deadline
+			}
+			return false // park until the epoll fd is readable
+		}
+		return true
+	}
+	for !l.stopping.Load() && l.failed == nil {
+		if next := l.next(); next != deadline {
+			var at time.Time
+			if next > 0 {
+				at = l.epoch.Add(next)
+			}
+			l.epFile.SetReadDeadline(at)
+			deadline = next
+		}
+		err := rc.Read(serve)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			l.expire()
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("epoll: %w", err)
+		}
+	}
+	return l.failed
+}
+
+// dispatch handles a batch of epoll events.
+func (l *loop) dispatch(events []unix.EpollEvent) {
+	for _, ev := range events {
+		fd := int(ev.Fd)
+		switch {
+		case fd == l.wake:
+			var v [8]byte
+			rawRecvFd(l.wake, v[:])
+		case fd == l.lfd:
+			if err := l.accept(); err != nil {
+				l.srv.log.Error("accept", "err", err)
+				l.failed = err
+			}
+		default:
+			c := l.conn(fd)
+			if c == nil || c.seq != uint32(ev.Pad) {
+				continue // closed earlier in this batch
+			}
+			if ev.Events&unix.EPOLLOUT != 0 {
+				c.flush()
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				l.readable(c)
+			}
+		}
+	}
+	l.expire()
+}
+
+// epollPoll is epoll_wait without waiting, and without the Go runtime's
+// system call bookkeeping (it never blocks).
+func epollPoll(ep int, events []unix.EpollEvent) (int, error) {
+	for {
+		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), 0, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
+}
+
+func (l *loop) conn(fd int) *conn {
+	if fd < 0 || fd >= len(l.byFD) {
+		return nil
+	}
+	return l.byFD[fd]
+}
+
+// conns lists the open connections (loop goroutine only).
+func (l *loop) conns() []*conn {
+	out := make([]*conn, 0, l.nconns)
+	for _, c := range l.byFD {
+		if c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// next is when the loop must look at the time again: the earliest frame
+// (or drain) deadline or accept retry; 0 if none, and so none while idle.
+func (l *loop) next() time.Duration {
+	next := time.Duration(0)
+	if len(l.deadlines) > 0 {
+		next = l.deadlines[0].deadline
+	}
+	if l.retry > 0 && (next == 0 || l.retry < next) {
+		next = l.retry
+	}
+	return next
+}
+
+// expire ends connections whose started frame (or drain) is overdue, and
+// resumes accepting after a back-off.
+func (l *loop) expire() {
+	now := l.now()
+	for len(l.deadlines) > 0 && l.deadlines[0].deadline <= now {
+		c := l.deadlines[0]
+		if !c.draining {
+			l.srv.log.Debug("partial frame not completed in time", "pid", c.peer.pid, "timeout", l.srv.cfg.FrameTimeout)
+		}
+		l.closeConn(c)
+	}
+	if l.retry > 0 && l.retry <= now {
+		l.retry = 0
+		unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)})
+	}
+}
+
+// accept takes the pending connections.
+func (l *loop) accept() error {
+	s := l.srv
+	for range 256 {
+		r, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(l.lfd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		fd := int(r)
+		switch errno {
+		case 0:
+		case unix.EAGAIN:
+			return nil
+		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.EPERM:
+			continue
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			// Out of fds or memory: stop listening for a while instead of
+			// spinning on a socket that stays readable.
+			l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept", "err", errno, "retry_in", l.backoff)
+			l.retry = l.now() + l.backoff
+			unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: 0, Fd: int32(l.lfd)})
+			return nil
+		default:
+			return fmt.Errorf("accept: %w", errno)
+		}
+		l.backoff = 0
+		if l.nconns >= s.cfg.MaxConns {
+			unix.Close(fd)
+			s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
+			continue
+		}
+		if err := l.add(fd); err != nil {
+			unix.Close(fd)
+			s.log.Warn("connection dropped", "err", err)
+		}
+	}
+	return nil
+}
+
+// add registers an accepted connection.
+func (l *loop) add(fd int) error {
+	p, err := peerOf(fd)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	l.seq++
+	c := &conn{srv: l.srv, fd: fd, seq: l.seq, dl: -1, peer: p, ino: st.Ino}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, c.pollEvent(false)); err != nil {
+		return err
+	}
+	if fd >= len(l.byFD) {
+		l.byFD = append(l.byFD, make([]*conn, fd+1-len(l.byFD))...)
+	}
+	l.byFD[fd] = c
+	l.nconns++
+	return nil
+}
+
+// readable answers every complete frame the client sent.
+//
+// The bytes are peeked, answered, and only then consumed: the kernel wakes
+// a client blocked in read() on its unix socket both when data arrives and
+// when what it sent is consumed (unix_write_space shares the socket's wait
+// queue). Consuming a request before its reply is written would wake such a
+// client twice, once for nothing; consuming it after wakes it once.
+func (l *loop) readable(c *conn) {
+	n, err := rawRecv(c.fd, l.buf, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN:
+		return
+	case err != nil || n == 0:
+		l.closeConn(c)
+		return
+	}
+	if c.draining {
+		rawRecv(c.fd, l.buf[:n], 0)
+		if c.drained += n; c.drained >= drainBytes {
+			l.closeConn(c)
+		}
+		return
+	}
+	data := l.buf[:n]
+	if len(c.in) > 0 {
+		c.in = append(c.in, data...)
+		data = c.in
+	}
+	done := l.frames(c, data)
+	if c.isDead() {
+		l.closeConn(c) // a write failed: the client is gone
+		return
+	}
+	// Consume what was peeked; the rest of a frame is kept in c.in.
+	if m, err := rawRecv(c.fd, l.buf[:n], 0); err != nil || m != n {
+		l.srv.log.Warn("socket read", "pid", c.peer.pid, "peeked", n, "read", m, "err", err)
+		l.closeConn(c)
+		return
+	}
+	if done < 0 {
+		return // draining after a bad frame
+	}
+	rest := data[done:]
+	if len(rest) == 0 {
+		c.in = nil
+		l.deadlines.clear(c)
+		return
+	}
+	// A started frame must complete in time; a new one starts its own clock.
+	if done > 0 || c.dl < 0 {
+		l.deadlines.set(c, l.now()+l.srv.cfg.FrameTimeout)
+	}
+	if len(c.in) == 0 {
+		c.in = append([]byte(nil), rest...) // out of the shared buffer
+	} else {
+		c.in = c.in[:copy(c.in, rest)]
+	}
+}
+
+// frames handles the complete frames at the start of data and returns how
+// many bytes they took, or -1 after a frame that cannot be trusted (the
+// connection is then draining).
+func (l *loop) frames(c *conn, data []byte) int {
+	maxPayload := l.srv.cfg.MaxPayload
+	done := 0
+	for len(data)-done >= wire.HeaderSize {
+		h, err := wire.ParseHeader(data[done:], maxPayload)
+		if err != nil {
+			// The stream cannot be resynchronised: answer, then hang up.
+			st := wire.StatusBadRequest
+			if errors.Is(err, wire.ErrVersion) {
+				st = wire.StatusVersion
+			}
+			c.replyStatus(h, st, err.Error())
+			l.srv.log.Debug("bad frame", "pid", c.peer.pid, "err", err)
+			l.drain(c)
+			return -1
+		}
+		end := done + wire.HeaderSize + int(h.Len)
+		if len(data) < end {
+			break
+		}
+		c.handle(wire.Frame{Header: h, Payload: data[done+wire.HeaderSize : end]})
+		done = end
+	}
+	return done
+}
+
+// drain stops answering c: its write side is shut (the error reply queued
+// before goes out first), and what it still sends is read and dropped for a
+// moment before the connection closes.
+func (l *loop) drain(c *conn) {
+	c.draining = true
+	c.in = nil
+	unix.Shutdown(c.fd, unix.SHUT_WR)
+	l.deadlines.set(c, l.now()+drainTime)
+}
+
+// closeConn ends a connection: its watcher stops counting, a pending
+// wait-watchers is dropped.
+func (l *loop) closeConn(c *conn) {
+	l.deadlines.clear(c)
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	c.close()
+	l.srv.waits.drop(c)
+	if w := c.watcher.Swap(nil); w != nil {
+		w.Close()
+		l.srv.watchers.Add(-1)
+		l.srv.waits.check() // it may have been the last outdated one
+	}
+	l.byFD[c.fd] = nil
+	l.nconns--
+}
+
+// close ends every connection and releases the loop; run must have
+// returned.
+func (l *loop) close() {
+	for _, c := range l.byFD {
+		if c != nil {
+			l.closeConn(c)
+		}
+	}
+	unix.Close(l.lfd)
+	unix.Close(l.wake)
+	l.epFile.Close()
+}
+
+// rawRecv reads without blocking (the fd is non-blocking anyway).
+func rawRecv(fd int, b []byte, flags int) (int, error) {
+	for {
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+			uintptr(flags|unix.MSG_DONTWAIT), 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
+}
+
+// deadlineHeap orders the connections that have a deadline (a frame half
+// received, or a drain): few at any time, and none while idle.
+type deadlineHeap []*conn
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].dl, h[j].dl = int32(i), int32(j)
+}
+func (h *deadlineHeap) Push(x any) {
+	c := x.(*conn)
+	c.dl = int32(len(*h))
+	*h = append(*h, c)
+}
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.dl = -1
+	return c
+}
+
+func (h *deadlineHeap) set(c *conn, at time.Duration) {
+	c.deadline = at
+	if c.dl >= 0 {
+		heap.Fix(h, int(c.dl))
+	} else {
+		heap.Push(h, c)
+	}
+}
+
+func (h *deadlineHeap) clear(c *conn) {
+	if c.dl >= 0 {
+		heap.Remove(h, int(c.dl))
+	}
+}

@@ -1,0 +1,371 @@
+// Command bench measures genid against its physical limits and its peers,
+// each ratio from one run on one machine (see issue "Benchmarks" and
+// `make bench`). It prints a markdown table of medians and p99 and writes
+// the same data as JSON (-out). Run as root: it raises limits, installs
+// nothing itself, and runs the CRIU figure in hack/testbed.sh.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type bench struct {
+	repo, genidctl, waiters, plugin, testbed string
+	quick                                    bool
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "restore-inner" {
+		fs := flag.NewFlagSet("restore-inner", flag.ExitOnError)
+		ctl := fs.String("genidctl", "", "genidctl binary")
+		rounds := fs.Int("rounds", 15, "restores of each kind")
+		fs.Parse(os.Args[2:])
+		r := restoreInner(*ctl, *rounds)
+		out, _ := jsonLine(r)
+		fmt.Println(out)
+		return
+	}
+	var b bench
+	flag.StringVar(&b.repo, "repo", "../..", "the repository (bound into the test bed)")
+	flag.StringVar(&b.genidctl, "genidctl", "../../bin/genidctl", "genidctl binary")
+	flag.StringVar(&b.waiters, "waiters", "../../bin/bench-waiters", "waiters helper binary")
+	flag.StringVar(&b.plugin, "plugin", "../../bin/genid-criu.so", "CRIU plugin")
+	flag.StringVar(&b.testbed, "testbed", "../../hack/testbed.sh", "CRIU test bed script")
+	out := flag.String("out", "results.json", "JSON results")
+	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,restore", "sections to run")
+	ns := flag.String("n", "1,100,1000,10000", "fan-out sizes")
+	flag.BoolVar(&b.quick, "quick", false, "fewer rounds (a smoke test, not figures)")
+	flag.Parse()
+
+	if os.Geteuid() != 0 {
+		fatal("run as root: bumps need CAP_CHECKPOINT_RESTORE, and the limits are raised")
+	}
+	if err := raiseLimits(); err != nil {
+		fatal(err.Error())
+	}
+	rep := &Report{Machine: machine(), Started: time.Now().UTC().Format(time.RFC3339), Facts: map[string]any{}}
+	start := time.Now()
+	sections := map[string]bool{}
+	for _, s := range strings.Split(*only, ",") {
+		sections[s] = true
+	}
+	var sizes []int
+	for _, s := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			fatal("-n: " + err.Error())
+		}
+		sizes = append(sizes, n)
+	}
+	try := func(what string, f func() error) {
+		t0 := time.Now()
+		fmt.Fprintf(os.Stderr, "bench: %s...\n", what)
+		if err := f(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", what, err)
+			rep.Errors = append(rep.Errors, what+": "+err.Error())
+			return
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s done in %s\n", what, since(t0))
+	}
+	if sections["hotpath"] {
+		try("hot path", func() error { return b.hotPath(rep) })
+	}
+	if sections["fanout"] {
+		for _, n := range sizes {
+			try(fmt.Sprintf("fan-out N=%d", n), func() error { return b.fanout(rep, n) })
+		}
+	}
+	if sections["barrier"] {
+		for _, n := range []int{1000, 10000} {
+			try(fmt.Sprintf("barrier N=%d", n), func() error { return b.barrier(rep, n) })
+		}
+	}
+	if sections["memory"] {
+		try("memory", func() error { return b.memory(rep) })
+	}
+	if sections["idle"] {
+		try("idle", func() error { return b.idle(rep) })
+	}
+	if sections["restore"] {
+		try("restore", func() error { return b.restore(rep) })
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	fmt.Print(rep.Markdown())
+	if err := rep.write(*out); err != nil {
+		fatal(err.Error())
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s written, %s in all\n", *out, since(start))
+	if len(rep.Errors) > 0 {
+		os.Exit(1)
+	}
+}
+
+func (b *bench) runs(full int) int {
+	if b.quick {
+		return max(2, full/5)
+	}
+	return full
+}
+
+func (b *bench) hotPath(rep *Report) error {
+	d, err := startDaemon(b.genidctl)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	check, pread, err := hotPath(d, b.runs(15))
+	if err != nil {
+		return err
+	}
+	c, p := summarise("ns/op", check), summarise("ns/op", pread)
+	rep.add(Row{Name: "hot-path check", Figure: c, Note: "Go client Generation(): atomic load from the mmap'd page"}.
+		goal("≤ 2 ns", c.Median <= 2))
+	r := compare("hot-path check vs pread", c, "pread 4 B", p, false)
+	rep.add(r.goal("≥ 100× faster", *r.Ratio >= 100))
+	return nil
+}
+
+// fanout measures the four mechanisms at one N. Every mechanism runs in
+// `passes` passes of fresh set-ups, interleaved, so that drift on a shared
+// machine hits them alike.
+func (b *bench) fanout(rep *Report, n int) error {
+	rounds := map[int]int{1: 30, 100: 30, 1000: 20, 10000: 15}[n]
+	if rounds == 0 {
+		rounds = 10
+	}
+	passes := map[bool]int{true: 3, false: 2}[n >= 10000]
+	rounds = max(1, b.runs(rounds)/passes)
+	series, wakes := map[string][]float64{}, map[string][]float64{}
+	for range passes {
+		for _, mech := range []string{"genid", "eventfd", "inotify", "D-Bus"} {
+			var d *daemon
+			var a *arena
+			var err error
+			switch mech {
+			case "genid":
+				if d, err = startDaemon(b.genidctl); err == nil {
+					a, err = fanoutGenid(b, d, n)
+				}
+			case "eventfd":
+				a, err = fanoutEventfd(b, n)
+			case "inotify":
+				var dir string
+				if dir, err = os.MkdirTemp("", "genid-bench-inotify-"); err == nil {
+					defer os.RemoveAll(dir)
+					a, err = fanoutInotify(b, dir, n)
+				}
+			case "D-Bus":
+				a, err = fanoutDBus(b, n)
+			}
+			if err == nil {
+				var s []float64
+				s, err = a.rounds(rounds)
+				series[mech] = append(series[mech], s...)
+				for _, v := range a.switches {
+					wakes[mech] = append(wakes[mech], v/float64(n))
+				}
+				a.stop()
+			}
+			if d != nil {
+				if mech == "genid" && n == 1 && rep.Facts["inotify events from a bump (mmap store to the page)"] == nil {
+					if ev, e := mmapInotifyEvents(d); e == nil {
+						rep.Facts["inotify events from a bump (mmap store to the page)"] = ev
+					}
+				}
+				d.stop()
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", mech, err)
+			}
+		}
+	}
+	rep.Facts[fmt.Sprintf("fan-out N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
+	g := summarise("ms", series["genid"])
+	name := fmt.Sprintf("fan-out N=%d", n)
+	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
+	i := compare(name, g, "inotify", summarise("ms", series["inotify"]), true)
+	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), false)
+	if n == 10000 {
+		e = e.goal("≤ 2×", *e.Ratio <= 2)
+		i = i.goal("≤ 1.5×", *i.Ratio <= 1.5)
+		db = db.goal("≥ 10× faster", *db.Ratio >= 10)
+	}
+	rep.add(e)
+	rep.add(i)
+	rep.add(db)
+	return nil
+}
+
+func (b *bench) barrier(rep *Report, n int) error {
+	rounds := map[int]int{1000: 30, 10000: 16}[n]
+	const passes = 2
+	rounds = max(1, b.runs(rounds)/passes)
+	series, wakes := map[string][]float64{}, map[string][]float64{}
+	var switches, cpu []float64
+	for range passes {
+		for _, mech := range []string{"genid", "eventfd"} {
+			var d *daemon
+			var a *arena
+			var err error
+			if mech == "genid" {
+				if d, err = startDaemon(b.genidctl); err == nil {
+					a, err = barrierGenid(b, d, n, &switches, &cpu)
+				}
+			} else {
+				a, err = barrierEventfd(b, n)
+			}
+			if err == nil {
+				var s []float64
+				s, err = a.rounds(rounds)
+				series[mech] = append(series[mech], s...)
+				for _, v := range a.switches {
+					wakes[mech] = append(wakes[mech], v/float64(n))
+				}
+				a.stop()
+			}
+			if d != nil {
+				d.stop()
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", mech, err)
+			}
+		}
+	}
+	rep.Facts[fmt.Sprintf("barrier N=%d: daemon context switches per round (median)", n)] = summarise("", switches).Median
+	rep.Facts[fmt.Sprintf("barrier N=%d: daemon CPU time per round, ms (median)", n)] = math.Round(summarise("", cpu).Median*100) / 100
+	rep.Facts[fmt.Sprintf("barrier N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
+	r := compare(fmt.Sprintf("barrier N=%d", n), summarise("ms", series["genid"]),
+		"eventfd + eventfd reply", summarise("ms", series["eventfd"]), true)
+	rep.add(r.goal("≤ 3×", *r.Ratio <= 3))
+	return nil
+}
+
+func medians(m map[string][]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		out[k] = math.Round(summarise("", v).Median*100) / 100
+	}
+	return out
+}
+
+func (b *bench) memory(rep *Report) error {
+	const n = 10000
+	var s []float64
+	for range b.runs(3) {
+		v, err := memoryPerWatcher(b, n)
+		if err != nil {
+			return err
+		}
+		s = append(s, v)
+	}
+	st := summarise("bytes", s)
+	rep.add(Row{Name: "memory per idle watcher, N=10000", Figure: st, Note: "daemon RSS growth / N"}.
+		goal("≤ 2 KiB", st.Median <= 2048))
+	return nil
+}
+
+func (b *bench) idle(rep *Report) error {
+	win := 10 * time.Second
+	s, threads, err := idleSwitches(b, 1000, b.runs(3), win)
+	if err != nil {
+		return err
+	}
+	st := summarise("switches", s)
+	rep.Facts["daemon threads with 1000 idle watchers"] = threads
+	// Every window must be quiet, not just the median one.
+	rep.add(Row{Name: "idle: daemon context switches / 10 s, 1000 watchers", Figure: st,
+		Note: "voluntary + involuntary, summed over /proc/PID/task/*/status"}.
+		goal("0 in every window", st.P99 == 0))
+	return nil
+}
+
+func (b *bench) restore(rep *Report) error {
+	r, err := restoreOuter(b, b.runs(40))
+	if err != nil {
+		return err
+	}
+	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
+	rr.Note = "with the plugin: reads the record, bumps past it (daemon round trip)"
+	rep.add(rr.goal("≤ 1.05×", *rr.Ratio <= 1.05))
+	return nil
+}
+
+// raiseLimits: 10 000 watchers need more fds and inotify instances than
+// the defaults. Children inherit the raised fd limit: the soft one goes to
+// the hard one (which a process without CAP_SYS_RESOURCE cannot raise).
+func raiseLimits() error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Max < 10100 {
+		return fmt.Errorf("RLIMIT_NOFILE hard limit %d: 10 000 watchers need more", lim.Max)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+	}
+	for path, want := range map[string]int{
+		"/proc/sys/fs/inotify/max_user_instances": 65536,
+		"/proc/sys/fs/inotify/max_user_watches":   1 << 20,
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if have, _ := strconv.Atoi(strings.TrimSpace(string(b))); have < want {
+			if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
+func machine() Machine {
+	m := Machine{Nproc: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		m.Kernel = cstr(u.Release[:])
+	}
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "PRETTY_NAME="); ok {
+				m.OS = strings.Trim(v, `"`)
+			}
+		}
+	}
+	return m
+}
+
+func cstr(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+func fatal(msg string) {
+	fmt.Fprintln(os.Stderr, "bench:", msg)
+	os.Exit(1)
+}

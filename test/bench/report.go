@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+)
+
+// Row is one line of the table: a genid figure, maybe against one baseline.
+// A row with a target carries Pass; JSON lists those as targets.
+type Row struct {
+	Name      string          `json:"name"`
+	Figure    Stat            `json:"figure"`
+	Baselines map[string]Stat `json:"baselines,omitempty"`
+	Ratio     *float64        `json:"ratio,omitempty"`
+	RatioOf   string          `json:"ratio_of,omitempty"` // how Ratio is computed
+	Target    string          `json:"target,omitempty"`
+	Pass      *bool           `json:"pass,omitempty"`
+	Note      string          `json:"note,omitempty"`
+}
+
+type Report struct {
+	Machine Machine        `json:"machine"`
+	Started string         `json:"started"`
+	Seconds float64        `json:"seconds"`
+	Targets []Row          `json:"targets"`
+	Figures []Row          `json:"figures"` // everything measured, targets included
+	Facts   map[string]any `json:"facts"`
+	Errors  []string       `json:"errors,omitempty"`
+}
+
+type Machine struct {
+	Nproc  int    `json:"nproc"`
+	CPU    string `json:"cpu"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+	OS     string `json:"os"`
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// compare builds a row of genid against one baseline. slower: the ratio is
+// genid/baseline (lower is better); else baseline/genid (how many times
+// faster genid is).
+func compare(name string, g Stat, bname string, b Stat, slower bool) Row {
+	r := Row{Name: name, Figure: g, Baselines: map[string]Stat{bname: b}}
+	if slower {
+		r.Ratio, r.RatioOf = ptr(g.Median/b.Median), "genid / "+bname
+	} else {
+		r.Ratio, r.RatioOf = ptr(b.Median/g.Median), bname+" / genid"
+	}
+	return r
+}
+
+// goal sets a row's target and decides it.
+func (r Row) goal(target string, pass bool) Row {
+	r.Target, r.Pass = target, &pass
+	return r
+}
+
+func (rep *Report) add(r Row) {
+	rep.Figures = append(rep.Figures, r)
+	if r.Pass != nil {
+		rep.Targets = append(rep.Targets, r)
+	}
+}
+
+func num(v float64, unit string) string {
+	if math.IsNaN(v) {
+		return "–"
+	}
+	switch {
+	case unit == "ns/op" && v < 10:
+		return fmt.Sprintf("%.2f ns", v)
+	case unit == "ns/op":
+		return fmt.Sprintf("%.0f ns", v)
+	case unit == "ms" && v < 1:
+		return fmt.Sprintf("%.0f µs", v*1000)
+	case unit == "ms" && v < 10:
+		return fmt.Sprintf("%.2f ms", v)
+	case unit == "ms":
+		return fmt.Sprintf("%.1f ms", v)
+	case unit == "bytes":
+		return fmt.Sprintf("%.0f B", v)
+	}
+	return fmt.Sprintf("%.4g %s", v, unit)
+}
+
+func cell(s Stat) string {
+	return num(s.Median, s.Unit) + " / " + num(s.P99, s.Unit)
+}
+
+// Markdown renders the table: medians / p99 over the runs.
+func (rep *Report) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Machine: %d cores, %s, Linux %s, %s, %s. Medians / p99 of the runs (n = runs).\n\n",
+		rep.Machine.Nproc, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.OS, rep.Machine.Go)
+	b.WriteString("| figure | genid | baseline | baseline figure | ratio | target | result |\n")
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	for _, r := range rep.Figures {
+		base, bcell := "–", "–"
+		for name, s := range r.Baselines {
+			base, bcell = name, cell(s)
+		}
+		ratio := "–"
+		if r.Ratio != nil {
+			ratio = fmt.Sprintf("%.3g× (%s)", *r.Ratio, r.RatioOf)
+		}
+		target, result := "–", "–"
+		if r.Pass != nil {
+			target = r.Target
+			result = map[bool]string{true: "**pass**", false: "**FAIL**"}[*r.Pass]
+		}
+		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s | %s | %s |\n",
+			r.Name, r.Figure.N, cell(r.Figure), base, bcell, ratio, target, result)
+	}
+	if len(rep.Facts) > 0 {
+		b.WriteString("\n")
+		for _, k := range sortedKeys(rep.Facts) {
+			fmt.Fprintf(&b, "- %s: %v\n", k, rep.Facts[k])
+		}
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(&b, "- ERROR: %s\n", e)
+	}
+	return b.String()
+}
+
+func sortedKeys(m map[string]any) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	for i := range ks {
+		for j := i + 1; j < len(ks); j++ {
+			if ks[j] < ks[i] {
+				ks[i], ks[j] = ks[j], ks[i]
+			}
+		}
+	}
+	return ks
+}
+
+func (rep *Report) write(path string) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func jsonLine(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// restoreResult is what the inner run (in the test bed) reports.
+type restoreResult struct {
+	With    []float64 `json:"with_plugin_ms"`
+	Without []float64 `json:"without_plugin_ms"`
+	Gen     uint32    `json:"generation_after"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// restoreOuter runs `bench restore-inner` in the CRIU test bed, with the
+// plugin installed where CRIU loads it without flags.
+func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
+	root, err := filepath.Abs(b.repo)
+	if err != nil {
+		return nil, err
+	}
+	build := exec.Command(b.testbed, "build")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("testbed build: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	rel := func(p string) (string, error) {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", err
+		}
+		r, err := filepath.Rel(root, abs)
+		if err != nil || strings.HasPrefix(r, "..") {
+			return "", fmt.Errorf("%s is outside %s", p, root)
+		}
+		return "/src/" + r, nil
+	}
+	selfIn, err := rel(self)
+	if err != nil {
+		return nil, err
+	}
+	ctlIn, err := rel(b.genidctl)
+	if err != nil {
+		return nil, err
+	}
+	plugin, err := filepath.Abs(b.plugin)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.testbed, "run", "--bind", root+":/src",
+		"--ro-bind", plugin+":/usr/lib/criu/genid-criu.so", "-w", "/src",
+		"--", selfIn, "restore-inner", "-genidctl", ctlIn, "-rounds", strconv.Itoa(rounds))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	err = cmd.Run()
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var r restoreResult
+	if jerr := json.Unmarshal([]byte(lines[len(lines)-1]), &r); jerr != nil {
+		return nil, fmt.Errorf("restore in the test bed: %v, %v: %s", err, jerr, out.String())
+	}
+	if r.Error != "" {
+		return nil, fmt.Errorf("restore in the test bed: %s", r.Error)
+	}
+	return &r, err
+}
+
+// restoreInner runs in the test bed: a daemon, a small process (sleep)
+// dumped once with the plugin, then restored 2×rounds times, alternately
+// with the plugin (it reads the record and bumps past it) and without it
+// (CRIU_LIBS_DIR pointing at an empty dir). Each restore is timed from
+// exec to exit of `criu restore -d`; the restored process is then killed.
+func restoreInner(genidctl string, rounds int) (r restoreResult) {
+	defer func() {
+		if e := recover(); e != nil {
+			r.Error = fmt.Sprint(e)
+		}
+	}()
+	must := func(err error, what string) {
+		if err != nil {
+			panic(fmt.Sprintf("%s: %v", what, err))
+		}
+	}
+	// Restored processes are reparented to us: reap them ourselves.
+	must(unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
+	run := "/run/genid-bench"
+	os.RemoveAll(run)
+	must(os.MkdirAll(run, 0o755), "run dir")
+	var dlog bytes.Buffer
+	daemon := exec.Command(genidctl, "--run-dir", run, "daemon", "--backends", "none", "--log-level", "warn")
+	daemon.Stdout, daemon.Stderr = &dlog, &dlog
+	must(daemon.Start(), "daemon")
+	defer func() {
+		daemon.Process.Signal(syscall.SIGTERM)
+		daemon.Wait()
+	}()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(run, "genid.sock")); err == nil {
+			break
+		}
+		if i > 2000 {
+			panic("daemon did not start: " + dlog.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	work, err := os.MkdirTemp("/tmp", "restore-")
+	must(err, "work dir")
+	images, empty := filepath.Join(work, "img"), filepath.Join(work, "no-plugins")
+	must(os.MkdirAll(images, 0o755), "images")
+	must(os.MkdirAll(empty, 0o755), "empty dir")
+
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	must(err, "null")
+	p := exec.Command("sleep", "1000000")
+	p.Stdin, p.Stdout, p.Stderr = null, null, null
+	p.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	must(p.Start(), "spawn")
+	pid := p.Process.Pid
+	time.Sleep(100 * time.Millisecond)
+
+	env := append(os.Environ(), "GENID_RUN_DIR="+run)
+	criu := func(extraEnv []string, args ...string) error {
+		c := exec.Command("criu", args...)
+		c.Env = append(append([]string{}, env...), extraEnv...)
+		out, err := c.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("criu %s: %v: %s", args[0], err, out)
+		}
+		return nil
+	}
+	must(criu(nil, "dump", "-D", images, "-t", strconv.Itoa(pid), "-o", "dump.log"), "dump")
+	p.Wait()
+	if _, err := os.Stat(filepath.Join(images, "genid.json")); err != nil {
+		panic("the plugin wrote no record at dump: " + err.Error())
+	}
+	restore := func(plugin bool, i int) float64 {
+		var extra []string
+		if !plugin {
+			extra = []string{"CRIU_LIBS_DIR=" + empty}
+		}
+		t0 := time.Now()
+		must(criu(extra, "restore", "-D", images, "-d", "-o", fmt.Sprintf("restore-%d.log", i)), "restore")
+		el := time.Since(t0)
+		must(unix.Kill(pid, unix.SIGKILL), "kill restored")
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, 0, nil)
+		return float64(el.Nanoseconds()) / 1e6
+	}
+	restore(true, -2) // warm-up, both ways
+	restore(false, -1)
+	for i := range rounds {
+		// Alternate which goes first, so drift hits both alike.
+		first := i%2 == 0
+		a := restore(first, 2*i)
+		bb := restore(!first, 2*i+1)
+		if first {
+			r.With, r.Without = append(r.With, a), append(r.Without, bb)
+		} else {
+			r.With, r.Without = append(r.With, bb), append(r.Without, a)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(run, "generation"))
+	if len(b) >= 4 {
+		r.Gen = uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+	}
+	return r
+}
