@@ -13,18 +13,8 @@ import (
 // client bumps and asks wait-watchers in the same write. The round ends
 // when the reply to wait-watchers arrives.
 func barrierGenid(b *bench, d *daemon, n int, switches, cpu *[]float64) (*arena, error) {
-	fds, err := d.watchers(n)
+	h, ctl, err := genidWatchers(b, d, n, "genid-ack")
 	if err != nil {
-		return nil, err
-	}
-	ctl, err := dialRaw(d.sock())
-	if err != nil {
-		closeAll(fds)
-		return nil, err
-	}
-	h, err := startHelper(b.waiters, "genid-ack", n, fds)
-	if err != nil {
-		unix.Close(ctl)
 		return nil, err
 	}
 	bump := wire.Bump{Reason: "bench"}.Encode()

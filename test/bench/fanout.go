@@ -49,21 +49,30 @@ func (a *arena) stop() {
 	}
 }
 
-// fanoutGenid: N watcher connections; a client bumps.
-func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
+// genidWatchers registers N watcher connections, hands them to a waiters
+// helper of the given kind, and opens the control connection that bumps.
+func genidWatchers(b *bench, d *daemon, n int, kind string) (*helper, int, error) {
 	fds, err := d.watchers(n)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	ctl, err := dialRaw(d.sock())
 	if err != nil {
 		closeAll(fds)
-		return nil, err
+		return nil, -1, err
 	}
-	h, err := startHelper(b.waiters, "genid", n, fds)
+	h, err := startHelper(b.waiters, kind, n, fds) // owns fds from here on
 	if err != nil {
-		closeAll(fds)
 		unix.Close(ctl)
+		return nil, -1, err
+	}
+	return h, ctl, nil
+}
+
+// fanoutGenid: N watcher connections; a client bumps.
+func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
+	h, ctl, err := genidWatchers(b, d, n, "genid")
+	if err != nil {
 		return nil, err
 	}
 	bump := wire.Bump{Reason: "bench"}.Encode()
