@@ -22,6 +22,18 @@ type arena struct {
 	close    func()
 }
 
+// measure runs the rounds, records their times and the watcher side's
+// wake-ups per watcher under mech, and stops the arena.
+func (a *arena) measure(rounds, watchers int, mech string, series, wakes map[string][]float64) error {
+	defer a.stop()
+	s, err := a.rounds(rounds)
+	series[mech] = append(series[mech], s...)
+	for _, v := range a.switches {
+		wakes[mech] = append(wakes[mech], v/float64(watchers))
+	}
+	return err
+}
+
 // rounds runs one warm-up round and then n measured ones, in ms.
 func (a *arena) rounds(n int) ([]float64, error) {
 	var out []float64

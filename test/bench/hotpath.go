@@ -9,6 +9,7 @@ import (
 	"github.com/genid-project/genid/genid"
 )
 
+// sink takes the loops' results, so the compiler cannot drop the loads.
 var sink uint32
 
 // checkLoop is the hot path: the Go client's Generation, n times.

@@ -166,13 +166,7 @@ func (b *bench) fanout(rep *Report, n int) error {
 				a, err = fanoutDBus(b, n)
 			}
 			if err == nil {
-				var s []float64
-				s, err = a.rounds(rounds)
-				series[mech] = append(series[mech], s...)
-				for _, v := range a.switches {
-					wakes[mech] = append(wakes[mech], v/float64(n))
-				}
-				a.stop()
+				err = a.measure(rounds, n, mech, series, wakes)
 			}
 			if d != nil {
 				if mech == "genid" && n == 1 && rep.Facts["inotify events from a bump (mmap store to the page)"] == nil {
@@ -223,13 +217,7 @@ func (b *bench) barrier(rep *Report, n int) error {
 				a, err = barrierEventfd(b, n)
 			}
 			if err == nil {
-				var s []float64
-				s, err = a.rounds(rounds)
-				series[mech] = append(series[mech], s...)
-				for _, v := range a.switches {
-					wakes[mech] = append(wakes[mech], v/float64(n))
-				}
-				a.stop()
+				err = a.measure(rounds, n, mech, series, wakes)
 			}
 			if d != nil {
 				d.stop()

@@ -95,5 +95,3 @@ func (q *qmp) waitStatus(cmd, want string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-func (q *qmp) close() { q.c.Close() }
