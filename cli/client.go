@@ -188,21 +188,19 @@ func bumpCommand() *cli.Command {
 			var min uint32
 			switch {
 			case c.IsSet("min"):
-				v := c.Uint64("min")
-				if v > 1<<32-1 {
-					return usageError{fmt.Errorf("bump: --min %d does not fit a u32", v)}
-				}
-				min = uint32(v)
-			case c.IsSet("avoid"):
-				v := c.Uint64("avoid")
-				if v > 1<<32-1 {
-					return usageError{fmt.Errorf("bump: --avoid %d does not fit a u32", v)}
-				}
-				m, err := genid.MinAvoiding(uint32(v))
+				v, err := u32Flag(c, "min")
 				if err != nil {
+					return err
+				}
+				min = v
+			case c.IsSet("avoid"):
+				v, err := u32Flag(c, "avoid")
+				if err != nil {
+					return err
+				}
+				if min, err = genid.MinAvoiding(v); err != nil {
 					return fmt.Errorf("bump: %w", err)
 				}
-				min = m
 			}
 			cl, err := openClient(c)
 			if err != nil {
@@ -217,6 +215,15 @@ func bumpCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// u32Flag reads a generation given on the command line.
+func u32Flag(c *cli.Context, name string) (uint32, error) {
+	v := c.Uint64(name)
+	if v > 1<<32-1 {
+		return 0, usageError{fmt.Errorf("bump: --%s %d does not fit a u32", name, v)}
+	}
+	return uint32(v), nil
 }
 
 func waitWatchersCommand() *cli.Command {

@@ -69,12 +69,17 @@ func checkBump(fd int, p peer) error {
 	return nil
 }
 
-// ownUserNS is the daemon's user namespace, which does not change.
-var ownUserNS = sync.OnceValues(func() (unix.Stat_t, error) {
+// The daemon's own namespaces, which do not change.
+var (
+	ownUserNS = sync.OnceValues(func() (unix.Stat_t, error) { return statNS("user") })
+	ownNetNS  = sync.OnceValues(func() (unix.Stat_t, error) { return statNS("net") })
+)
+
+func statNS(kind string) (unix.Stat_t, error) {
 	var st unix.Stat_t
-	err := unix.Stat("/proc/self/ns/user", &st)
+	err := unix.Stat("/proc/self/ns/"+kind, &st)
 	return st, err
-})
+}
 
 func sameUserNS(pid int) (bool, error) {
 	self, err := ownUserNS()

@@ -98,8 +98,9 @@ func (c *conn) netns() (uint64, int, error) {
 	if err != nil {
 		return 0, -1, nil
 	}
-	var st, self unix.Stat_t
-	if unix.Fstat(nsfd, &st) != nil || unix.Stat("/proc/self/ns/net", &self) != nil || st.Ino == self.Ino {
+	var st unix.Stat_t
+	self, err := ownNetNS()
+	if err != nil || unix.Fstat(nsfd, &st) != nil || st.Ino == self.Ino {
 		unix.Close(nsfd)
 		return 0, -1, nil
 	}
