@@ -37,6 +37,8 @@ type conn struct {
 	waiting atomic.Bool // has a pending wait-watchers (set under waits.mu)
 
 	wmu      sync.Mutex
+	held     int    // bytes of requests answered without output, not yet consumed (input.go)
+	writes   uint32 // writes tried: tells the loop whether handling a request wrote
 	out      []byte // bytes not yet written; non-empty only while the socket is full
 	pollOut  bool   // EPOLLOUT is armed, to flush out
 	hold     bool   // events wait until the reply to watch/attach is queued
@@ -105,7 +107,7 @@ func (c *conn) handle(f wire.Frame) {
 		c.release(flags & wire.FlagRestored)
 
 	case wire.OpAck:
-		gen, err := wire.ParseU32(f.Payload)
+		a, err := wire.ParseAck(f.Payload)
 		if err != nil {
 			c.replyErr(f.Header, fmt.Errorf("ack: %v: %w", err, genid.ErrBadRequest))
 			return
@@ -115,11 +117,13 @@ func (c *conn) handle(f wire.Frame) {
 			c.replyErr(f.Header, fmt.Errorf("ack: register with watch first: %w", genid.ErrNotWatcher))
 			return
 		}
-		if err := w.Ack(gen); err != nil {
+		if err := w.Ack(a.Gen); err != nil {
 			c.replyErr(f.Header, fmt.Errorf("ack: %w", err))
 			return
 		}
-		c.reply(f.Header, nil)
+		if a.Flags&wire.FlagQuiet == 0 {
+			c.reply(f.Header, nil)
+		}
 		if s.waits.pending.Load() > 0 && s.scope.Outdated() == 0 {
 			s.waits.check()
 		}

@@ -10,8 +10,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/genid-project/genid/genid/wire"
 )
 
 // drainTime and drainBytes bound how long a connection that broke the
@@ -304,104 +302,6 @@ func (l *loop) add(fd int) error {
 	return nil
 }
 
-// readable answers every complete frame the client sent.
-//
-// The bytes are peeked, answered, and only then consumed: the kernel wakes
-// a client blocked in read() on its unix socket both when data arrives and
-// when what it sent is consumed (unix_write_space shares the socket's wait
-// queue). Consuming a request before its reply is written would wake such a
-// client twice, once for nothing; consuming it after wakes it once.
-func (l *loop) readable(c *conn) {
-	n, err := rawRecv(c.fd, l.buf, unix.MSG_PEEK)
-	switch {
-	case err == unix.EAGAIN:
-		return
-	case err != nil || n == 0:
-		l.closeConn(c)
-		return
-	}
-	if c.draining {
-		rawRecv(c.fd, l.buf[:n], 0)
-		if c.drained += n; c.drained >= drainBytes {
-			l.closeConn(c)
-		}
-		return
-	}
-	data := l.buf[:n]
-	if len(c.in) > 0 {
-		c.in = append(c.in, data...)
-		data = c.in
-	}
-	done := l.frames(c, data)
-	if c.isDead() {
-		l.closeConn(c) // a write failed: the client is gone
-		return
-	}
-	// Consume what was peeked; the rest of a frame is kept in c.in.
-	if m, err := rawRecv(c.fd, l.buf[:n], 0); err != nil || m != n {
-		l.srv.log.Warn("socket read", "pid", c.peer.pid, "peeked", n, "read", m, "err", err)
-		l.closeConn(c)
-		return
-	}
-	if done < 0 {
-		return // draining after a bad frame
-	}
-	rest := data[done:]
-	if len(rest) == 0 {
-		c.in = nil
-		l.deadlines.clear(c)
-		return
-	}
-	// A started frame must complete in time; a new one starts its own clock.
-	if done > 0 || c.dl < 0 {
-		l.deadlines.set(c, l.now()+l.srv.cfg.FrameTimeout)
-	}
-	if len(c.in) == 0 {
-		c.in = append([]byte(nil), rest...) // out of the shared buffer
-	} else {
-		c.in = c.in[:copy(c.in, rest)]
-	}
-}
-
-// frames handles the complete frames at the start of data and returns how
-// many bytes they took, or -1 after a frame that cannot be trusted (the
-// connection is then draining).
-func (l *loop) frames(c *conn, data []byte) int {
-	maxPayload := l.srv.cfg.MaxPayload
-	done := 0
-	for len(data)-done >= wire.HeaderSize {
-		h, err := wire.ParseHeader(data[done:], maxPayload)
-		if err != nil {
-			// The stream cannot be resynchronised: answer, then hang up.
-			st := wire.StatusBadRequest
-			if errors.Is(err, wire.ErrVersion) {
-				st = wire.StatusVersion
-			}
-			c.replyStatus(h, st, err.Error())
-			l.srv.log.Debug("bad frame", "pid", c.peer.pid, "err", err)
-			l.drain(c)
-			return -1
-		}
-		end := done + wire.HeaderSize + int(h.Len)
-		if len(data) < end {
-			break
-		}
-		c.handle(wire.Frame{Header: h, Payload: data[done+wire.HeaderSize : end]})
-		done = end
-	}
-	return done
-}
-
-// drain stops answering c: its write side is shut (the error reply queued
-// before goes out first), and what it still sends is read and dropped for a
-// moment before the connection closes.
-func (l *loop) drain(c *conn) {
-	c.draining = true
-	c.in = nil
-	unix.Shutdown(c.fd, unix.SHUT_WR)
-	l.deadlines.set(c, l.now()+drainTime)
-}
-
 // closeConn ends a connection: its watcher stops counting, a pending
 // wait-watchers is dropped.
 func (l *loop) closeConn(c *conn) {
@@ -429,21 +329,6 @@ func (l *loop) close() {
 	unix.Close(l.lfd)
 	unix.Close(l.wake)
 	l.epFile.Close()
-}
-
-// rawRecv reads without blocking (the fd is non-blocking anyway).
-func rawRecv(fd int, b []byte, flags int) (int, error) {
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			uintptr(flags|unix.MSG_DONTWAIT), 0, 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }
 
 // deadlineHeap orders the connections that have a deadline (a frame half

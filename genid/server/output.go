@@ -82,7 +82,11 @@ func (c *conn) writeLocked(b []byte) {
 	if c.dead || c.closed {
 		return
 	}
+	c.writes++
 	n, err := rawSend(c.fd, b)
+	if c.held > 0 {
+		c.consumeHeldLocked() // the client wakes for b anyway
+	}
 	if err == unix.EAGAIN {
 		n, err = 0, nil
 	}
@@ -144,7 +148,9 @@ func (c *conn) armOut(on bool) {
 }
 
 func (c *conn) pollEvent(out bool) *unix.EpollEvent {
-	ev := &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(c.fd), Pad: int32(c.seq)}
+	// Edge-triggered: requests answered without output stay in the socket
+	// (input.go), which must not keep the connection ready.
+	ev := &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(c.fd), Pad: int32(c.seq)}
 	if out {
 		ev.Events |= unix.EPOLLOUT
 	}

@@ -1,14 +1,18 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -441,5 +445,174 @@ func TestClientReconnect(t *testing.T) {
 	d2.Bump(0, "after")
 	if g, err := w.Wait(ctx); err != nil || g != 2 {
 		t.Fatalf("bump after restart: %d %v", g, err)
+	}
+}
+
+// TestQuietAck: a quiet ack is answered only when refused, and its bytes
+// are held in the socket until the next write (input.go), whichever
+// goroutine writes.
+func TestQuietAck(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dial(t)
+	send(t, c, wire.OpWatch, 1, nil)
+	recv(t, c)
+	gen, _ := d.Bump(0, "t")
+	if f := recv(t, c); f.Op != wire.OpEvent {
+		t.Fatalf("want the event, got %+v", f.Header)
+	}
+	quiet := func(id, gen uint32) {
+		send(t, c, wire.OpAck, id, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode())
+	}
+	quiet(2, gen)
+	send(t, c, wire.OpGet, 3, nil)
+	if f := recv(t, c); f.ID != 3 || f.Status != wire.StatusOK {
+		t.Fatalf("a quiet ack got a reply: %+v", f.Header)
+	}
+	if n := d.Scope().Outdated(); n != 0 {
+		t.Fatalf("outdated %d after the quiet ack", n)
+	}
+	quiet(4, gen-1)
+	if f := recv(t, c); f.ID != 4 || f.Status != wire.StatusStale {
+		t.Fatalf("a stale quiet ack must be refused: %+v", f.Header)
+	}
+	send(t, c, wire.OpAck, 5, wire.U32s(gen, 1<<7))
+	if f := recv(t, c); f.ID != 5 || f.Status != wire.StatusBadRequest {
+		t.Fatalf("unknown ack flags: %+v", f.Header)
+	}
+
+	// More quiet acks than may be held, then a bump from another goroutine
+	// than the loop's, then requests: every byte is read exactly once.
+	for i := range uint32(40) {
+		quiet(10+i, gen)
+	}
+	send(t, c, wire.OpGet, 50, nil)
+	if f := recv(t, c); f.ID != 50 {
+		t.Fatalf("after 40 quiet acks: %+v", f.Header)
+	}
+	gen, _ = d.Bump(0, "t")
+	quiet(60, gen)
+	if f := recv(t, c); f.Op != wire.OpEvent {
+		t.Fatalf("want the event, got %+v", f.Header)
+	}
+	waitFor(t, func() bool { return d.Scope().Outdated() == 0 })
+	gen, _ = d.Bump(0, "t")
+	recv(t, c)
+	send(t, c, wire.OpGet, 61, nil)
+	if f := recv(t, c); f.ID != 61 {
+		t.Fatalf("after held acks: %+v", f.Header)
+	}
+	d.alive(t)
+}
+
+// TestQuietAckNoWakeUp: a quiet ack does not wake its sender, blocked in
+// read() meanwhile: the daemon holds its bytes until the next event, as
+// consuming them would wake a blocked reader (unix_write_space).
+func TestQuietAckNoWakeUp(t *testing.T) {
+	d := start(t, "", server.Config{})
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: d.SocketPath()}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	unix.Write(fd, wire.Append(nil, wire.Header{Op: wire.OpWatch, ID: 1}, nil))
+	if n, err := unix.Read(fd, buf); err != nil || n != wire.HeaderSize+4 {
+		t.Fatalf("watch reply: %d %v", n, err)
+	}
+	gen, _ := d.Bump(0, "t")
+	if n, err := unix.Read(fd, buf); err != nil || n != wire.HeaderSize+8 {
+		t.Fatalf("event: %d %v", n, err)
+	}
+
+	tid := make(chan int, 1)
+	read := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		n, _ := unix.Read(fd, buf) // blocks until the next event
+		read <- n
+	}()
+	status := fmt.Sprintf("/proc/self/task/%d/status", <-tid)
+	asleep := func() (sleeps int64) {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			b, err := os.ReadFile(status)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(b, []byte("\nState:\tS")) {
+				_, v, _ := bytes.Cut(b, []byte("\nvoluntary_ctxt_switches:"))
+				v, _, _ = bytes.Cut(v, []byte("\n"))
+				n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+				if err != nil {
+					t.Fatalf("%s: %v", status, err)
+				}
+				return n
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the reader never blocked in read()")
+			}
+		}
+	}
+	before := asleep()
+	// The ack goes out on the reader's socket while it sleeps in read().
+	unix.Write(fd, wire.Append(nil, wire.Header{Op: wire.OpAck, ID: 2}, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode()))
+	waitFor(t, func() bool { return d.Scope().Outdated() == 0 })
+	time.Sleep(50 * time.Millisecond)
+	if q, _ := unix.IoctlGetInt(fd, unix.SIOCOUTQ); q == 0 {
+		t.Error("the quiet ack was consumed before the next write to its sender")
+	}
+	if after := asleep(); after != before {
+		t.Errorf("the reader was woken %d times by its own quiet ack", after-before)
+	}
+	d.Bump(0, "t")
+	if n := <-read; n != wire.HeaderSize+8 {
+		t.Fatalf("event after the quiet ack: %d bytes", n)
+	}
+	waitFor(t, func() bool {
+		q, _ := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		return q == 0 // consumed after the event was written
+	})
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5 s")
+		}
+	}
+}
+
+// TestPipelined: more requests in one write than the daemon reads at once
+// (it is edge-triggered: it must read on until the socket is empty), quiet
+// acks among them.
+func TestPipelined(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dial(t)
+	send(t, c, wire.OpWatch, 1, nil)
+	recv(t, c)
+	const n = 10000
+	var req []byte
+	for i := range uint32(n) {
+		req = wire.Append(req, wire.Header{Op: wire.OpGet, ID: 2 + 2*i}, nil)
+		req = wire.Append(req, wire.Header{Op: wire.OpAck, ID: 3 + 2*i}, wire.Ack{Flags: wire.FlagQuiet}.Encode())
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := c.Write(req); errc <- err }()
+	for i := range uint32(n) {
+		if f := recv(t, c); f.ID != 2+2*i || f.Status != wire.StatusOK {
+			t.Fatalf("reply %d: %+v", i, f.Header)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	send(t, c, wire.OpOutdated, 99, nil)
+	if f := recv(t, c); f.ID != 99 {
+		t.Fatalf("after the flood: %+v", f.Header)
 	}
 }

@@ -73,13 +73,18 @@ func (o Op) String() string {
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
 
-// Flags of OpAttach, OpQueryPeer replies and OpEvent.
+// Flags of OpAttach, OpQueryPeer replies, OpEvent and OpAck.
 const (
 	// FlagWatcher: the connection is (to be) a watcher.
 	FlagWatcher uint32 = 1 << 0
 	// FlagRestored: the connection replaces one that was checkpointed; any
 	// request the client had in flight was lost and must be sent again.
 	FlagRestored uint32 = 1 << 1
+	// FlagQuiet (ack): no reply when the ack succeeds; a refusal is still
+	// answered. A watcher loop needs no reply: the only refusal an ack of
+	// an event's generation can get is stale, and then the event of the
+	// newer generation is on its way.
+	FlagQuiet uint32 = 1 << 2
 )
 
 // Status is the result code of a reply. Zero is success; the payload of a
@@ -310,6 +315,36 @@ func ParseBump(p []byte) (Bump, error) {
 	}
 	b.Reason = string(r)
 	return b, nil
+}
+
+// Ack is the payload of OpAck: the generation, then optional flags (a
+// 4-byte payload has none).
+type Ack struct {
+	Gen   uint32
+	Flags uint32 // FlagQuiet
+}
+
+// Encode returns the payload of a: 4 bytes without flags, else 8.
+func (a Ack) Encode() []byte {
+	if a.Flags == 0 {
+		return U32(a.Gen)
+	}
+	return U32s(a.Gen, a.Flags)
+}
+
+// ParseAck decodes an OpAck payload of 4 or 8 bytes.
+func ParseAck(p []byte) (Ack, error) {
+	switch len(p) {
+	case 4:
+		return Ack{Gen: binary.LittleEndian.Uint32(p)}, nil
+	case 8:
+		a := Ack{Gen: binary.LittleEndian.Uint32(p), Flags: binary.LittleEndian.Uint32(p[4:])}
+		if a.Flags&^FlagQuiet != 0 {
+			return Ack{}, fmt.Errorf("wire: unknown ack flags %#x", a.Flags)
+		}
+		return a, nil
+	}
+	return Ack{}, fmt.Errorf("%w: %d bytes, want 4 or 8", ErrShort, len(p))
 }
 
 // ParseInode decodes the u64 payload of OpQueryPeer.

@@ -51,6 +51,27 @@ func TestDecodeErrors(t *testing.T) {
 	if _, err := ParseU32([]byte{1, 2, 3}); !errors.Is(err, ErrShort) {
 		t.Errorf("short u32: %v", err)
 	}
+	if _, err := ParseAck(U32s(1, FlagWatcher)); err == nil {
+		t.Error("ack with an unknown flag accepted")
+	}
+	if _, err := ParseAck(U32s(1, FlagQuiet, 0)); !errors.Is(err, ErrShort) {
+		t.Errorf("12-byte ack: %v", err)
+	}
+}
+
+func TestAck(t *testing.T) {
+	for _, a := range []Ack{{Gen: 5}, {Gen: 6, Flags: FlagQuiet}} {
+		p := a.Encode()
+		if want := map[bool]int{true: 4, false: 8}[a.Flags == 0]; len(p) != want {
+			t.Errorf("%+v: %d bytes, want %d", a, len(p), want)
+		}
+		if got, err := ParseAck(p); err != nil || got != a {
+			t.Errorf("%+v: parsed %+v, %v", a, got, err)
+		}
+	}
+	if a, err := ParseAck(U32s(7, 0)); err != nil || a != (Ack{Gen: 7}) {
+		t.Errorf("8-byte ack without flags: %+v %v", a, err)
+	}
 }
 
 // FuzzDecode feeds the decoder and every payload parser arbitrary bytes: they
@@ -59,6 +80,7 @@ func TestDecodeErrors(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(Append(nil, Header{Op: OpGet, ID: 1}, nil))
 	f.Add(Append(nil, Header{Op: OpAck, ID: 2}, U32(5)))
+	f.Add(Append(nil, Header{Op: OpAck, ID: 2}, Ack{Gen: 5, Flags: FlagQuiet}.Encode()))
 	f.Add(Append(nil, Header{Op: OpAttach, ID: 3}, U32s(FlagWatcher|FlagRestored, 5)))
 	f.Add(Append(nil, Header{Op: OpBump, ID: 4}, Bump{Min: 6, Reason: "criu-restore"}.Encode()))
 	f.Add(Append(nil, Header{Op: OpQueryPeer, ID: 5}, []byte{1, 2, 3, 4, 5, 6, 7, 8}))
@@ -83,6 +105,11 @@ func FuzzDecode(f *testing.F) {
 		if bp, err := ParseBump(fr.Payload); err == nil {
 			if !bytes.Equal(bp.Encode(), fr.Payload) {
 				t.Fatalf("bump re-encoding differs")
+			}
+		}
+		if a, err := ParseAck(fr.Payload); err == nil {
+			if again, err := ParseAck(a.Encode()); err != nil || again != a {
+				t.Fatalf("ack re-encoding differs: %+v %+v %v", a, again, err)
 			}
 		}
 		ParsePair(fr.Payload)

@@ -14,6 +14,7 @@
  *	while (genid_wait_event(&c, &gen, &flags) == 0) {
  *		rebuild_state();
  *		genid_ack(&c, gen);	// GENID_ST_STALE: a newer one came, wait again
+ *		// or genid_ack_quiet(&c, gen): no reply to wait for
  *	}
  */
 #ifndef GENID_H
@@ -51,6 +52,7 @@ enum genid_op {
 
 #define GENID_FLAG_WATCHER	(1u << 0)
 #define GENID_FLAG_RESTORED	(1u << 1)
+#define GENID_FLAG_QUIET	(1u << 2)	/* ack: reply only to refuse */
 
 enum genid_status {
 	GENID_ST_OK		= 0,
@@ -330,6 +332,22 @@ static inline int genid_ack(struct genid_conn *c, uint32_t gen)
 
 	genid_put_le32(req, gen);
 	return genid_call(c, GENID_OP_ACK, req, sizeof(req), NULL, 0);
+}
+
+/*
+ * genid_ack_quiet acknowledges gen without waiting for a reply: the daemon
+ * answers only a refusal, which the calls after it read and drop. Made for
+ * event loops: the one refusal an ack of an event's generation can get is
+ * stale, and then the event of the newer generation is on its way. It costs
+ * the daemon and the watcher one wake-up less than genid_ack.
+ */
+static inline int genid_ack_quiet(struct genid_conn *c, uint32_t gen)
+{
+	unsigned char req[8];
+
+	genid_put_le32(req, gen);
+	genid_put_le32(req + 4, GENID_FLAG_QUIET);
+	return genid_send(c, GENID_OP_ACK, ++c->next_id, req, sizeof(req));
 }
 
 static inline int genid_outdated(struct genid_conn *c, uint32_t *n)

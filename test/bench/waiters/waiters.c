@@ -13,6 +13,7 @@
  *   raw      one read() of whatever arrives (eventfd, inotify, D-Bus)
  *   genid    genid frames: an event (op 0x80) counts; replies are skipped
  *   genid-ack  the same, and the thread acks the event's generation at once
+ *              (a quiet ack: the daemon replies only to refuse it)
  *   eventfd-reply  one read(), then write(1) to the reply eventfd, fd 3+N
  * The helper exits when stdin closes.
  */
@@ -127,11 +128,13 @@ static void *watch(void *arg)
 					break;
 				if (f[1] == 0x80 && len >= 8) {
 					if (kind == GENID_ACK) {
-						unsigned char ack[20] = { 1, 3 };
+						/* A quiet ack: no reply unless refused. */
+						unsigned char ack[24] = { 1, 3 };
 
 						put_le32(ack + 4, ++id);
-						put_le32(ack + 8, 4);
+						put_le32(ack + 8, 8);
 						memcpy(ack + 16, f + 16, 4);
+						put_le32(ack + 20, 4);
 						if (write(fd, ack, sizeof(ack)) != sizeof(ack))
 							die("write ack");
 					}
