@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -197,18 +198,42 @@ static inline void genid_close(struct genid_conn *c)
 	c->fd = -1;
 }
 
+/*
+ * genid_send sends one frame in one system call where it can: a frame split
+ * across two writes can wake the daemon twice.
+ */
 static inline int genid_send(struct genid_conn *c, uint8_t op, uint32_t id,
 			     const void *payload, uint32_t len)
 {
 	unsigned char hdr[GENID_HDR_SIZE] = { GENID_VERSION, op };
-	int ret;
+	struct iovec iov[2] = {
+		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
+		{ .iov_base = (void *)payload, .iov_len = len },
+	};
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+	ssize_t n;
 
 	genid_put_le32(hdr + 4, id);
 	genid_put_le32(hdr + 8, len);
-	ret = genid_write_all(c->fd, hdr, sizeof(hdr));
-	if (ret || !len)
-		return ret;
-	return genid_write_all(c->fd, payload, len);
+	do
+		n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n == sizeof(hdr) + len)
+		return 0;
+	/* Short (a signal, or a full socket): write the rest in order. */
+	if ((size_t)n < sizeof(hdr)) {
+		int ret = genid_write_all(c->fd, hdr + n, sizeof(hdr) - n);
+
+		if (ret)
+			return ret;
+		n = sizeof(hdr);
+	}
+	if (!len)
+		return 0;
+	return genid_write_all(c->fd, (const char *)payload + (n - sizeof(hdr)),
+			       len - (n - sizeof(hdr)));
 }
 
 /*
