@@ -124,32 +124,25 @@ func New(cfg Config) (*Server, error) {
 }
 
 // listen binds a non-blocking unix stream socket at path, open to everyone:
-// everyone may watch and ack; bump checks capabilities per request. The
-// socket is bound under a temporary name and renamed into place once it
-// listens: a client that waits for the path to appear is never refused.
+// everyone may watch and ack; bump checks capabilities per request.
 func listen(path string) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
 	}
-	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
-	os.Remove(tmp) // left by a crashed daemon with our pid
-	fail := func(err error) (int, error) {
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		unix.Close(fd)
-		os.Remove(tmp)
 		return -1, err
 	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: tmp}); err != nil {
-		return fail(err)
-	}
-	if err := os.Chmod(tmp, 0o666); err != nil {
-		return fail(err)
+	if err := os.Chmod(path, 0o666); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return -1, err
 	}
 	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil { // the kernel caps it at net.core.somaxconn
-		return fail(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fail(err)
+		unix.Close(fd)
+		os.Remove(path)
+		return -1, err
 	}
 	return fd, nil
 }
