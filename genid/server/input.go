@@ -99,7 +99,7 @@ func (l *loop) answer(c *conn, fresh []byte, writes uint32) bool {
 		}
 	}
 	if !c.settle(l.buf, len(fresh), complete, writes) {
-		l.srv.log.Warn("socket read", "pid", c.peer.pid, "err", errors.New("peeked bytes gone"))
+		l.srv.log.Warn("socket read: peeked bytes gone", "pid", c.peer.pid)
 		l.closeConn(c)
 		return false
 	}

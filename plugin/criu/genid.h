@@ -26,7 +26,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -198,42 +197,25 @@ static inline void genid_close(struct genid_conn *c)
 	c->fd = -1;
 }
 
+/* GENID_MAX_REQ is the largest request payload genid.h sends (a bump). */
+#define GENID_MAX_REQ		(8 + GENID_MAX_REASON)
+
 /*
- * genid_send sends one frame in one system call where it can: a frame split
- * across two writes can wake the daemon twice.
+ * genid_send sends one frame in one write: a frame split across two writes
+ * can wake the daemon twice.
  */
 static inline int genid_send(struct genid_conn *c, uint8_t op, uint32_t id,
 			     const void *payload, uint32_t len)
 {
-	unsigned char hdr[GENID_HDR_SIZE] = { GENID_VERSION, op };
-	struct iovec iov[2] = {
-		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
-		{ .iov_base = (void *)payload, .iov_len = len },
-	};
-	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
-	ssize_t n;
+	unsigned char frame[GENID_HDR_SIZE + GENID_MAX_REQ] = { GENID_VERSION, op };
 
-	genid_put_le32(hdr + 4, id);
-	genid_put_le32(hdr + 8, len);
-	do
-		n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	if ((size_t)n == sizeof(hdr) + len)
-		return 0;
-	/* Short (a signal, or a full socket): write the rest in order. */
-	if ((size_t)n < sizeof(hdr)) {
-		int ret = genid_write_all(c->fd, hdr + n, sizeof(hdr) - n);
-
-		if (ret)
-			return ret;
-		n = sizeof(hdr);
-	}
-	if (!len)
-		return 0;
-	return genid_write_all(c->fd, (const char *)payload + (n - sizeof(hdr)),
-			       len - (n - sizeof(hdr)));
+	if (len > GENID_MAX_REQ)
+		return -EMSGSIZE;
+	genid_put_le32(frame + 4, id);
+	genid_put_le32(frame + 8, len);
+	if (len)
+		memcpy(frame + GENID_HDR_SIZE, payload, len);
+	return genid_write_all(c->fd, frame, GENID_HDR_SIZE + len);
 }
 
 /*
@@ -393,7 +375,7 @@ static inline int genid_wait_watchers(struct genid_conn *c, uint32_t timeout_ms)
 static inline int genid_bump(struct genid_conn *c, uint32_t min, const char *reason,
 			     uint32_t *gen)
 {
-	unsigned char req[8 + GENID_MAX_REASON];
+	unsigned char req[GENID_MAX_REQ];
 	size_t n = reason ? strlen(reason) : 0;
 
 	if (n > GENID_MAX_REASON)
