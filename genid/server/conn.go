@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/genid/wire"
 )
@@ -163,8 +161,9 @@ func (c *conn) handle(f wire.Frame) {
 			c.replyErr(f.Header, fmt.Errorf("bump: %w", err))
 			return
 		}
-		s.log.Info("bumped", "generation", gen, "min", b.Min, "reason", reason, "pid", c.peer.pid, "uid", c.peer.uid)
 		c.reply(f.Header, wire.U32(gen))
+		// Logged after the reply: a restore waits on it, not on the log.
+		s.log.Info("bumped", "generation", gen, "min", b.Min, "reason", reason, "pid", c.peer.pid, "uid", c.peer.uid)
 
 	case wire.OpStatus:
 		if len(f.Payload) != 0 {
@@ -237,6 +236,6 @@ func (c *conn) close() {
 	c.wmu.Lock()
 	c.closed = true
 	c.out = nil
-	unix.Close(c.fd)
+	rawClose(c.fd)
 	c.wmu.Unlock()
 }

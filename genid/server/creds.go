@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 
-	"golang.org/x/sys/unix"
 	"kernel.org/pub/linux/libs/security/libcap/cap"
 
 	"github.com/genid-project/genid/genid"
@@ -19,7 +18,7 @@ type peer struct {
 }
 
 func peerOf(fd int) (peer, error) {
-	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	uc, err := peerCred(fd)
 	if err != nil {
 		return peer{}, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
@@ -35,12 +34,12 @@ func checkBump(fd int, p peer) error {
 	}
 	// A pidfd pins the peer, so a pid reused after the peer exited cannot
 	// lend its capabilities: the process is checked to be alive afterwards.
-	pidfd, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+	pidfd, err := peerPidfd(fd)
 	if err != nil {
 		pidfd = -1
 	}
 	if pidfd >= 0 {
-		defer unix.Close(pidfd)
+		defer rawClose(pidfd)
 	}
 
 	same, err := sameUserNS(p.pid)
@@ -62,7 +61,7 @@ func checkBump(fd int, p peer) error {
 		return fmt.Errorf("peer %d (uid %d): %w", p.pid, p.uid, genid.ErrPermission)
 	}
 	if pidfd >= 0 {
-		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		if !pidfdAlive(pidfd) {
 			return fmt.Errorf("peer %d exited during the check: %w", p.pid, genid.ErrPermission)
 		}
 	}
@@ -71,27 +70,21 @@ func checkBump(fd int, p peer) error {
 
 // The daemon's own namespaces, which do not change.
 var (
-	ownUserNS = sync.OnceValues(func() (unix.Stat_t, error) { return statNS("user") })
-	ownNetNS  = sync.OnceValues(func() (unix.Stat_t, error) { return statNS("net") })
+	ownUserNS = sync.OnceValues(func() (fileID, error) { return pathID("/proc/self/ns/user") })
+	ownNetNS  = sync.OnceValues(func() (fileID, error) { return pathID("/proc/self/ns/net") })
 )
-
-func statNS(kind string) (unix.Stat_t, error) {
-	var st unix.Stat_t
-	err := unix.Stat("/proc/self/ns/"+kind, &st)
-	return st, err
-}
 
 func sameUserNS(pid int) (bool, error) {
 	self, err := ownUserNS()
 	if err != nil {
 		return false, err
 	}
-	var other unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", pid), &other); err != nil {
+	other, err := pathID(fmt.Sprintf("/proc/%d/ns/user", pid))
+	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return false, errors.New("process is gone")
 		}
 		return false, err
 	}
-	return self.Dev == other.Dev && self.Ino == other.Ino, nil
+	return self == other, nil
 }

@@ -98,13 +98,13 @@ func (c *conn) netns() (uint64, int, error) {
 	if err != nil {
 		return 0, -1, nil
 	}
-	var st unix.Stat_t
 	self, err := ownNetNS()
-	if err != nil || unix.Fstat(nsfd, &st) != nil || st.Ino == self.Ino {
+	id, ferr := fdID(nsfd)
+	if err != nil || ferr != nil || id == self {
 		unix.Close(nsfd)
 		return 0, -1, nil
 	}
-	return st.Ino, nsfd, nil
+	return id.ino, nsfd, nil
 }
 
 // unixPeers maps the inode of every connected unix socket of a network

@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -182,21 +181,6 @@ func (l *loop) frames(c *conn, data []byte) int {
 func (l *loop) drain(c *conn) {
 	c.draining = true
 	c.in = nil
-	unix.Shutdown(c.fd, unix.SHUT_WR)
+	rawShutdown(c.fd, unix.SHUT_WR)
 	l.deadlines.set(c, l.now()+drainTime)
-}
-
-// rawRecv reads without blocking (the fd is non-blocking anyway).
-func rawRecv(fd int, b []byte, flags int) (int, error) {
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			uintptr(flags|unix.MSG_DONTWAIT), 0, 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -90,19 +89,14 @@ func (l *loop) stop() {
 	unix.Write(l.wake, one[:])
 }
 
-func rawRecvFd(fd int, b []byte) {
-	unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-}
-
 // run serves until stop. It returns an error only if epoll or accept fail
 // for good.
 //
 // The loop waits in Go's netpoller, on the epoll fd (which is readable when
 // any of its fds is ready), and fetches the events with a non-blocking
-// epoll_wait, all without a blocking system call: in Go 1.26 entering one
-// wakes the runtime's sysmon thread from its idle sleep, which then polls
-// every 20 µs for milliseconds. A parked goroutine leaves the daemon
-// entirely asleep, and wakes without stirring sysmon.
+// epoll_wait, all without a blocking system call: entering one wakes the
+// runtime's sysmon thread from its idle sleep (sys.go). A parked goroutine
+// leaves the daemon entirely asleep, and wakes without stirring sysmon.
 func (l *loop) run() error {
 	rc, err := l.epFile.SyscallConn()
 	if err != nil {
@@ -156,7 +150,7 @@ func (l *loop) dispatch(events []unix.EpollEvent) {
 		switch {
 		case fd == l.wake:
 			var v [8]byte
-			rawRecvFd(l.wake, v[:])
+			rawRead(l.wake, v[:])
 		case fd == l.lfd:
 			if err := l.accept(); err != nil {
 				l.srv.log.Error("accept", "err", err)
@@ -176,22 +170,6 @@ func (l *loop) dispatch(events []unix.EpollEvent) {
 		}
 	}
 	l.expire()
-}
-
-// epollPoll is epoll_wait without waiting, and without the Go runtime's
-// system call bookkeeping (it never blocks).
-func epollPoll(ep int, events []unix.EpollEvent) (int, error) {
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
-			uintptr(len(events)), 0, 0, 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }
 
 func (l *loop) conn(fd int) *conn {
@@ -238,7 +216,7 @@ func (l *loop) expire() {
 	}
 	if l.retry > 0 && l.retry <= now {
 		l.retry = 0
-		unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)})
+		epollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)})
 	}
 }
 
@@ -260,19 +238,19 @@ func (l *loop) accept() error {
 			l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept", "err", errno, "retry_in", l.backoff)
 			l.retry = l.now() + l.backoff
-			unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: 0, Fd: int32(l.lfd)})
+			epollCtl(l.ep, unix.EPOLL_CTL_MOD, l.lfd, &unix.EpollEvent{Events: 0, Fd: int32(l.lfd)})
 			return nil
 		default:
 			return fmt.Errorf("accept: %w", errno)
 		}
 		l.backoff = 0
 		if l.nconns >= s.cfg.MaxConns {
-			unix.Close(fd)
+			rawClose(fd)
 			s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
 			continue
 		}
 		if err := l.add(fd); err != nil {
-			unix.Close(fd)
+			rawClose(fd)
 			s.log.Warn("connection dropped", "err", err)
 		}
 	}
@@ -285,13 +263,13 @@ func (l *loop) add(fd int) error {
 	if err != nil {
 		return err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	id, err := fdID(fd)
+	if err != nil {
 		return err
 	}
 	l.seq++
-	c := &conn{srv: l.srv, fd: fd, seq: l.seq, dl: -1, peer: p, ino: st.Ino}
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, c.pollEvent(false)); err != nil {
+	c := &conn{srv: l.srv, fd: fd, seq: l.seq, dl: -1, peer: p, ino: id.ino}
+	if err := epollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, c.pollEvent(false)); err != nil {
 		return err
 	}
 	if fd >= len(l.byFD) {
@@ -306,7 +284,7 @@ func (l *loop) add(fd int) error {
 // wait-watchers is dropped.
 func (l *loop) closeConn(c *conn) {
 	l.deadlines.clear(c)
-	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	epollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
 	c.close()
 	l.srv.waits.drop(c)
 	if w := c.watcher.Swap(nil); w != nil {

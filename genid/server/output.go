@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/binary"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -135,7 +134,7 @@ func (c *conn) killLocked() {
 	}
 	c.dead = true
 	c.out = nil
-	unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	rawShutdown(c.fd, unix.SHUT_RDWR)
 }
 
 // armOut asks epoll for EPOLLOUT, or stops asking.
@@ -144,7 +143,7 @@ func (c *conn) armOut(on bool) {
 		return
 	}
 	c.pollOut = on
-	unix.EpollCtl(c.srv.loop.ep, unix.EPOLL_CTL_MOD, c.fd, c.pollEvent(on))
+	epollCtl(c.srv.loop.ep, unix.EPOLL_CTL_MOD, c.fd, c.pollEvent(on))
 }
 
 func (c *conn) pollEvent(out bool) *unix.EpollEvent {
@@ -155,19 +154,4 @@ func (c *conn) pollEvent(out bool) *unix.EpollEvent {
 		ev.Events |= unix.EPOLLOUT
 	}
 	return ev
-}
-
-// rawSend writes without blocking and without SIGPIPE.
-func rawSend(fd int, b []byte) (int, error) {
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(r), nil
-	}
 }
