@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/genid-project/genid/genid/wire"
@@ -35,9 +36,20 @@ type pendingCall struct {
 	reply chan wire.Frame
 }
 
+// connectRetry is how long dial keeps trying a socket that refuses: the
+// daemon binds its path a moment before it listens, and a client started
+// along with it can come in between. (The bound name cannot appear any
+// later: it is how the CRIU plugin tells the daemon's connections.) A stale
+// socket, left by a daemon that is gone, is refused that much later.
+const connectRetry = 200 * time.Millisecond
+
 func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*link, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
+	for start := time.Now(); errors.Is(err, syscall.ECONNREFUSED) && time.Since(start) < connectRetry && ctx.Err() == nil; {
+		time.Sleep(time.Millisecond)
+		c, err = d.DialContext(ctx, "unix", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, path, err)
 	}

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define GENID_DEFAULT_RUN_DIR	"/run/genid"
@@ -162,11 +163,20 @@ static inline void genid_put_le32(void *p, uint32_t v)
 	memcpy(p, &v, sizeof(v));
 }
 
+/*
+ * GENID_CONNECT_RETRY_MS is how long genid_connect keeps trying a socket that
+ * refuses: the daemon binds its path a moment before it listens, and a client
+ * started along with it can come in between. A stale socket, left by a
+ * daemon that is gone, is refused that much later.
+ */
+#define GENID_CONNECT_RETRY_MS	200
+
 /* genid_connect returns a connected socket or -errno. */
 static inline int genid_connect(const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	int fd, err;
+	const struct timespec ms = { .tv_nsec = 1000000 };
+	int fd, err, tries = 0;
 
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return -ENAMETOOLONG;
@@ -175,10 +185,13 @@ static inline int genid_connect(const char *path)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+	while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		err = -errno;
-		close(fd);
-		return err;
+		if (err != -ECONNREFUSED || ++tries > GENID_CONNECT_RETRY_MS) {
+			close(fd);
+			return err;
+		}
+		nanosleep(&ms, NULL);
 	}
 	return fd;
 }

@@ -115,9 +115,11 @@ func dialRaw(path string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	for {
+	for refused := 0; ; {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-		if err != unix.EINTR && err != unix.EAGAIN {
+		if err == unix.ECONNREFUSED && refused < 200 {
+			refused++ // the daemon binds a moment before it listens
+		} else if err != unix.EINTR && err != unix.EAGAIN {
 			break
 		}
 		time.Sleep(time.Millisecond) // listen backlog full

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestCClient builds a C watcher on plugin/criu/genid.h, the C client the
@@ -16,12 +17,7 @@ func TestCClient(t *testing.T) {
 	bin := genidctl(t)
 	dir := runDir(t)
 	startDaemon(t, bin, dir)
-	exe := filepath.Join(dir, "cwatch") // a dir nobody may enter
-	cc := exec.Command("cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-I../../plugin/criu",
-		"-o", exe, "testdata/cwatch.c")
-	if out, err := cc.CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, out)
-	}
+	exe := buildC(t, dir, "cwatch")
 	cmd := exec.Command(exe, filepath.Join(dir, "genid.sock"), "2")
 	// As nobody: watching is for everyone, bumping is not.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
@@ -53,5 +49,62 @@ func TestCClient(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("cwatch: %v", err)
+	}
+}
+
+// buildC compiles testdata/NAME.c against genid.h into dir.
+func buildC(t *testing.T, dir, name string) string {
+	t.Helper()
+	exe := filepath.Join(dir, name)
+	cc := exec.Command("cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-I../../plugin/criu",
+		"-o", exe, "testdata/"+name+".c")
+	if out, err := cc.CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// TestCConnect: genid.h's connect waits out the moment between the daemon's
+// bind and its listen, and still refuses a socket nobody listens on.
+func TestCConnect(t *testing.T) {
+	dir := t.TempDir()
+	exe := buildC(t, dir, "cconnect")
+	bound := func(path string) int {
+		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Close(fd) })
+		if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+
+	starting := filepath.Join(dir, "starting.sock")
+	fd := bound(starting)
+	cmd := exec.Command(exe, starting)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if err := syscall.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil || strings.TrimSpace(out.String()) != "connected" {
+		t.Fatalf("connect while the socket starts listening: %v: %s", err, out.String())
+	}
+
+	stale := filepath.Join(dir, "stale.sock")
+	bound(stale)
+	start := time.Now()
+	b, err := exec.Command(exe, stale).CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "refused") {
+		t.Fatalf("connect to a socket nobody listens on: %v: %s", err, b)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("refused after %v, before genid.h's retry time", took)
 	}
 }
