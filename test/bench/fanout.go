@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 	"unsafe"
 
@@ -16,21 +17,27 @@ import (
 // watcher side, round runs the writer's side and returns when every thread
 // has read (or, for a barrier, when every reply is in).
 type arena struct {
-	h        *helper
-	switches []float64             // the watcher threads' context switches, per round
-	round    func() (int64, error) // ns from the trigger to the end
-	close    func()
+	h          *helper
+	switches   []float64             // the watcher threads' context switches, per round
+	cpu        []float64             // the sender's CPU time (ms) per round, where round records it
+	watcherCPU []float64             // the watcher threads' CPU time (ms) per round
+	round      func() (int64, error) // ns from the trigger to the end
+	close      func()
 }
 
 // measure runs the rounds, records their times and the watcher side's
 // wake-ups per watcher under mech, and stops the arena.
-func (a *arena) measure(rounds, watchers int, mech string, series, wakes map[string][]float64) error {
+func (a *arena) measure(rounds, watchers int, mech string, series, wakes, cpu map[string][]float64) error {
 	defer a.stop()
 	s, err := a.rounds(rounds)
 	series[mech] = append(series[mech], s...)
 	for _, v := range a.switches {
 		wakes[mech] = append(wakes[mech], v/float64(watchers))
 	}
+	if len(a.cpu) > 1 {
+		cpu[mech] = append(cpu[mech], a.cpu[1:]...) // not the warm-up round
+	}
+	cpu[mech+" watchers"] = append(cpu[mech+" watchers"], a.watcherCPU...)
 	return err
 }
 
@@ -41,7 +48,7 @@ func (a *arena) rounds(n int) ([]float64, error) {
 		if err := a.h.ready(); err != nil {
 			return nil, err
 		}
-		h0 := a.h.switches()
+		h0, c0 := a.h.switches(), cpuTime(a.h.cmd.Process.Pid)
 		ns, err := a.round()
 		if err != nil {
 			return nil, err
@@ -49,6 +56,7 @@ func (a *arena) rounds(n int) ([]float64, error) {
 		if r > 0 {
 			out = append(out, ms(ns))
 			a.switches = append(a.switches, float64(a.h.switches()-h0))
+			a.watcherCPU = append(a.watcherCPU, ms(cpuTime(a.h.cmd.Process.Pid)-c0))
 		}
 	}
 	return out, nil
@@ -89,26 +97,33 @@ func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
 	}
 	bump := wire.Bump{Reason: "bench"}.Encode()
 	id := uint32(0)
-	return &arena{
-		h: h,
-		round: func() (int64, error) {
-			id++
-			frame := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: id}, bump)
-			t0 := mono()
-			if err := writeAll(ctl, frame); err != nil {
-				return 0, err
-			}
-			t1, err := h.done()
-			if err != nil {
-				return 0, err
-			}
-			if f, err := rawFrame(ctl); err != nil || f.Status != wire.StatusOK {
-				return 0, fmt.Errorf("bump: %v %v %s", err, f.Status, f.Payload)
-			}
-			return t1 - t0, nil
-		},
-		close: func() { unix.Close(ctl) },
-	}, nil
+	a := &arena{h: h, close: func() { unix.Close(ctl) }}
+	a.round = func() (int64, error) {
+		id++
+		frame := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: id}, bump)
+		cpu0 := cpuTime(d.pid())
+		t0 := mono()
+		if err := writeAll(ctl, frame); err != nil {
+			return 0, err
+		}
+		t1, err := h.done()
+		if err != nil {
+			return 0, err
+		}
+		if f, err := rawFrame(ctl); err != nil || f.Status != wire.StatusOK {
+			return 0, fmt.Errorf("bump: %v %v %s", err, f.Status, f.Payload)
+		}
+		a.cpu = append(a.cpu, ms(cpuTime(d.pid())-cpu0))
+		return t1 - t0, nil
+	}
+	return a, nil
+}
+
+// threadCPU is the calling thread's CPU time in ns.
+func threadCPU() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return ts.Nano()
 }
 
 func eventfds(n int) ([]int, error) {
@@ -147,17 +162,20 @@ func fanoutEventfd(b *bench, n int) (*arena, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &arena{
-		h: h,
-		round: func() (int64, error) {
-			t0 := mono()
-			if err := signal(fds); err != nil {
-				return 0, err
-			}
-			t1, err := h.done()
-			return t1 - t0, err
-		},
-	}, nil
+	a := &arena{h: h}
+	a.round = func() (int64, error) {
+		runtime.LockOSThread() // for the thread's CPU clock
+		defer runtime.UnlockOSThread()
+		cpu0 := threadCPU()
+		t0 := mono()
+		if err := signal(fds); err != nil {
+			return 0, err
+		}
+		a.cpu = append(a.cpu, ms(threadCPU()-cpu0))
+		t1, err := h.done()
+		return t1 - t0, err
+	}
+	return a, nil
 }
 
 // fanoutInotify: N inotify instances watching one file for IN_MODIFY; the
@@ -195,19 +213,21 @@ func fanoutInotify(b *bench, dir string, n int) (*arena, error) {
 		return nil, err
 	}
 	var gen [4]byte
-	return &arena{
-		h: h,
-		round: func() (int64, error) {
-			gen[0]++
-			t0 := mono()
-			if _, _, e := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(wfd), uintptr(unsafe.Pointer(&gen[0])), 4, 0, 0, 0); e != 0 {
-				return 0, e
-			}
-			t1, err := h.done()
-			return t1 - t0, err
-		},
-		close: func() { unix.Close(wfd) },
-	}, nil
+	a := &arena{h: h, close: func() { unix.Close(wfd) }}
+	a.round = func() (int64, error) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		gen[0]++
+		cpu0 := threadCPU()
+		t0 := mono()
+		if _, _, e := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(wfd), uintptr(unsafe.Pointer(&gen[0])), 4, 0, 0, 0); e != 0 {
+			return 0, e
+		}
+		a.cpu = append(a.cpu, ms(threadCPU()-cpu0))
+		t1, err := h.done()
+		return t1 - t0, err
+	}
+	return a, nil
 }
 
 // mmapInotifyEvents tells how many inotify events (IN_MODIFY or any other)

@@ -20,6 +20,7 @@ import (
 type bench struct {
 	repo, genidctl, waiters, plugin, testbed string
 	quick                                    bool
+	mechs                                    []string // fan-out mechanisms
 }
 
 func main() {
@@ -42,8 +43,10 @@ func main() {
 	out := flag.String("out", "results.json", "JSON results")
 	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,restore", "sections to run")
 	ns := flag.String("n", "1,100,1000,10000", "fan-out sizes")
+	mechs := flag.String("mech", "genid,eventfd,inotify,D-Bus", "fan-out mechanisms to run (all but all four leave the ratios out: for profiling one)")
 	flag.BoolVar(&b.quick, "quick", false, "fewer rounds (a smoke test, not figures)")
 	flag.Parse()
+	b.mechs = strings.Split(*mechs, ",")
 
 	if os.Geteuid() != 0 {
 		fatal("run as root: bumps need CAP_CHECKPOINT_RESTORE, and the limits are raised")
@@ -143,9 +146,9 @@ func (b *bench) fanout(rep *Report, n int) error {
 	}
 	passes := map[bool]int{true: 3, false: 2}[n >= 10000]
 	rounds = max(1, b.runs(rounds)/passes)
-	series, wakes := map[string][]float64{}, map[string][]float64{}
+	series, wakes, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for range passes {
-		for _, mech := range []string{"genid", "eventfd", "inotify", "D-Bus"} {
+		for _, mech := range b.mechs {
 			var d *daemon
 			var a *arena
 			var err error
@@ -164,9 +167,11 @@ func (b *bench) fanout(rep *Report, n int) error {
 				}
 			case "D-Bus":
 				a, err = fanoutDBus(b, n)
+			default:
+				return fmt.Errorf("unknown mechanism %q", mech)
 			}
 			if err == nil {
-				err = a.measure(rounds, n, mech, series, wakes)
+				err = a.measure(rounds, n, mech, series, wakes, cpu)
 			}
 			if d != nil {
 				if mech == "genid" && n == 1 && rep.Facts["inotify events from a bump (mmap store to the page)"] == nil {
@@ -182,6 +187,12 @@ func (b *bench) fanout(rep *Report, n int) error {
 		}
 	}
 	rep.Facts[fmt.Sprintf("fan-out N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
+	rep.Facts[fmt.Sprintf("fan-out N=%d: the sender's CPU time per round, ms (median; genid: the daemon, all threads)", n)] = medians(cpu)
+	if len(series) < 4 {
+		// Some mechanisms only: their medians, and no ratios.
+		rep.Facts[fmt.Sprintf("fan-out N=%d: median ms", n)] = medians(series)
+		return nil
+	}
 	g := summarise("ms", series["genid"])
 	name := fmt.Sprintf("fan-out N=%d", n)
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
@@ -217,7 +228,7 @@ func (b *bench) barrier(rep *Report, n int) error {
 				a, err = barrierEventfd(b, n)
 			}
 			if err == nil {
-				err = a.measure(rounds, n, mech, series, wakes)
+				err = a.measure(rounds, n, mech, series, wakes, map[string][]float64{})
 			}
 			if d != nil {
 				d.stop()
