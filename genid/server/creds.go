@@ -70,7 +70,7 @@ func checkBump(fd int, p peer) error {
 
 // The daemon's own namespaces, which do not change.
 var (
-	ownUserNS = sync.OnceValues(func() (fileID, error) { return pathID("/proc/self/ns/user") })
+	ownUserNS = sync.OnceValues(func() (string, error) { return readlink("/proc/self/ns/user") })
 	ownNetNS  = sync.OnceValues(func() (fileID, error) { return pathID("/proc/self/ns/net") })
 )
 
@@ -79,7 +79,8 @@ func sameUserNS(pid int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	other, err := pathID(fmt.Sprintf("/proc/%d/ns/user", pid))
+	// "user:[INODE]": the inode number tells live namespaces apart.
+	other, err := readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return false, errors.New("process is gone")
