@@ -22,9 +22,9 @@ type conn struct {
 	fd   int
 	seq  uint32 // the loop's number for it, in its epoll events
 	peer peer
-	ino  uint64 // inode of our end, to find it from the client's end
 
 	// Loop goroutine only.
+	ino      uint64        // inode of our end, to find it from the client's end; 0 until query-peer looks
 	in       []byte        // a frame received in part, nil when none
 	deadline time.Duration // when the frame in part (or the drain) is overdue
 	dl       int32         // index in the loop's deadline heap, -1 if none

@@ -63,6 +63,13 @@ func (s *Server) connByPeerInode(ino uint64) (*conn, error) {
 		}
 	}()
 	for _, c := range conns {
+		if c.ino == 0 { // looked up once, here: most connections are never asked about
+			id, err := fdID(c.fd)
+			if err != nil {
+				continue
+			}
+			c.ino = id.ino
+		}
 		key, fd, err := c.netns()
 		if err != nil {
 			continue // gone meanwhile

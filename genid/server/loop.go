@@ -263,12 +263,8 @@ func (l *loop) add(fd int) error {
 	if err != nil {
 		return err
 	}
-	id, err := fdID(fd)
-	if err != nil {
-		return err
-	}
 	l.seq++
-	c := &conn{srv: l.srv, fd: fd, seq: l.seq, dl: -1, peer: p, ino: id.ino}
+	c := &conn{srv: l.srv, fd: fd, seq: l.seq, dl: -1, peer: p}
 	if err := epollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, c.pollEvent(false)); err != nil {
 		return err
 	}
