@@ -25,8 +25,9 @@ type arena struct {
 	close      func()
 }
 
-// measure runs the rounds, records their times and the watcher side's
-// wake-ups per watcher under mech, and stops the arena.
+// measure runs the rounds, records under mech their times, the watcher
+// side's wake-ups per watcher and the CPU times (the sender's under mech,
+// the watchers' under mech+" watchers"), and stops the arena.
 func (a *arena) measure(rounds, watchers int, mech string, series, wakes, cpu map[string][]float64) error {
 	defer a.stop()
 	s, err := a.rounds(rounds)
