@@ -12,7 +12,7 @@ import (
 // barrierGenid: N watchers that ack the moment they read the event; a
 // client bumps and asks wait-watchers in the same write. The round ends
 // when the reply to wait-watchers arrives.
-func barrierGenid(b *bench, d *daemon, n int, switches, cpu *[]float64) (*arena, error) {
+func barrierGenid(b *bench, d *daemon, n int, switches *[]float64) (*arena, error) {
 	h, ctl, err := genidWatchers(b, d, n, "genid-ack")
 	if err != nil {
 		return nil, err
@@ -20,42 +20,40 @@ func barrierGenid(b *bench, d *daemon, n int, switches, cpu *[]float64) (*arena,
 	bump := wire.Bump{Reason: "bench"}.Encode()
 	wait := wire.U32(60_000) // ms
 	id := uint32(0)
-	return &arena{
-		h: h,
-		round: func() (int64, error) {
-			bumpID, waitID := id+1, id+2
-			id += 2
-			req := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: bumpID}, bump)
-			req = wire.Append(req, wire.Header{Op: wire.OpWaitWatchers, ID: waitID}, wait)
-			cs0, _ := d.ctxSwitches()
-			cpu0 := cpuTime(d.pid())
-			t0 := mono()
-			if err := writeAll(ctl, req); err != nil {
+	a := &arena{h: h, close: func() { unix.Close(ctl) }}
+	a.round = func() (int64, error) {
+		bumpID, waitID := id+1, id+2
+		id += 2
+		req := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: bumpID}, bump)
+		req = wire.Append(req, wire.Header{Op: wire.OpWaitWatchers, ID: waitID}, wait)
+		cs0, _ := d.ctxSwitches()
+		cpu0 := cpuTime(d.pid())
+		t0 := mono()
+		if err := writeAll(ctl, req); err != nil {
+			return 0, err
+		}
+		var t1 int64
+		for t1 == 0 {
+			f, err := rawFrame(ctl)
+			if err != nil {
 				return 0, err
 			}
-			var t1 int64
-			for t1 == 0 {
-				f, err := rawFrame(ctl)
-				if err != nil {
-					return 0, err
-				}
-				if f.Status != wire.StatusOK {
-					return 0, fmt.Errorf("%v: %v: %s", f.Op, f.Status, f.Payload)
-				}
-				if f.ID == waitID {
-					t1 = mono()
-				}
+			if f.Status != wire.StatusOK {
+				return 0, fmt.Errorf("%v: %v: %s", f.Op, f.Status, f.Payload)
 			}
-			cs1, _ := d.ctxSwitches()
-			*cpu = append(*cpu, ms(cpuTime(d.pid())-cpu0))
-			*switches = append(*switches, float64(cs1-cs0))
-			if _, err := h.done(); err != nil {
-				return 0, err
+			if f.ID == waitID {
+				t1 = mono()
 			}
-			return t1 - t0, nil
-		},
-		close: func() { unix.Close(ctl) },
-	}, nil
+		}
+		cs1, _ := d.ctxSwitches()
+		a.cpu = append(a.cpu, ms(cpuTime(d.pid())-cpu0))
+		*switches = append(*switches, float64(cs1-cs0))
+		if _, err := h.done(); err != nil {
+			return 0, err
+		}
+		return t1 - t0, nil
+	}
+	return a, nil
 }
 
 // barrierEventfd: the baseline, eventfd fan-out and an eventfd reply per

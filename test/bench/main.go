@@ -213,8 +213,8 @@ func (b *bench) barrier(rep *Report, n int) error {
 	rounds := map[int]int{1000: 30, 10000: 16}[n]
 	const passes = 2
 	rounds = max(1, b.runs(rounds)/passes)
-	series, wakes := map[string][]float64{}, map[string][]float64{}
-	var switches, cpu []float64
+	series, wakes, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+	var switches []float64
 	for range passes {
 		for _, mech := range []string{"genid", "eventfd"} {
 			var d *daemon
@@ -222,13 +222,13 @@ func (b *bench) barrier(rep *Report, n int) error {
 			var err error
 			if mech == "genid" {
 				if d, err = startDaemon(b.genidctl); err == nil {
-					a, err = barrierGenid(b, d, n, &switches, &cpu)
+					a, err = barrierGenid(b, d, n, &switches)
 				}
 			} else {
 				a, err = barrierEventfd(b, n)
 			}
 			if err == nil {
-				err = a.measure(rounds, n, mech, series, wakes, map[string][]float64{})
+				err = a.measure(rounds, n, mech, series, wakes, cpu)
 			}
 			if d != nil {
 				d.stop()
@@ -239,7 +239,7 @@ func (b *bench) barrier(rep *Report, n int) error {
 		}
 	}
 	rep.Facts[fmt.Sprintf("barrier N=%d: daemon context switches per round (median)", n)] = summarise("", switches).Median
-	rep.Facts[fmt.Sprintf("barrier N=%d: daemon CPU time per round, ms (median)", n)] = math.Round(summarise("", cpu).Median*100) / 100
+	rep.Facts[fmt.Sprintf("barrier N=%d: CPU time per round, ms (median): the daemon (genid), and the watchers", n)] = medians(cpu)
 	rep.Facts[fmt.Sprintf("barrier N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
 	r := compare(fmt.Sprintf("barrier N=%d", n), summarise("ms", series["genid"]),
 		"eventfd + eventfd reply", summarise("ms", series["eventfd"]), true)
