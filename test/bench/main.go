@@ -34,6 +34,16 @@ func main() {
 		fmt.Println(out)
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == "socket-sender" {
+		n, err := strconv.Atoi(os.Args[2])
+		if err == nil {
+			err = socketSender(n)
+		}
+		if err != nil {
+			fatal("socket sender: " + err.Error())
+		}
+		return
+	}
 	var b bench
 	flag.StringVar(&b.repo, "repo", "../..", "the repository (bound into the test bed)")
 	flag.StringVar(&b.genidctl, "genidctl", "../../bin/genidctl", "genidctl binary")
@@ -43,7 +53,7 @@ func main() {
 	out := flag.String("out", "results.json", "JSON results")
 	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,restore", "sections to run")
 	ns := flag.String("n", "1,100,1000,10000", "fan-out sizes")
-	mechs := flag.String("mech", "genid,eventfd,inotify,D-Bus", "fan-out mechanisms to run (all but all four leave the ratios out: for profiling one)")
+	mechs := flag.String("mech", "genid,socket,eventfd,inotify,D-Bus", "fan-out mechanisms to run (without genid, eventfd, inotify and D-Bus, only medians: for profiling one)")
 	flag.BoolVar(&b.quick, "quick", false, "fewer rounds (a smoke test, not figures)")
 	flag.Parse()
 	b.mechs = strings.Split(*mechs, ",")
@@ -136,7 +146,8 @@ func (b *bench) hotPath(rep *Report) error {
 	return nil
 }
 
-// fanout measures the four mechanisms at one N. Every mechanism runs in
+// fanout measures the mechanisms at one N: genid, its AF_UNIX floor
+// (floor.go) and the issue's three baselines. Every mechanism runs in
 // `passes` passes of fresh set-ups, interleaved, so that drift on a shared
 // machine hits them alike.
 func (b *bench) fanout(rep *Report, n int) error {
@@ -157,6 +168,8 @@ func (b *bench) fanout(rep *Report, n int) error {
 				if d, err = startDaemon(b.genidctl); err == nil {
 					a, err = fanoutGenid(b, d, n)
 				}
+			case "socket":
+				a, err = fanoutSocket(b, n)
 			case "eventfd":
 				a, err = fanoutEventfd(b, n)
 			case "inotify":
@@ -188,13 +201,20 @@ func (b *bench) fanout(rep *Report, n int) error {
 	}
 	rep.Facts[fmt.Sprintf("fan-out N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
 	rep.Facts[fmt.Sprintf("fan-out N=%d: CPU time per round, ms (median): the sender (genid: the daemon, all threads), and the watchers", n)] = medians(cpu)
-	if len(series) < 4 {
-		// Some mechanisms only: their medians, and no ratios.
-		rep.Facts[fmt.Sprintf("fan-out N=%d: median ms", n)] = medians(series)
-		return nil
+	for _, mech := range []string{"genid", "eventfd", "inotify", "D-Bus"} {
+		if series[mech] == nil {
+			// Some mechanisms only: their medians, and no ratios.
+			rep.Facts[fmt.Sprintf("fan-out N=%d: median ms", n)] = medians(series)
+			return nil
+		}
 	}
 	g := summarise("ms", series["genid"])
 	name := fmt.Sprintf("fan-out N=%d", n)
+	if series["socket"] != nil {
+		s := compare(name, g, "AF_UNIX floor", summarise("ms", series["socket"]), true)
+		s.Note = "no target: genid over a plain sender on the same sockets is the daemon's own cost"
+		rep.add(s)
+	}
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
 	i := compare(name, g, "inotify", summarise("ms", series["inotify"]), true)
 	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), false)
