@@ -30,7 +30,7 @@ test: build unit fuzz e2e e2e-criu e2e-vm
 # Unit and in-process tests, with the race detector.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./genid/... ./cli/... ./plugin/...
+	$(GO) test -race -count=1 ./genid/... ./cli/... ./plugin/... ./test/bench/
 
 # A short run of the protocol decoder fuzzer on top of its seed corpus.
 fuzz:

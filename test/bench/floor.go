@@ -79,6 +79,31 @@ func fanoutSocket(b *bench, n int) (*arena, error) {
 	return a, nil
 }
 
+// passPairs makes n socketpairs and sends one end of each over ctl, in
+// batches, closing each batch once sent. It returns the ends it kept.
+func passPairs(ctl, n int) ([]int, error) {
+	ours := make([]int, 0, n)
+	for len(ours) < n {
+		var batch []int
+		for len(batch) < fdBatch && len(ours) < n {
+			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				closeAll(batch)
+				closeAll(ours)
+				return nil, fmt.Errorf("socketpair %d: %w", len(ours), err)
+			}
+			ours, batch = append(ours, p[0]), append(batch, p[1])
+		}
+		err := unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
+		closeAll(batch)
+		if err != nil {
+			closeAll(ours)
+			return nil, fmt.Errorf("pass descriptors: %w", err)
+		}
+	}
+	return ours, nil
+}
+
 // recvFds receives n descriptors sent in batches over SCM_RIGHTS.
 func recvFds(fd, n int) ([]int, error) {
 	fds := make([]int, 0, n)
@@ -123,28 +148,16 @@ func appendRights(fds []int, oob []byte) ([]int, error) {
 // exits when the control socket closes.
 func socketSender(n int) error {
 	const ctl = 3
-	ours := make([]int, 0, n)
-	for len(ours) < n {
-		var batch []int
-		for len(batch) < fdBatch && len(ours) < n {
-			p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return fmt.Errorf("socketpair %d: %w", len(ours), err)
-			}
-			ours, batch = append(ours, p[0]), append(batch, p[1])
-		}
-		err := unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
-		closeAll(batch)
-		if err != nil {
-			return fmt.Errorf("pass descriptors: %w", err)
-		}
+	ours, err := passPairs(ctl, n)
+	if err != nil {
+		return err
 	}
 	runtime.LockOSThread() // for the thread's CPU clock
 	var frame [wire.HeaderSize + 8]byte
 	wire.PutHeader(frame[:], wire.Header{Op: wire.OpEvent, Len: 8})
 	for {
-		var go1 [1]byte
-		if err := readFull(ctl, go1[:]); err != nil {
+		var cue [1]byte
+		if err := readFull(ctl, cue[:]); err != nil {
 			return nil // the bench is done
 		}
 		frame[wire.HeaderSize]++

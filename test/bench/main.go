@@ -212,7 +212,7 @@ func (b *bench) fanout(rep *Report, n int) error {
 	name := fmt.Sprintf("fan-out N=%d", n)
 	if series["socket"] != nil {
 		s := compare(name, g, "AF_UNIX floor", summarise("ms", series["socket"]), true)
-		s.Note = "no target: genid over a plain sender on the same sockets is the daemon's own cost"
+		s.Note = "no target: genid over a plain sender on sockets of the same kind is the daemon's own cost"
 		rep.add(s)
 	}
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)

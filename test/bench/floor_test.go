@@ -1,0 +1,70 @@
+package main
+
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestPassPairs checks the AF_UNIX floor's set-up: every pair's far end
+// arrives, in order, across several SCM_RIGHTS batches.
+func TestPassPairs(t *testing.T) {
+	ctl, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(ctl[:])
+	const n = 2*fdBatch + 17
+	type result struct {
+		fds []int
+		err error
+	}
+	sent := make(chan result, 1)
+	go func() {
+		fds, err := passPairs(ctl[0], n)
+		sent <- result{fds, err}
+	}()
+	theirs, err := recvFds(ctl[1], n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(theirs)
+	r := <-sent
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	ours := r.fds
+	defer closeAll(ours)
+	if len(ours) != n || len(theirs) != n {
+		t.Fatalf("kept %d, received %d, want %d each", len(ours), len(theirs), n)
+	}
+	for _, i := range []int{0, fdBatch - 1, fdBatch, n - 1} {
+		if _, err := unix.Write(ours[i], []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		var b [2]byte
+		if k, err := unix.Read(theirs[i], b[:]); err != nil || k != 1 || b[0] != byte(i) {
+			t.Fatalf("pair %d: read %d bytes %v, %v", i, k, b[:k], err)
+		}
+	}
+}
+
+// TestRecvFdsShort checks that a sender that stops early is an error, not a
+// hang or a short list.
+func TestRecvFdsShort(t *testing.T) {
+	ctl, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ctl[1])
+	ours, err := passPairs(ctl[0], 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(ours)
+	unix.Close(ctl[0])
+	if fds, err := recvFds(ctl[1], 4); err == nil {
+		closeAll(fds)
+		t.Fatal("4 descriptors from a sender of 3: no error")
+	}
+}
