@@ -200,7 +200,7 @@ func (b *bench) fanout(rep *Report, n int) error {
 		}
 	}
 	rep.Facts[fmt.Sprintf("fan-out N=%d: watcher-side context switches per watcher and round (median)", n)] = medians(wakes)
-	rep.Facts[fmt.Sprintf("fan-out N=%d: CPU time per round, ms (median): the sender (genid: the daemon, all threads), and the watchers", n)] = medians(cpu)
+	rep.Facts[fmt.Sprintf("fan-out N=%d: CPU time per round, ms (median): the sender (genid: the daemon, all threads; the others: the sending thread), and the watchers", n)] = medians(cpu)
 	for _, mech := range []string{"genid", "eventfd", "inotify", "D-Bus"} {
 		if series[mech] == nil {
 			// Some mechanisms only: their medians, and no ratios.
