@@ -77,7 +77,7 @@ e2e-vm: build
 	hack/vm.sh build >/dev/null
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 20m ./test/vm/
 
-# Benchmarks, not part of `make test` (as root, about 5 minutes on 2 cores):
+# Benchmarks, not part of `make test` (as root, about 8 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in
 # one run. Prints a markdown table; the same data goes to
 # test/bench/results.json. BENCHFLAGS: e.g. -quick, -only fanout,barrier.

@@ -212,7 +212,7 @@ func (b *bench) fanout(rep *Report, n int) error {
 	name := fmt.Sprintf("fan-out N=%d", n)
 	if series["socket"] != nil {
 		s := compare(name, g, "AF_UNIX floor", summarise("ms", series["socket"]), true)
-		s.Note = "no target: genid over a plain sender on sockets of the same kind is the daemon's own cost"
+		s.Note = "no target, at every N: genid over a plain sender on sockets of the same kind is what the daemon itself costs"
 		rep.add(s)
 	}
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
@@ -314,7 +314,7 @@ func (b *bench) restore(rep *Report) error {
 		return err
 	}
 	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
-	rr.Note = "with the plugin: reads the record, bumps past it (daemon round trip)"
+	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip"
 	rep.add(rr.goal("≤ 1.05×", *rr.Ratio <= 1.05))
 	return nil
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -116,31 +118,28 @@ func (rep *Report) Markdown() string {
 		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s | %s | %s |\n",
 			r.Name, r.Figure.N, cell(r.Figure), base, bcell, ratio, target, result)
 	}
-	if len(rep.Facts) > 0 {
-		b.WriteString("\n")
-		for _, k := range sortedKeys(rep.Facts) {
-			fmt.Fprintf(&b, "- %s: %v\n", k, rep.Facts[k])
+	b.WriteString("\n")
+	// How figures are taken. A note on a comparison is about that baseline,
+	// and the floor's repeats at every N: each note once.
+	seen := map[string]bool{}
+	for _, r := range rep.Figures {
+		if r.Note == "" || seen[r.Note] {
+			continue
 		}
+		seen[r.Note] = true
+		label := r.Name
+		if r.RatioOf != "" {
+			label = r.RatioOf
+		}
+		fmt.Fprintf(&b, "- %s: %s\n", label, r.Note)
+	}
+	for _, k := range slices.Sorted(maps.Keys(rep.Facts)) {
+		fmt.Fprintf(&b, "- %s: %v\n", k, rep.Facts[k])
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(&b, "- ERROR: %s\n", e)
 	}
 	return b.String()
-}
-
-func sortedKeys(m map[string]any) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	for i := range ks {
-		for j := i + 1; j < len(ks); j++ {
-			if ks[j] < ks[i] {
-				ks[i], ks[j] = ks[j], ks[i]
-			}
-		}
-	}
-	return ks
 }
 
 func (rep *Report) write(path string) error {
