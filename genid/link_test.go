@@ -7,26 +7,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// boundSocket binds a unix stream socket at path without listening: what a
-// client sees while the daemon starts, or after it died.
-func boundSocket(t *testing.T, path string) int {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	return fd
-}
+	"github.com/genid-project/genid/internal/unixtest"
+)
 
 func TestDialWaitsForListen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), SocketFile)
-	fd := boundSocket(t, path)
+	fd := unixtest.Bound(t, path)
 	go func() {
 		time.Sleep(30 * time.Millisecond)
 		syscall.Listen(fd, 1)
@@ -40,7 +27,7 @@ func TestDialWaitsForListen(t *testing.T) {
 
 func TestDialStaleSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), SocketFile)
-	boundSocket(t, path)
+	unixtest.Bound(t, path)
 	start := time.Now()
 	_, err := dial(context.Background(), path, nil)
 	if !errors.Is(err, ErrUnreachable) {

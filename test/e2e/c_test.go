@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/unixtest"
 )
 
 // TestCClient builds a C watcher on plugin/criu/genid.h, the C client the
@@ -69,20 +71,9 @@ func buildC(t *testing.T, dir, name string) string {
 func TestCConnect(t *testing.T) {
 	dir := t.TempDir()
 	exe := buildC(t, dir, "cconnect")
-	bound := func(path string) int {
-		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { syscall.Close(fd) })
-		if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-			t.Fatal(err)
-		}
-		return fd
-	}
 
 	starting := filepath.Join(dir, "starting.sock")
-	fd := bound(starting)
+	fd := unixtest.Bound(t, starting)
 	cmd := exec.Command(exe, starting)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -98,7 +89,7 @@ func TestCConnect(t *testing.T) {
 	}
 
 	stale := filepath.Join(dir, "stale.sock")
-	bound(stale)
+	unixtest.Bound(t, stale)
 	start := time.Now()
 	b, err := exec.Command(exe, stale).CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "refused") {
