@@ -302,6 +302,13 @@ func (w *vmclockWatch) check(bump func(string) error) error {
 		return err
 	}
 	if !st.hasGeneration() {
+		// The hypervisor stopped providing the counter (a migration to
+		// one that does not, say): whatever changed then went unseen.
+		// Bump once, as for a change, before this backend ends.
+		w.log.Warn("the device no longer provides vm_generation_counter: bumping once in case the VM was restored")
+		if err := bump(NameVMClock); err != nil {
+			w.log.Error("bump failed", "err", err)
+		}
 		return fmt.Errorf("%s: %w", w.dev.path, errVMClockNoGeneration)
 	}
 	if st.gen == w.last {
@@ -355,18 +362,30 @@ func (w *vmclockWatch) runEvents(ctx context.Context, bump func(string) error) e
 		if fds[1].Revents != 0 || ctx.Err() != nil {
 			return nil
 		}
-		r := fds[0].Revents
-		if r&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
-			return fmt.Errorf("vmclock: %s: notifications stopped (poll revents %#x)", w.dev.path, r)
-		}
-		if r&unix.POLLIN == 0 {
-			continue
-		}
-		if err := w.dev.ack(); err != nil {
-			w.log.Warn("read", "err", err)
-		}
-		if err := w.check(bump); err != nil && !errors.Is(err, errVMClockInProgress) {
+		if err := w.revents(fds[0].Revents, bump); err != nil {
 			return err
 		}
 	}
+}
+
+// revents handles what poll() reported for the device: a notification is
+// read and checked; a hang-up or an error ends the watch, after a last check
+// so that a change that came with it is not missed.
+func (w *vmclockWatch) revents(r int16, bump func(string) error) error {
+	if r&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+		if err := w.check(bump); err != nil && !errors.Is(err, errVMClockInProgress) {
+			return err
+		}
+		return fmt.Errorf("vmclock: %s: notifications stopped (poll revents %#x)", w.dev.path, r)
+	}
+	if r&unix.POLLIN == 0 {
+		return nil
+	}
+	if err := w.dev.ack(); err != nil {
+		w.log.Warn("read", "err", err)
+	}
+	if err := w.check(bump); err != nil && !errors.Is(err, errVMClockInProgress) {
+		return err
+	}
+	return nil
 }

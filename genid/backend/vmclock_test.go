@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // page is the fields of a struct vmclock_abi the tests set.
@@ -211,6 +213,38 @@ func TestVMClockGenerationChange(t *testing.T) {
 	writePage(t, path, p)
 	if err := w.check(b.bump); err != nil || b.count() != 2 {
 		t.Fatalf("after a second change: err %v, %d bumps; want 2", err, b.count())
+	}
+}
+
+// Should the hypervisor stop providing the counter, or the kernel stop
+// notifying, the watch ends: but only after a last bump or check, since the
+// change that came with it would otherwise go unseen.
+func TestVMClockWatchEnds(t *testing.T) {
+	for name, tc := range map[string]struct {
+		flags   uint64
+		revents int16
+		want    error
+	}{
+		"counter gone": {flags: 0, revents: unix.POLLIN, want: errVMClockNoGeneration},
+		"hang-up":      {flags: flagGenerationPresent, revents: unix.POLLHUP},
+		"error":        {flags: flagGenerationPresent, revents: unix.POLLERR},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := validPage()
+			path := pageFile(t, p)
+			d := openTestDev(t, path, vmclockMaxWait)
+			w := &vmclockWatch{dev: d, last: p.gen, log: quiet()}
+			p.seq, p.gen, p.flags = 4, 8, tc.flags
+			writePage(t, path, p)
+			var b bumps
+			err := w.revents(tc.revents, b.bump)
+			if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("revents(%#x) = %v, want the watch to end (%v)", tc.revents, err, tc.want)
+			}
+			if b.count() != 1 {
+				t.Fatalf("%d bumps, want 1: the last change must count", b.count())
+			}
+		})
 	}
 }
 

@@ -30,8 +30,12 @@ import (
 //
 // Both are watched; the pairing rule of dedup makes one change one bump.
 
-// vmforkMessage is what add_vmfork_randomness() logs on a VM generation change.
-const vmforkMessage = "crng reseeded due to virtual machine fork"
+// vmforkMessage is what add_vmfork_randomness() logs on a VM generation
+// change: the whole message, with the "random: " of the driver's pr_fmt.
+// Only the whole message counts: the kernel logs many lines that quote what
+// a user gave it (a mount option, a device name), so a line that merely
+// contains these words can be had by anyone.
+const vmforkMessage = "random: crng reseeded due to virtual machine fork"
 
 // DefaultPairWindow is how long an event of one vmgenid source waits for its
 // partner from the other source. Both are emitted by the same kernel
@@ -113,21 +117,33 @@ type source int
 const (
 	srcKmsg source = iota
 	srcUevent
+	// srcLost is kernel log records lost unread: it always bumps, and
+	// pairs with nothing (dedup does not see it).
+	srcLost
 )
 
 func (s source) String() string {
-	if s == srcKmsg {
+	switch s {
+	case srcKmsg:
 		return "kmsg"
+	case srcUevent:
+		return "uevent"
 	}
-	return "uevent"
+	return "lost kmsg records"
 }
 
 // Run opens the kernel log (at its end, so the machine's boot-time vmfork
 // line and anything else logged before now never count) and, when it can,
 // the uevent socket, then bumps once per generation change until ctx ends.
-// The kernel log is required; the uevent socket is a bonus that only 6.8
-// kernels use, so failing to open it only logs a warning.
+// It needs a device bound to the driver: the kernel log exists everywhere,
+// and without the device Run would wait for ever, the backend listed as
+// active with nothing to watch. The kernel log is required; the uevent
+// socket is a bonus that only 6.8 kernels use, so failing to open it only
+// logs a warning.
 func (v *vmgenid) Run(ctx context.Context, bump func(reason string) error) error {
+	if _, err := boundVMGenIDDevice(v.sysDir); err != nil {
+		return err
+	}
 	kmsg, err := openKmsg(v.kmsgPath)
 	if err != nil {
 		return err
@@ -170,9 +186,12 @@ func (v *vmgenid) Run(ctx context.Context, bump func(reason string) error) error
 				send(srcKmsg)
 			}
 		}, func(err error) {
-			// Records were overwritten before we read them. Possibly a
-			// vmfork line among them: only the uevent (6.8) could tell.
-			v.log.Warn("kernel log records lost before they could be read", "err", err)
+			// Records were overwritten before we read them, a vmfork
+			// line possibly among them. A missed change lets clones
+			// share a generation; an extra bump only makes watchers
+			// rebuild: count the loss as a change.
+			v.log.Warn("kernel log records lost before they could be read: bumping in case a VM generation change was among them", "err", err)
+			send(srcLost)
 		})
 		if ctx.Err() == nil {
 			fatal <- fmt.Errorf("kernel log %s: %w", v.kmsgPath, err)
@@ -211,7 +230,7 @@ func (v *vmgenid) loop(ctx context.Context, events <-chan source, fatal <-chan e
 		case err := <-fatal:
 			return err
 		case src := <-events:
-			if !d.event(src, time.Now()) {
+			if src != srcLost && !d.event(src, time.Now()) {
 				v.log.Debug("VM generation change already counted", "source", src)
 				continue
 			}
@@ -236,11 +255,11 @@ func (v *vmgenid) loop(ctx context.Context, events <-chan source, fatal <-chan e
 // Failure modes lean to safety. Bumps = events − pairs and pairs never exceed
 // the events of the less complete source, so after N changes there are at
 // least N bumps if either source saw them all. If one source loses an event
-// (log records overwritten, uevent buffer overrun, RNG not ready so no log
-// line), a later event may pair with the orphan, but its partner then bumps
-// instead; an orphan older than the window expires so it cannot swallow an
-// unrelated change later. A partner later than the window costs one extra
-// bump, which is harmless.
+// (log records overwritten, which also bumps on its own; uevent buffer
+// overrun; RNG not ready so no log line), a later event may pair with the
+// orphan, but its partner then bumps instead; an orphan older than the
+// window expires so it cannot swallow an unrelated change later. A partner
+// later than the window costs one extra bump, which is harmless.
 type dedup struct {
 	window  time.Duration
 	pending [2][]time.Time // unpaired events per source, oldest first
@@ -316,7 +335,10 @@ func readKmsg(r io.Reader, onRecord func([]byte), lost func(error)) error {
 // isVMForkRecord tells whether a /dev/kmsg record ("PRIO,SEQ,USEC,FLAGS
 // [,...];MESSAGE\n[ KEY=VALUE\n...]") is the kernel's vmfork line. The
 // facility must be the kernel's (PRIO < 8): anything written to /dev/kmsg
-// from user space gets LOG_USER at least, so it cannot forge a bump.
+// from user space gets LOG_USER at least. And the message must be exactly
+// vmforkMessage: an unprivileged user can have the kernel log a line that
+// quotes its words (tmpfs: Unknown parameter '...'), so neither alone stops
+// a forged bump.
 func isVMForkRecord(rec []byte) bool {
 	hdr, msg, ok := bytes.Cut(rec, []byte{';'})
 	if !ok {
@@ -328,7 +350,7 @@ func isVMForkRecord(rec []byte) bool {
 		return false
 	}
 	msg, _, _ = bytes.Cut(msg, []byte{'\n'}) // continuation lines are metadata
-	return bytes.Contains(msg, []byte(vmforkMessage))
+	return string(msg) == vmforkMessage
 }
 
 // openUevent opens a kobject uevent socket bound to the kernel's multicast

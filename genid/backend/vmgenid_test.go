@@ -26,6 +26,11 @@ func TestIsVMForkRecord(t *testing.T) {
 		"12,4,100,-;crng reseeded due to virtual machine fork\n":                               false,
 		"x,5,100,-;random: crng reseeded due to virtual machine fork\n":                        false,
 		"random: crng reseeded due to virtual machine fork\n":                                  false, // no header
+		// Kernel lines that quote what an unprivileged user gave: a mount
+		// option in a user namespace logs this one at LOG_ERR.
+		"3,6,100,-;tmpfs: Unknown parameter 'crng reseeded due to virtual machine fork'\n":         false,
+		"3,7,100,-;tmpfs: Unknown parameter 'random: crng reseeded due to virtual machine fork'\n": false,
+		"5,8,100,-;random: crng reseeded due to virtual machine fork, twice\n":                     false,
 		"": false,
 	} {
 		if got := isVMForkRecord([]byte(rec)); got != want {
@@ -222,13 +227,43 @@ func TestVMGenIDLoop(t *testing.T) {
 	events <- srcUevent
 	events <- srcUevent
 	events <- srcKmsg
+	// Records lost unread bump on their own and pair with nothing: the
+	// uevent after them still pairs with the next log line.
+	events <- srcLost
+	events <- srcUevent
+	events <- srcKmsg
 	boom := errors.New("boom")
 	fatal <- boom
 	if err := <-done; err != boom {
 		t.Fatalf("loop = %v, want %v", err, boom)
 	}
-	if b.count() != 2 || b.reasons[0] != "vmgenid" {
-		t.Fatalf("bumps %q, want two \"vmgenid\"", b.reasons)
+	if b.count() != 4 || b.reasons[0] != "vmgenid" {
+		t.Fatalf("bumps %q, want four \"vmgenid\"", b.reasons)
+	}
+}
+
+// fakeDriverDir makes a sysfs tree under a temporary directory with the
+// vmgenid driver's directory drv (one of vmgenidDriverDirs) as the kernel
+// lays it out, without a device bound; it returns the tree and that
+// directory. bindDevice then binds one.
+func fakeDriverDir(t *testing.T, drv string) (sys, dir string) {
+	t.Helper()
+	sys = t.TempDir()
+	dir = filepath.Join(sys, drv)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"bind", "unbind", "uevent"} {
+		os.WriteFile(filepath.Join(dir, f), nil, 0o200)
+	}
+	os.Symlink("../../../../module/vmgenid", filepath.Join(dir, "module"))
+	return sys, dir
+}
+
+func bindDevice(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.Symlink("../../../../devices/platform/VMGENCTR:00", filepath.Join(dir, "VMGENCTR:00")); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -239,23 +274,13 @@ func TestDetectVMGenID(t *testing.T) {
 	}
 	for _, drv := range vmgenidDriverDirs {
 		t.Run(drv, func(t *testing.T) {
-			sys := t.TempDir()
-			dir := filepath.Join(sys, drv)
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range []string{"bind", "unbind", "uevent"} {
-				os.WriteFile(filepath.Join(dir, f), nil, 0o200)
-			}
-			os.Symlink("../../../../module/vmgenid", filepath.Join(dir, "module"))
+			sys, dir := fakeDriverDir(t, drv)
 			opts := Options{SysDir: sys, KmsgPath: kmsg, VMClockPath: filepath.Join(sys, "none"), Logger: quiet()}
 			// The driver without a device (a kernel with CONFIG_VMGENID=y on bare metal).
 			if err := detectVMGenID(opts); err == nil {
 				t.Fatal("detected without a bound device")
 			}
-			if err := os.Symlink("../../../../devices/platform/VMGENCTR:00", filepath.Join(dir, "VMGENCTR:00")); err != nil {
-				t.Fatal(err)
-			}
+			bindDevice(t, dir)
 			if err := detectVMGenID(opts); err != nil {
 				t.Fatalf("detect: %v", err)
 			}
@@ -277,7 +302,9 @@ func TestVMGenIDRunSkipsOldRecords(t *testing.T) {
 	if err := os.WriteFile(kmsg, []byte(vmforkRecord), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v := newVMGenID(Options{KmsgPath: kmsg, NoUevent: true, Logger: quiet()})
+	sys, dir := fakeDriverDir(t, vmgenidDriverDirs[0])
+	bindDevice(t, dir)
+	v := newVMGenID(Options{SysDir: sys, KmsgPath: kmsg, NoUevent: true, Logger: quiet()})
 	var b bumps
 	err := v.Run(context.Background(), b.bump)
 	// A regular file ends where /dev/kmsg would block: Run reports it.
@@ -286,5 +313,21 @@ func TestVMGenIDRunSkipsOldRecords(t *testing.T) {
 	}
 	if b.count() != 0 {
 		t.Fatalf("%d bumps from a record logged before start", b.count())
+	}
+}
+
+// Named in --backends on a machine without the device, vmgenid fails at
+// once instead of watching a kernel log that will never say anything.
+func TestVMGenIDRunNeedsDevice(t *testing.T) {
+	kmsg := filepath.Join(t.TempDir(), "kmsg")
+	if err := os.WriteFile(kmsg, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sys, _ := fakeDriverDir(t, vmgenidDriverDirs[0])
+	v := newVMGenID(Options{SysDir: sys, KmsgPath: kmsg, NoUevent: true, Logger: quiet()})
+	var b bumps
+	err := v.Run(context.Background(), b.bump)
+	if err == nil || !strings.Contains(err.Error(), "no device bound") {
+		t.Fatalf("run = %v, want no device bound", err)
 	}
 }
