@@ -111,6 +111,13 @@ func peerPidfd(fd int) (int, error) {
 	return int(pidfd), err
 }
 
+// pidfdInfo is the PIDFD_GET_INFO ioctl (Linux 6.13) for the fields in mask.
+func pidfdInfo(pidfd int, mask uint64) (unix.PidfdInfo, error) {
+	info := unix.PidfdInfo{Mask: mask}
+	_, _, errno := unix.RawSyscall(unix.SYS_IOCTL, uintptr(pidfd), unix.PIDFD_GET_INFO, uintptr(unsafe.Pointer(&info)))
+	return info, errnoErr(errno)
+}
+
 // pidfdAlive tells whether the process of a pidfd still runs (signal 0).
 func pidfdAlive(pidfd int) bool {
 	_, _, errno := unix.RawSyscall6(unix.SYS_PIDFD_SEND_SIGNAL, uintptr(pidfd), 0, 0, 0, 0, 0)
