@@ -24,13 +24,13 @@ func getCommand() *cli.Command {
 		Usage:       "print the current generation",
 		Description: "Reads the page RUN_DIR/generation; works without the daemon.",
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usageError{fmt.Errorf("get takes no arguments")}
+			if err := noArgs(c); err != nil {
+				return err
 			}
 			path := filepath.Join(runDir(c), genid.PageFile)
 			pg, err := page.Open(path)
 			if err != nil {
-				return fmt.Errorf("get: %w (has the daemon ever run on this run dir?)", err)
+				return fmt.Errorf("get: %w (has the daemon ever run on this run dir?)", noPage(err))
 			}
 			defer pg.Close()
 			fmt.Println(pg.Load())
@@ -45,6 +45,9 @@ func statusCommand() *cli.Command {
 		Usage: "show the generation, the watchers and the last bump",
 		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON (keys: generation, watchers, outdated, last_bump, watcher_list, backends)"}},
 		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
 			cl, err := openClient(c)
 			if err != nil {
 				return err
@@ -179,8 +182,8 @@ func bumpCommand() *cli.Command {
 			&cli.StringFlag{Name: "reason", Value: "manual", Usage: "recorded with the bump (shown by status)"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usageError{fmt.Errorf("bump takes no arguments")}
+			if err := noArgs(c); err != nil {
+				return err
 			}
 			if c.IsSet("min") && c.IsSet("avoid") {
 				return usageError{errors.New("bump: --min and --avoid exclude each other")}
@@ -235,6 +238,14 @@ func waitWatchersCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (0: wait forever)"},
 		},
 		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			// The protocol's timeout is unsigned: a negative one would wrap
+			// to about 49.7 days.
+			if d := c.Duration("timeout"); d < 0 {
+				return usageError{fmt.Errorf("wait-watchers: --timeout %v is negative (0 waits forever)", d)}
+			}
 			cl, err := openClient(c)
 			if err != nil {
 				return err
@@ -250,6 +261,9 @@ func outdatedCommand() *cli.Command {
 		Name:  "outdated",
 		Usage: "print the number of watchers that have not acked the current generation",
 		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
 			cl, err := openClient(c)
 			if err != nil {
 				return err

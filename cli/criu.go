@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/plugin"
 )
 
@@ -70,8 +71,12 @@ func criuHookCommand() *cli.Command {
 			"and ignores actions other than post-dump and post-restore. Unlike the CRIU plugin it\n" +
 			"cannot re-attach watcher sockets:\n" +
 			"restored watchers learn of the restore when they reconnect or read the page.\n" +
-			"A checkpoint recorded by the plugin is left to the plugin.",
+			"A checkpoint recorded by the plugin is bumped past only when the page is not past it\n" +
+			"already (the plugin, when CRIU loads it, bumps first), so nothing bumps twice.",
 		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
 			action := os.Getenv("CRTOOLS_SCRIPT_ACTION")
 			dir := os.Getenv("CRTOOLS_IMAGE_DIR")
 			if action == "" {
@@ -83,16 +88,36 @@ func criuHookCommand() *cli.Command {
 					return fmt.Errorf("criu-hook post-dump: %w", err)
 				}
 			case "post-restore":
-				gen, err := plugin.Bump(c.Context, dir, runDir(c))
-				if errors.Is(err, plugin.ErrPluginRecord) {
-					return nil
-				}
-				if err != nil {
-					return fmt.Errorf("criu-hook post-restore: %w", err)
-				}
-				fmt.Fprintf(os.Stderr, "genid: restored at generation %d\n", gen)
+				return postRestore(c, dir)
 			}
 			return nil
 		},
 	}
+}
+
+// postRestore bumps past the checkpoint's record. A daemon that cannot be
+// reached fails the restore, unless GENID_CRIU_BEST_EFFORT is set: the C
+// plugin honours it too, and when it let the restore go on without a daemon
+// this hook must not stop it.
+func postRestore(c *cli.Context, imagesDir string) error {
+	r, err := plugin.Restore(c.Context, imagesDir, runDir(c))
+	if err != nil {
+		err = noPage(err)
+		if errors.Is(err, genid.ErrUnreachable) && bestEffort() {
+			fmt.Fprintf(os.Stderr, "genid: WARNING: %v; restoring anyway (GENID_CRIU_BEST_EFFORT): processes are not told of this restore\n", err)
+			return nil
+		}
+		return fmt.Errorf("criu-hook post-restore: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "genid: post-restore: %s\n", r)
+	return nil
+}
+
+// bestEffort reads GENID_CRIU_BEST_EFFORT as the C plugin does.
+func bestEffort() bool {
+	switch os.Getenv("GENID_CRIU_BEST_EFFORT") {
+	case "1", "yes", "true":
+		return true
+	}
+	return false
 }

@@ -33,7 +33,7 @@ func daemonCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "max-watchers", Value: server.DefaultMaxWatchers, Usage: "most watchers at once"},
 			&cli.IntFlag{Name: "max-conns", Value: server.DefaultMaxConns, Usage: "most client connections at once"},
-			&cli.UintFlag{Name: "max-frame", Value: wire.DefaultMaxPayload, Usage: "largest request payload in bytes"},
+			&cli.UintFlag{Name: "max-frame", Value: wire.DefaultMaxPayload, Usage: fmt.Sprintf("largest request payload in bytes (%d to %d)", minMaxFrame, maxMaxFrame)},
 			&cli.DurationFlag{Name: "frame-timeout", Value: server.DefaultFrameTimeout, Usage: "time a client has to finish a frame it started"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "backends", Value: backend.ListAuto, Usage: "hypervisor backends that bump on VM restore: " +
@@ -45,14 +45,49 @@ func daemonCommand() *cli.Command {
 	}
 }
 
+// minMaxFrame is the smallest --max-frame that still takes every request the
+// protocol defines: a bump with the longest reason (query-peer and attach
+// need 8 bytes, the CRIU plugin's bump 8 plus its reason).
+const minMaxFrame = 8 + wire.MaxReason
+
+// maxMaxFrame bounds --max-frame: the daemon buffers a frame whole.
+const maxMaxFrame = 1 << 20
+
+// checkDaemonFlags refuses values the server would otherwise replace by its
+// defaults without a word, or that would break clients.
+func checkDaemonFlags(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	if n := c.Int("max-watchers"); n < 1 {
+		return usageError{fmt.Errorf("daemon: --max-watchers %d: must be at least 1", n)}
+	}
+	if n := c.Int("max-conns"); n < 1 {
+		return usageError{fmt.Errorf("daemon: --max-conns %d: must be at least 1", n)}
+	}
+	if n := c.Uint("max-frame"); n < minMaxFrame || n > maxMaxFrame {
+		return usageError{fmt.Errorf("daemon: --max-frame %d: must be between %d (a bump with the longest reason) and %d (1 MiB)", n, minMaxFrame, maxMaxFrame)}
+	}
+	if d := c.Duration("frame-timeout"); d <= 0 {
+		return usageError{fmt.Errorf("daemon: --frame-timeout %v: must be positive", d)}
+	}
+	if d := c.Duration("vmclock-poll"); d < 0 {
+		return usageError{fmt.Errorf("daemon: --vmclock-poll %v is negative", d)}
+	}
+	return nil
+}
+
 func runDaemon(c *cli.Context) error {
+	if err := checkDaemonFlags(c); err != nil {
+		return err
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return usageError{fmt.Errorf("--log-level: %w", err)}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	dir := c.String("run-dir")
+	dir := runDirFlag(c)
 	if dir == "" {
 		dir = genid.DefaultRunDir
 		if !writable(dir) {
@@ -68,12 +103,6 @@ func runDaemon(c *cli.Context) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("daemon: run dir: %w", err)
-	}
-	if c.Uint("max-frame") > 1<<20 {
-		return usageError{fmt.Errorf("--max-frame %d exceeds 1 MiB", c.Uint("max-frame"))}
-	}
-	if c.Duration("vmclock-poll") < 0 {
-		return usageError{fmt.Errorf("--vmclock-poll %v is negative", c.Duration("vmclock-poll"))}
 	}
 	// Before the run dir is touched: a wrong list is a usage error.
 	backends, err := backend.Parse(c.String("backends"), backend.Options{

@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -54,6 +56,28 @@ func run(args []string) int {
 }
 
 func newApp() *cli.App {
+	commands := []*cli.Command{
+		daemonCommand(),
+		getCommand(),
+		statusCommand(),
+		watchCommand(),
+		bumpCommand(),
+		waitWatchersCommand(),
+		outdatedCommand(),
+		imageInfoCommand(),
+		criuHookCommand(),
+		ociCommand(),
+	}
+	for _, cmd := range commands {
+		// urfave/cli parses a command's flags with the command's own set:
+		// --run-dir after the command needs a flag there too, and a bad flag
+		// there reaches the command's OnUsageError, not the App's.
+		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
+			Name:  "run-dir",
+			Usage: "`DIR` of the page and the socket, as before the command (overrides it and GENID_RUN_DIR)",
+		})
+		cmd.OnUsageError = onUsageError
+	}
 	return &cli.App{
 		Name:  "genidctl",
 		Usage: "system generation counter: tells processes that the machine or container was restored from a snapshot",
@@ -67,24 +91,37 @@ func newApp() *cli.App {
 				EnvVars: []string{"GENID_RUN_DIR"},
 			},
 		},
-		Commands: []*cli.Command{
-			daemonCommand(),
-			getCommand(),
-			statusCommand(),
-			watchCommand(),
-			bumpCommand(),
-			waitWatchersCommand(),
-			outdatedCommand(),
-			imageInfoCommand(),
-			criuHookCommand(),
-			ociCommand(),
-		},
+		Commands:        commands,
+		Action:          rootAction,
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports and maps errors
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return usageError{err}
-		},
+		OnUsageError:    onUsageError,
 	}
+}
+
+func onUsageError(c *cli.Context, err error, isSubcommand bool) error {
+	if isSubcommand {
+		return usageError{fmt.Errorf("%s: %w", c.Command.Name, err)}
+	}
+	return usageError{err}
+}
+
+// rootAction runs when no command matched. urfave/cli's default would print
+// "No help topic" and exit 3, which scripts would read as "daemon
+// unreachable".
+func rootAction(c *cli.Context) error {
+	args := c.Args().Slice()
+	switch {
+	case len(args) == 0:
+		return cli.ShowAppHelp(c)
+	case args[0] == "help" && len(args) == 1:
+		return cli.ShowAppHelp(c)
+	case args[0] == "help" && len(args) == 2 && c.App.Command(args[1]) != nil:
+		return cli.ShowCommandHelp(c, args[1])
+	case args[0] == "help":
+		return usageError{fmt.Errorf("help %s: no such command (see genidctl --help)", strings.Join(args[1:], " "))}
+	}
+	return usageError{fmt.Errorf("unknown command %q (see genidctl --help)", args[0])}
 }
 
 // usageError marks a wrong command line.
@@ -121,7 +158,7 @@ func exitCode(err error) int {
 // GENID_RUN_DIR, else the system one when it is there or we are root, else
 // the per-user one a non-root daemon would pick.
 func runDir(c *cli.Context) string {
-	if d := c.String("run-dir"); d != "" {
+	if d := runDirFlag(c); d != "" {
 		return d
 	}
 	if os.Geteuid() == 0 {
@@ -131,6 +168,19 @@ func runDir(c *cli.Context) string {
 		return genid.DefaultRunDir
 	}
 	return userRunDir()
+}
+
+// runDirFlag is --run-dir as given after the command, else as given before
+// it or by GENID_RUN_DIR; "" if none. Each context's lookup stops at the
+// first flag set that defines the name, so the command's empty flag would
+// hide the global one: ask each level in turn.
+func runDirFlag(c *cli.Context) string {
+	for _, cc := range c.Lineage() {
+		if d := cc.String("run-dir"); d != "" {
+			return d
+		}
+	}
+	return ""
 }
 
 // userRunDir is where an unprivileged daemon runs when /run/genid is not
@@ -146,7 +196,24 @@ func openClient(c *cli.Context) (*genid.Client, error) {
 	dir := runDir(c)
 	cl, err := genid.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", err, dir)
+		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", noPage(err), dir)
 	}
 	return cl, nil
+}
+
+// noPage marks a missing page as the daemon being unreachable (exit 3): the
+// daemon never ran on this run dir, or a container lacks the mount.
+func noPage(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %w", genid.ErrUnreachable, err)
+	}
+	return err
+}
+
+// noArgs refuses positional arguments to a command that takes none.
+func noArgs(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())}
+	}
+	return nil
 }

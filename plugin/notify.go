@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path/filepath"
 
 	"github.com/checkpoint-restore/go-criu/v7"
@@ -24,8 +25,10 @@ type Notify struct {
 	ImagesDir string
 	// RunDir is the genid daemon's run dir (genid.DefaultRunDir if empty).
 	RunDir string
-	// Restored is the generation the last restore bumped to.
+	// Restored is the generation the last restore resumed the tasks with.
 	Restored uint32
+	// Logger gets a line on what a restore did (slog.Default() if nil).
+	Logger *slog.Logger
 }
 
 // NewNotify wraps inner (may be nil) for a dump or restore with imagesDir.
@@ -48,23 +51,54 @@ func (n *Notify) PostDump() error {
 }
 
 // PostRestore bumps past the recorded generation while the restored tasks
-// are still stopped, then calls the inner PostRestore.
+// are still stopped (unless the C plugin did already), logs what it did,
+// then calls the inner PostRestore.
 func (n *Notify) PostRestore(pid int32) error {
-	gen, err := Bump(context.Background(), n.ImagesDir, n.RunDir)
-	switch {
-	case errors.Is(err, ErrPluginRecord):
-		// The C plugin bumped in this very restore.
-	case err != nil:
+	r, err := Restore(context.Background(), n.ImagesDir, n.RunDir)
+	if err != nil {
 		return fmt.Errorf("genid: post-restore: %w", err)
-	default:
-		n.Restored = gen
 	}
+	n.logger().Info("genid: post-restore", "images", n.ImagesDir, "outcome", r.String())
+	n.Restored = r.Generation
 	return n.Notify.PostRestore(pid)
 }
 
-// ErrPluginRecord means the checkpoint was recorded by the C plugin, which
-// also does the restore's bump: bumping here too would count it twice.
-var ErrPluginRecord = errors.New("checkpoint recorded by the CRIU plugin, which bumps at restore")
+func (n *Notify) logger() *slog.Logger {
+	if n.Logger != nil {
+		return n.Logger
+	}
+	return slog.Default()
+}
+
+// Restored is what Restore did.
+type Restored struct {
+	// Generation is the one the restored tasks resume with.
+	Generation uint32
+	// Bumped is false when the page was already past the C plugin's record:
+	// the plugin bumped in this restore, and a second bump would count it twice.
+	Bumped bool
+	// Record is the checkpoint's record, nil if it had none.
+	Record *Record
+}
+
+// String tells what happened, for the log.
+func (r *Restored) String() string {
+	rec := "no record"
+	if r.Record != nil {
+		by := r.Record.Writer
+		if by == "" {
+			by = "the CRIU plugin"
+		}
+		rec = "no generation recorded by " + by
+		if r.Record.Generation != nil {
+			rec = fmt.Sprintf("generation %d recorded by %s", *r.Record.Generation, by)
+		}
+	}
+	if !r.Bumped {
+		return fmt.Sprintf("%s; the page is at %d, past it already (the plugin bumps at restore): not bumped again", rec, r.Generation)
+	}
+	return fmt.Sprintf("%s; bumped to %d", rec, r.Generation)
+}
 
 // RecordGeneration writes the generation of runDir's page into imagesDir,
 // unless the C plugin already recorded more (its record lists sockets too).
@@ -85,25 +119,46 @@ func RecordGeneration(imagesDir, runDir, writer string) error {
 	})
 }
 
-// Bump asks runDir's daemon to bump past the generation recorded in
-// imagesDir (by one, if none was). It returns ErrPluginRecord, and bumps
-// nothing, for a checkpoint the C plugin recorded.
-func Bump(ctx context.Context, imagesDir, runDir string) (uint32, error) {
+// Restore asks runDir's daemon to bump past the generation recorded in
+// imagesDir (by one, if none was), so the restored tasks see a new one. A
+// record of the C plugin is the exception when the page is already past it:
+// the plugin bumps past its record before the tasks exist, so it ran in this
+// restore (or this host was ahead of the snapshot), and the tasks see a new
+// generation without a second bump. Nothing else tells whether CRIU loaded
+// the plugin: a record alone does not, since the dumping host may have had
+// it and this one not. The generation only grows, so a bump racing in
+// between is harmless: the result is past the record either way.
+func Restore(ctx context.Context, imagesDir, runDir string) (*Restored, error) {
 	r, err := ReadRecord(imagesDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return 0, err
-	}
-	if r != nil && r.Writer == "" {
-		return 0, ErrPluginRecord
+		return nil, err
 	}
 	min, err := MinForRestore(r)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	c, err := genid.Open(runDir)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer c.Close()
-	return c.Bump(ctx, min, Reason)
+	out := &Restored{Record: r}
+	if cur := c.Generation(); pluginBumped(r, cur) {
+		out.Generation = cur
+		return out, nil
+	}
+	gen, err := c.Bump(ctx, min, Reason)
+	if err != nil {
+		return nil, err
+	}
+	out.Generation, out.Bumped = gen, true
+	return out, nil
+}
+
+// pluginBumped tells whether the C plugin, which bumps past its record at
+// restore, did so: its record, and a page past the recorded generation. A
+// record without a generation cannot tell, so it gets a bump: one too many
+// is harmless, one too few is not.
+func pluginBumped(r *Record, current uint32) bool {
+	return r != nil && r.Writer == "" && r.Generation != nil && current > *r.Generation
 }

@@ -1,11 +1,20 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+
+	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/genid/page"
+	"github.com/genid-project/genid/genid/wire"
 )
 
 // cRecord is what plugin/criu/genid-criu.c writes, byte for byte in layout.
@@ -34,10 +43,6 @@ func TestReadsTheCPluginsRecord(t *testing.T) {
 	}
 	if min, err := MinForRestore(r); min != 6 || err != nil {
 		t.Fatalf("min %d %v", min, err)
-	}
-	// The plugin bumps at restore: the action script and Notify do not.
-	if _, err := Bump(context.Background(), dir, t.TempDir()); !errors.Is(err, ErrPluginRecord) {
-		t.Fatalf("bump of a plugin's checkpoint: %v", err)
 	}
 	// Recording after the plugin keeps the plugin's richer record.
 	if err := RecordGeneration(dir, t.TempDir(), "action-script"); err != nil {
@@ -70,5 +75,192 @@ func TestRecordRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, RecordName), []byte(`{"version": 2}`), 0o644)
 	if _, err := ReadRecord(dir); err == nil {
 		t.Fatal("an unknown version was accepted")
+	}
+}
+
+// fakeDaemon answers bumps on a run dir's socket and keeps its page, as the
+// daemon does, and remembers each bump's min: enough for a restore, without
+// the capabilities a real daemon checks.
+type fakeDaemon struct {
+	dir string
+	pg  *page.Writer
+
+	mu    sync.Mutex
+	bumps []wire.Bump
+}
+
+func startFakeDaemon(t *testing.T, gen uint32) *fakeDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	pg, err := page.Create(filepath.Join(dir, genid.PageFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg.Store(gen)
+	ln, err := net.Listen("unix", filepath.Join(dir, genid.SocketFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &fakeDaemon{dir: dir, pg: pg}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		pg.Close()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				d.serve(c)
+			}()
+		}
+	}()
+	return d
+}
+
+func (d *fakeDaemon) serve(c net.Conn) {
+	for {
+		f, err := wire.ReadFrame(c, wire.DefaultMaxPayload)
+		if err != nil {
+			return
+		}
+		h := wire.Header{Op: f.Op, ID: f.ID}
+		var reply []byte
+		switch b, err := wire.ParseBump(f.Payload); {
+		case f.Op != wire.OpBump:
+			h.Status = wire.StatusUnknownOp
+		case err != nil:
+			h.Status = wire.StatusBadRequest
+		default:
+			d.mu.Lock()
+			d.bumps = append(d.bumps, b)
+			gen := max(d.pg.Load()+1, b.Min)
+			d.pg.Store(gen)
+			d.mu.Unlock()
+			reply = wire.U32(gen)
+		}
+		if _, err := c.Write(wire.Append(nil, h, reply)); err != nil {
+			return
+		}
+	}
+}
+
+func (d *fakeDaemon) bumped() []wire.Bump {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]wire.Bump(nil), d.bumps...)
+}
+
+func writeCRecord(t *testing.T, gen uint32) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := WriteRecord(dir, &Record{Generation: &gen, Socket: "/run/genid/genid.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// A checkpoint the C plugin recorded, restored where CRIU did not load the
+// plugin (only the action script or Notify runs): the page is not past the
+// record, so nothing bumped yet, and the restore must.
+func TestRestoreOfPluginRecordWithoutPlugin(t *testing.T) {
+	d := startFakeDaemon(t, 3) // a target host behind the snapshot
+	images := writeCRecord(t, 5)
+	r, err := Restore(context.Background(), images, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Bumped || r.Generation != 6 || d.pg.Load() != 6 {
+		t.Fatalf("restore %+v, page %d: want a bump to 6", r, d.pg.Load())
+	}
+	if b := d.bumped(); len(b) != 1 || b[0].Min != 6 || b[0].Reason != Reason {
+		t.Fatalf("bumps %+v, want one with min 6, reason %s", b, Reason)
+	}
+	if s := r.String(); !strings.Contains(s, "recorded by the CRIU plugin") || !strings.Contains(s, "bumped to 6") {
+		t.Fatalf("log line %q", s)
+	}
+}
+
+// The same checkpoint, where the plugin ran and bumped past its record
+// before the tasks were forked: no second bump.
+func TestRestoreOfPluginRecordAfterPlugin(t *testing.T) {
+	d := startFakeDaemon(t, 6)
+	images := writeCRecord(t, 5)
+	r, err := Restore(context.Background(), images, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Bumped || r.Generation != 6 || len(d.bumped()) != 0 || d.pg.Load() != 6 {
+		t.Fatalf("restore %+v, bumps %+v, page %d: want no bump", r, d.bumped(), d.pg.Load())
+	}
+	if s := r.String(); !strings.Contains(s, "not bumped") {
+		t.Fatalf("log line %q", s)
+	}
+}
+
+// A record of the action script or Notify is always bumped past, even when
+// the page is already ahead: no plugin bumps for it.
+func TestRestoreOfOwnRecordAlwaysBumps(t *testing.T) {
+	d := startFakeDaemon(t, 9)
+	images := t.TempDir()
+	g := uint32(5)
+	WriteRecord(images, &Record{Generation: &g, Writer: "action-script"})
+	r, err := Restore(context.Background(), images, d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Bumped || r.Generation != 10 {
+		t.Fatalf("restore %+v, want a bump to 10", r)
+	}
+	// No record at all: a bump by one.
+	r, err = Restore(context.Background(), t.TempDir(), d.dir)
+	if err != nil || !r.Bumped || r.Generation != 11 || r.Record != nil {
+		t.Fatalf("restore without a record: %+v %v", r, err)
+	}
+}
+
+// Notify, as go-criu calls it, takes the same path and logs what it did.
+func TestNotifyPostRestoreOfPluginRecord(t *testing.T) {
+	for _, tc := range []struct {
+		page, want uint32
+		bumps      int
+	}{
+		{page: 2, want: 8, bumps: 1}, // the plugin did not run
+		{page: 8, want: 8, bumps: 0}, // it did
+	} {
+		d := startFakeDaemon(t, tc.page)
+		images := writeCRecord(t, 7)
+		var log bytes.Buffer
+		n := NewNotify(nil, images, d.dir)
+		n.Logger = slog.New(slog.NewTextHandler(&log, nil))
+		if err := n.PostRestore(1); err != nil {
+			t.Fatal(err)
+		}
+		if n.Restored != tc.want || len(d.bumped()) != tc.bumps || d.pg.Load() != tc.want {
+			t.Fatalf("page %d: restored %d, bumps %+v, page now %d; want %d after %d bumps",
+				tc.page, n.Restored, d.bumped(), d.pg.Load(), tc.want, tc.bumps)
+		}
+		if !strings.Contains(log.String(), "generation 7 recorded by the CRIU plugin") {
+			t.Fatalf("log: %s", log.String())
+		}
+	}
+}
+
+// A restore that cannot reach the daemon fails: the restore must not resume
+// tasks that were told nothing.
+func TestRestoreWithoutDaemonFails(t *testing.T) {
+	d := startFakeDaemon(t, 3)
+	os.Remove(filepath.Join(d.dir, genid.SocketFile))
+	if _, err := Restore(context.Background(), writeCRecord(t, 5), d.dir); !errors.Is(err, genid.ErrUnreachable) {
+		t.Fatalf("restore without a daemon: %v", err)
 	}
 }

@@ -7,8 +7,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -55,18 +55,35 @@ func runDir(t *testing.T) string {
 type daemon struct {
 	cmd *exec.Cmd
 	log *bytes.Buffer
+
+	// exited is closed when the process has exited, err then says how: a
+	// goroutine waits for it from the start, so a daemon that dies on its
+	// own is seen too.
+	exited chan struct{}
+	err    error
 }
 
 // startDaemon starts `genidctl daemon` and waits for its socket.
 func startDaemon(t *testing.T, bin, dir string, args ...string) *daemon {
 	t.Helper()
+	return spawnDaemon(t, bin, dir, append([]string{"--run-dir", dir, "daemon", "--log-level", "debug"}, args...)...)
+}
+
+// spawnDaemon runs genidctl with argv, a daemon command line serving dir,
+// and waits for its socket.
+func spawnDaemon(t *testing.T, bin, dir string, argv ...string) *daemon {
+	t.Helper()
 	var log bytes.Buffer
-	cmd := exec.Command(bin, append([]string{"--run-dir", dir, "daemon", "--log-level", "debug"}, args...)...)
+	cmd := exec.Command(bin, argv...)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, log: &log}
+	d := &daemon{cmd: cmd, log: &log, exited: make(chan struct{})}
+	go func() {
+		d.err = cmd.Wait()
+		close(d.exited)
+	}()
 	t.Cleanup(func() {
 		d.kill(syscall.SIGKILL)
 		if t.Failed() {
@@ -78,19 +95,34 @@ func startDaemon(t *testing.T, bin, dir string, args ...string) *daemon {
 		if _, err := os.Stat(filepath.Join(dir, "genid.sock")); err == nil {
 			return d
 		}
+		if d.dead() {
+			t.Fatalf("daemon exited: %v\n%s", d.err, log.String())
+		}
 		if time.Now().After(deadline) {
+			d.kill(syscall.SIGKILL) // the log is read only once the process is gone
 			t.Fatalf("daemon did not start:\n%s", log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
+// kill signals the daemon unless it has exited, and returns how it exited.
 func (d *daemon) kill(sig syscall.Signal) error {
-	if d.cmd.ProcessState != nil {
-		return nil
+	if !d.dead() {
+		d.cmd.Process.Signal(sig)
 	}
-	d.cmd.Process.Signal(sig)
-	return d.cmd.Wait()
+	<-d.exited
+	return d.err
+}
+
+// dead tells whether the daemon process has exited.
+func (d *daemon) dead() bool {
+	select {
+	case <-d.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 type result struct {
@@ -105,20 +137,38 @@ func ctl(t *testing.T, bin, dir string, args ...string) result {
 
 func ctlAs(t *testing.T, cred *syscall.Credential, bin, dir string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--run-dir", dir}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd := exec.Command(bin, append([]string{"--run-dir", dir}, args...)...)
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	err := cmd.Run()
+	return runCmd(t, cmd, 30*time.Second)
+}
+
+// ctlEnv runs genidctl with exactly args (no --run-dir added) and extra
+// environment.
+func ctlEnv(t *testing.T, bin string, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	return runCmd(t, cmd, 30*time.Second)
+}
+
+// runCmd runs cmd, killed after timeout (its exit code is then -1).
+func runCmd(t *testing.T, cmd *exec.Cmd, timeout time.Duration) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(timeout, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	timer.Stop()
 	r := result{out: strings.TrimSpace(out.String()), err: strings.TrimSpace(errb.String())}
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
-			t.Fatalf("genidctl %v: %v", args, err)
+			t.Fatalf("%v: %v", cmd.Args, err)
 		}
 		r.code = ee.ExitCode()
 	}
@@ -173,16 +223,54 @@ func startWatch(t *testing.T, bin, dir string, args ...string) *watcher {
 
 func (w *watcher) next(t *testing.T) string {
 	t.Helper()
+	l, err := w.nextLine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (w *watcher) nextLine() (string, error) {
 	select {
 	case l, ok := <-w.lines:
 		if !ok {
-			t.Fatal("watch exited early")
+			return "", errors.New("watch exited early")
 		}
-		return l
+		return l, nil
 	case <-time.After(10 * time.Second):
-		t.Fatal("watch printed nothing")
+		return "", errors.New("watch printed nothing")
 	}
-	return ""
+}
+
+// expectGenerations reads the lines of `genidctl watch` with next and checks
+// that they reach each of wants in turn. watch prints only the newest
+// generation when it wakes, so it may skip one: a line past the expected
+// value stands for the skipped one and is carried over to the next.
+func expectGenerations(next func() (string, error), wants ...int) error {
+	carried := -1
+	for _, want := range wants {
+		n := carried
+		if n < 0 {
+			l, err := next()
+			if err != nil {
+				return fmt.Errorf("waiting for %d: %w", want, err)
+			}
+			if n, err = strconv.Atoi(l); err != nil || n < 0 {
+				return fmt.Errorf("waiting for %d: watch printed %q", want, l)
+			}
+		}
+		carried = -1
+		switch {
+		case n < want:
+			return fmt.Errorf("watch printed %d, want %d: generations must grow", n, want)
+		case n > want:
+			carried = n // want was overtaken
+		}
+	}
+	if carried >= 0 {
+		return fmt.Errorf("watch printed %d, past the last expected %d", carried, wants[len(wants)-1])
+	}
+	return nil
 }
 
 // waitWatchers polls status until n watchers are registered.
@@ -273,13 +361,8 @@ func TestCLIContract(t *testing.T) {
 	if got := mustCtl(t, bin, dir, "bump", "--min", "20"); got != "20" {
 		t.Fatalf("bump --min 20 printed %q", got)
 	}
-	for _, want := range []string{"10", "11", "20"} {
-		// The watcher may skip a generation that a newer one overtook.
-		for l := w.next(t); l != want; l = w.next(t) {
-			if n, _ := strconv.Atoi(l); n > atoi(want) {
-				break
-			}
-		}
+	if err := expectGenerations(w.nextLine, 10, 11, 20); err != nil {
+		t.Fatal(err)
 	}
 	if r := ctl(t, bin, dir, "bump", "--min", "1", "--avoid", "1"); r.code != 2 || !strings.Contains(r.err, "exclude") {
 		t.Fatalf("--min with --avoid: %+v", r)
@@ -287,8 +370,8 @@ func TestCLIContract(t *testing.T) {
 	if r := ctl(t, bin, dir, "bump", "--avoid", "4294967295"); r.code != 8 || !strings.Contains(r.err, "overflow") {
 		t.Fatalf("avoid max u32: %+v", r)
 	}
-	if r := ctl(t, bin, dir, "frobnicate"); r.code == 0 {
-		t.Fatalf("unknown command accepted: %+v", r)
+	if r := ctl(t, bin, dir, "frobnicate"); r.code != 2 {
+		t.Fatalf("unknown command: %+v, want exit 2", r)
 	}
 	for _, cmd := range []string{"daemon", "get", "status", "watch", "bump", "wait-watchers", "outdated"} {
 		if r := ctl(t, bin, dir, cmd, "--help"); r.code != 0 || !strings.Contains(r.out, "USAGE") {
@@ -296,8 +379,6 @@ func TestCLIContract(t *testing.T) {
 		}
 	}
 }
-
-func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 func TestWatchExecAndOnce(t *testing.T) {
 	bin := genidctl(t)
@@ -474,8 +555,10 @@ func TestFloodAndGarbage(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if d.cmd.ProcessState != nil {
-		t.Fatalf("daemon died:\n%s", d.log.String())
+	select {
+	case <-d.exited:
+		t.Fatalf("daemon died: %v\n%s", d.err, d.log.String())
+	case <-time.After(100 * time.Millisecond): // a crash closes the connections a moment before the exit is seen
 	}
 	if g := mustCtl(t, bin, dir, "status"); !strings.Contains(g, "generation: 0") {
 		t.Fatalf("status after the flood: %s", g)
@@ -537,5 +620,226 @@ func TestBumpLeavesRuntimeAsleep(t *testing.T) {
 	t.Logf("daemon voluntary context switches per bump: %.1f", per)
 	if per > 4.5 {
 		t.Errorf("%.1f daemon context switches per bump, want about 2: something woke the runtime's sysmon", per)
+	}
+}
+
+// TestExpectGenerations checks the helper TestCLIContract reads `watch`
+// with: a generation that a newer one overtook may be missing, and the
+// newer one then still counts for itself.
+func TestExpectGenerations(t *testing.T) {
+	lines := func(ls ...string) func() (string, error) {
+		return func() (string, error) {
+			if len(ls) == 0 {
+				return "", errors.New("watch printed nothing")
+			}
+			l := ls[0]
+			ls = ls[1:]
+			return l, nil
+		}
+	}
+	for _, ok := range [][]string{{"10", "11", "20"}, {"11", "20"}, {"10", "20"}, {"20"}} {
+		if err := expectGenerations(lines(ok...), 10, 11, 20); err != nil {
+			t.Errorf("%v: %v", ok, err)
+		}
+	}
+	for _, bad := range [][]string{{}, {"10", "11"}, {"9"}, {"10", "10", "20"}, {"21"}, {"10", "x"}} {
+		if err := expectGenerations(lines(bad...), 10, 11, 20); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// TestDaemonDeathSeen: a daemon that exits by itself is seen as dead, which
+// TestFloodAndGarbage relies on.
+func TestDaemonDeathSeen(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	d := startDaemon(t, bin, dir)
+	if d.dead() {
+		t.Fatal("a running daemon is seen as dead")
+	}
+	syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a killed daemon is not seen as dead")
+	}
+	if !d.dead() || d.err == nil {
+		t.Fatalf("dead %v, exit %v", d.dead(), d.err)
+	}
+}
+
+// TestExitCodes: scripts tell a wrong command line (2) from a daemon that is
+// not there (3), as README and PROTOCOL.md document.
+func TestExitCodes(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t) // no daemon ever ran here: no page
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"foo"}, 2, `unknown command "foo"`},
+		{[]string{"help", "foo"}, 2, "no such command"},
+		{[]string{"bump", "--min", "abc"}, 2, "invalid value"},
+		{[]string{"bump", "--bogus"}, 2, "not defined"},
+		{[]string{"wait-watchers", "--timeout", "xyz"}, 2, "invalid value"},
+		{[]string{"--bogus", "status"}, 2, "not defined"},
+		// A missing page: the daemon never ran, or a container lacks the mount.
+		{[]string{"status"}, 3, "daemon unreachable"},
+		{[]string{"outdated"}, 3, "daemon unreachable"},
+		{[]string{"bump"}, 3, "daemon unreachable"},
+		{[]string{"wait-watchers"}, 3, "daemon unreachable"},
+		{[]string{"watch"}, 3, "daemon unreachable"},
+		{[]string{"get"}, 3, "generation"},
+	} {
+		if r := ctl(t, bin, dir, tc.args...); r.code != tc.code || !strings.Contains(r.err, tc.msg) {
+			t.Errorf("genidctl %v: %+v, want exit %d and %q", tc.args, r, tc.code, tc.msg)
+		}
+	}
+	if r := ctl(t, bin, dir, "help", "bump"); r.code != 0 || !strings.Contains(r.out, "genidctl bump") {
+		t.Errorf("help bump: %+v", r)
+	}
+}
+
+// TestRunDirAfterCommand: every command takes --run-dir after its name too,
+// and there it wins over the global flag and GENID_RUN_DIR.
+func TestRunDirAfterCommand(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	spawnDaemon(t, bin, dir, "daemon", "--run-dir", dir, "--log-level", "debug")
+	elsewhere := []string{"GENID_RUN_DIR=" + filepath.Join(dir, "not-here")}
+	if r := ctlEnv(t, bin, elsewhere, "status", "--run-dir", dir); r.code != 0 || !strings.Contains(r.out, "generation: 0") {
+		t.Fatalf("status --run-dir: %+v", r)
+	}
+	if r := ctlEnv(t, bin, nil, "--run-dir", filepath.Join(dir, "not-here"), "bump", "--run-dir", dir); r.code != 0 || r.out != "1" {
+		t.Fatalf("bump --run-dir after a global one: %+v", r)
+	}
+	for _, args := range [][]string{{"get"}, {"outdated"}, {"wait-watchers", "--timeout", "1s"}} {
+		if r := ctlEnv(t, bin, elsewhere, append(args, "--run-dir", dir)...); r.code != 0 {
+			t.Errorf("%v --run-dir: %+v", args, r)
+		}
+	}
+	// The global flag and the environment still work.
+	if r := ctlEnv(t, bin, []string{"GENID_RUN_DIR=" + dir}, "get"); r.code != 0 || r.out != "1" {
+		t.Fatalf("get with GENID_RUN_DIR: %+v", r)
+	}
+	for _, cmd := range []string{"daemon", "get", "status", "watch", "bump", "wait-watchers", "outdated", "image-info", "criu-hook", "oci-config"} {
+		if r := ctlEnv(t, bin, nil, cmd, "--run-dir", dir, "--help"); r.code != 0 || !strings.Contains(r.out, "--run-dir DIR") {
+			t.Errorf("%s --run-dir DIR --help: %+v", cmd, r)
+		}
+	}
+}
+
+// TestFlagValidation: values that would be wrapped, silently replaced by a
+// default, or break clients are refused with exit 2, before anything runs.
+func TestFlagValidation(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	startDaemon(t, bin, dir)
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"wait-watchers", "--timeout", "-1s"}, "negative"},
+		{[]string{"status", "extra"}, "no arguments"},
+		{[]string{"outdated", "extra"}, "no arguments"},
+		{[]string{"wait-watchers", "extra"}, "no arguments"},
+		{[]string{"get", "extra"}, "no arguments"},
+	} {
+		if r := ctl(t, bin, dir, tc.args...); r.code != 2 || !strings.Contains(r.err, tc.msg) {
+			t.Errorf("genidctl %v: %+v, want exit 2 and %q", tc.args, r, tc.msg)
+		}
+	}
+	// A daemon refuses before it touches its run dir.
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--max-watchers", "-1"}, "--max-watchers -1"},
+		{[]string{"--max-watchers", "0"}, "--max-watchers 0"},
+		{[]string{"--max-conns", "0"}, "--max-conns 0"},
+		{[]string{"--frame-timeout", "-1s"}, "--frame-timeout -1s"},
+		{[]string{"--frame-timeout", "0s"}, "--frame-timeout 0s"},
+		{[]string{"--max-frame", "0"}, "--max-frame 0"},
+		{[]string{"--max-frame", "7"}, "--max-frame 7"},
+		{[]string{"--max-frame", "263"}, "--max-frame 263"},
+		{[]string{"--max-frame", "1048577"}, "--max-frame 1048577"},
+		{[]string{"extra"}, "no arguments"},
+	} {
+		fresh := runDir(t)
+		args := append([]string{"--run-dir", fresh, "daemon", "--backends", "none"}, tc.args...)
+		// A daemon that accepted the flags would serve until killed.
+		if r := runCmd(t, exec.Command(bin, args...), 5*time.Second); r.code != 2 || !strings.Contains(r.err, tc.msg) {
+			t.Errorf("genidctl %v: %+v, want exit 2 and %q", args, r, tc.msg)
+		}
+		if _, err := os.Stat(filepath.Join(fresh, "generation")); !os.IsNotExist(err) {
+			t.Errorf("daemon %v made a page: %v", tc.args, err)
+		}
+	}
+	// The smallest --max-frame takes the largest request: a bump with the
+	// longest reason.
+	small := runDir(t)
+	startDaemon(t, bin, small, "--max-frame", "264")
+	if r := ctl(t, bin, small, "bump", "--reason", strings.Repeat("r", 256)); r.code != 0 || r.out != "1" {
+		t.Fatalf("bump with a 256-byte reason at --max-frame 264: %+v", r)
+	}
+}
+
+// cPluginRecord is a record as the C plugin writes it: no "writer".
+const cPluginRecord = `{
+  "version": 1,
+  "generation": %d,
+  "socket": "/run/genid/genid.sock",
+  "time": "2026-11-22T18:00:00Z",
+  "sockets": []
+}
+`
+
+// hook runs genidctl as CRIU runs an action script: without arguments.
+func hook(t *testing.T, bin, dir, action, images string, env ...string) result {
+	t.Helper()
+	return ctlEnv(t, bin, append([]string{"CRTOOLS_SCRIPT_ACTION=" + action, "CRTOOLS_IMAGE_DIR=" + images,
+		"GENID_RUN_DIR=" + dir, "GENID_CRIU_BEST_EFFORT="}, env...))
+}
+
+// TestActionScriptAfterPluginRecord: a checkpoint recorded by the C plugin,
+// restored where CRIU does not load the plugin, is bumped past by the action
+// script; where the plugin bumped already, it is not bumped twice.
+func TestActionScriptAfterPluginRecord(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	d := startDaemon(t, bin, dir)
+	mustCtl(t, bin, dir, "bump", "--min", "3")
+	images := t.TempDir()
+	os.WriteFile(filepath.Join(images, "genid.json"), []byte(fmt.Sprintf(cPluginRecord, 5)), 0o644)
+
+	// No plugin ran: the page (3) is not past the record (5).
+	r := hook(t, bin, dir, "post-restore", images)
+	if r.code != 0 || !strings.Contains(r.err, "bumped to 6") {
+		t.Fatalf("post-restore without the plugin: %+v", r)
+	}
+	if st := getStatus(t, bin, dir); st.Generation != 6 || st.LastBump == nil || st.LastBump.Reason != "criu-restore" {
+		t.Fatalf("after the action script: %+v", st)
+	}
+	// The plugin bumped past the record (as it leaves the page now): no second bump.
+	r = hook(t, bin, dir, "post-restore", images)
+	if r.code != 0 || !strings.Contains(r.err, "not bumped") {
+		t.Fatalf("post-restore after the plugin: %+v", r)
+	}
+	if g := mustCtl(t, bin, dir, "get"); g != "6" {
+		t.Fatalf("generation %s after a restore the plugin bumped, want 6", g)
+	}
+
+	// With the daemon down, a restore that needs a bump fails, unless best
+	// effort is asked for, as the plugin's restore would be.
+	d.kill(syscall.SIGTERM)
+	os.WriteFile(filepath.Join(images, "genid.json"), []byte(fmt.Sprintf(cPluginRecord, 6)), 0o644)
+	if r := hook(t, bin, dir, "post-restore", images); r.code != 3 || !strings.Contains(r.err, "unreachable") {
+		t.Fatalf("post-restore with the daemon down: %+v", r)
+	}
+	if r := hook(t, bin, dir, "post-restore", images, "GENID_CRIU_BEST_EFFORT=1"); r.code != 0 || !strings.Contains(r.err, "WARNING") {
+		t.Fatalf("best-effort post-restore with the daemon down: %+v", r)
 	}
 }
