@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/genid-project/genid/genid/page"
@@ -22,8 +23,37 @@ import (
 //	if g := c.Generation(); g != seen { reseed() }
 type Client struct {
 	runDir string
-	page   *page.Reader
+	page   *mapping
 	s      *session
+	closed atomic.Bool
+}
+
+// mapping is the page's mapping, shared by a Client and its Watchers: it is
+// unmapped when the last of them closes.
+type mapping struct {
+	page.Reader // embedded by value: Load stays one load from the Client
+	refs        atomic.Int32
+}
+
+// hold takes a reference, unless the mapping is gone already.
+func (m *mapping) hold() bool {
+	for {
+		n := m.refs.Load()
+		if n == 0 {
+			return false
+		}
+		if m.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// release drops a reference, unmapping the page with the last one.
+func (m *mapping) release() error {
+	if m.refs.Add(-1) > 0 {
+		return nil
+	}
+	return m.Reader.Close()
 }
 
 // Open maps the page of runDir. The daemon is dialed on first use, so Open
@@ -33,7 +63,9 @@ func Open(runDir string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open genid page: %w", err)
 	}
-	return &Client{runDir: runDir, page: pg, s: &session{path: filepath.Join(runDir, SocketFile)}}, nil
+	m := &mapping{Reader: *pg}
+	m.refs.Store(1)
+	return &Client{runDir: runDir, page: m, s: &session{path: filepath.Join(runDir, SocketFile)}}, nil
 }
 
 // SocketPath is the daemon's socket this client uses.
@@ -43,10 +75,14 @@ func (c *Client) SocketPath() string { return c.s.path }
 func (c *Client) Generation() uint32 { return c.page.Load() }
 
 // Close releases the page and the connection. Watchers made by c stay usable
-// until closed themselves.
+// until closed themselves (the page stays mapped for them). After Close, c's
+// other methods must not be used. Closing twice is harmless.
 func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
 	c.s.close()
-	return c.page.Close()
+	return c.page.release()
 }
 
 // Bump asks the daemon to move the generation to max(current+1, min), giving
@@ -114,10 +150,11 @@ func waitWatchers(ctx context.Context, s *session, timeout time.Duration) error 
 // generation and counts as outdated until it acks. Like a sysgenid fd:
 // Wait is read, TryWait is a non-blocking read, Ack is write.
 type Watcher struct {
-	page *page.Reader
+	page *mapping
 	s    *session
 
 	mu      sync.Mutex
+	closed  bool // the page is released: not to be loaded
 	acked   uint32
 	latest  uint32
 	changed chan struct{} // closed and replaced when latest changes or the link drops
@@ -125,6 +162,9 @@ type Watcher struct {
 
 // Watch registers a new watcher, up to date with the current generation.
 func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
+	if c.closed.Load() || !c.page.hold() {
+		return nil, fmt.Errorf("watch: %w", ErrClosed)
+	}
 	w := &Watcher{page: c.page, changed: make(chan struct{})}
 	registered := false
 	w.s = &session{
@@ -164,6 +204,7 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 		},
 	}
 	if _, err := w.s.current(ctx); err != nil {
+		w.Close()
 		return nil, err
 	}
 	return w, nil
@@ -179,8 +220,8 @@ func (w *Watcher) event(gen, _ uint32) {
 	}
 }
 
-// current is the newest generation known: from events, or from the page,
-// which shows a bump before any event is sent.
+// currentLocked is the newest generation known: from events, or from the
+// page, which shows a bump before any event is sent.
 func (w *Watcher) currentLocked() uint32 {
 	return max(w.latest, w.page.Load())
 }
@@ -190,6 +231,9 @@ func (w *Watcher) currentLocked() uint32 {
 func (w *Watcher) TryWait() (uint32, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return 0, ErrClosed
+	}
 	if g := w.currentLocked(); g != w.acked {
 		return g, nil
 	}
@@ -213,6 +257,10 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 	backoff := 50 * time.Millisecond
 	for {
 		w.mu.Lock()
+		if w.closed {
+			w.mu.Unlock()
+			return 0, ErrClosed
+		}
 		g := w.currentLocked()
 		ch := w.changed
 		outdated := g != w.acked && (!strict || g > after)
@@ -268,8 +316,14 @@ func (w *Watcher) WaitWatchers(ctx context.Context, timeout time.Duration) error
 	return waitWatchers(ctx, w.s, timeout)
 }
 
-// Close unregisters the watcher.
+// Close unregisters the watcher. Closing twice is harmless.
 func (w *Watcher) Close() error {
 	w.s.close()
-	return nil
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	return w.page.release()
 }

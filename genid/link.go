@@ -29,11 +29,17 @@ type link struct {
 	pending map[uint32]*pendingCall
 	err     error
 	done    chan struct{}
+
+	// wmu orders writes, and is never held by the reader: the daemon stops
+	// reading a client whose replies pile up, so a write can block until
+	// the reader has drained them.
+	wmu sync.Mutex
 }
 
 type pendingCall struct {
 	req   []byte
 	reply chan wire.Frame
+	sent  bool // under wmu: written on this connection
 }
 
 // connectRetry is how long dial keeps trying a socket that refuses: the
@@ -78,8 +84,9 @@ func (l *link) read() {
 			}
 			if p.B&wire.FlagRestored != 0 {
 				// This connection replaced a checkpointed one: whatever we
-				// had asked was lost with it, so ask again.
-				l.resend()
+				// had asked was lost with it, so ask again (not from this
+				// goroutine, which must go on reading the replies).
+				go l.resend()
 			}
 			if l.onEvent != nil {
 				l.onEvent(p.A, p.B)
@@ -96,14 +103,33 @@ func (l *link) read() {
 	}
 }
 
+// resend writes again the requests written before the restore. One not
+// written yet is left to its call, so that none goes twice.
 func (l *link) resend() {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	var again []*pendingCall
 	for _, pc := range l.pending {
+		if pc.sent {
+			again = append(again, pc)
+		}
+	}
+	l.mu.Unlock()
+	for _, pc := range again {
 		if _, err := l.nc.Write(pc.req); err != nil {
 			return // read fails next and fails the calls
 		}
 	}
+}
+
+// send writes a call's request.
+func (l *link) send(pc *pendingCall) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	pc.sent = true
+	_, err := l.nc.Write(pc.req)
+	return err
 }
 
 func (l *link) fail(err error) {
@@ -142,9 +168,8 @@ func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame
 	id := l.nextID
 	pc.req = wire.Append(nil, wire.Header{Op: op, ID: id}, payload)
 	l.pending[id] = pc
-	_, err := l.nc.Write(pc.req)
 	l.mu.Unlock()
-	if err != nil {
+	if err := l.send(pc); err != nil {
 		l.fail(err)
 		return wire.Frame{}, errLinkDown
 	}

@@ -20,11 +20,14 @@ type Scope struct {
 	mu       sync.Mutex
 	gen      uint32
 	watchers map[*Registration]struct{}
-	outdated int
+	outdated int // the watchers whose acked is not gen, exactly
 	last     BumpRecord
 	changed  chan struct{} // closed and replaced on every bump, ack and close: wakes waiters
 
-	fanout sync.Mutex // keeps notifications of successive bumps in order
+	// fanout is taken before mu and held through a bump's notifications, so
+	// that those of successive bumps run in order. mu is not held meanwhile:
+	// notify functions may call the scope.
+	fanout sync.Mutex
 }
 
 // BumpRecord describes the last bump of a scope.
@@ -83,15 +86,36 @@ func (s *Scope) Outdated() int {
 	return s.outdated
 }
 
-// Watch registers a watcher with the given acked generation (pass
-// s.Generation() semantics with acked == nil: the watcher starts up to date).
-// notify is called, without locks held and in bump order, with each new
-// generation; it must not block for long. It returns the watcher and the
-// current generation at registration.
+// Watch registers a watcher with the given acked generation (nil: the
+// current one, so the watcher starts up to date). notify is called, without
+// locks held and in bump order, with each new generation; it must not block
+// for long. A watcher that starts outdated (acked is not the current
+// generation: an older one, or even a newer one, as a client re-attaching
+// after a daemon restart may hold) is notified once at registration, before
+// any later bump's notification. It returns the watcher and the current
+// generation at registration.
 func (s *Scope) Watch(pid int, acked *uint32, notify func(gen uint32)) (*Registration, uint32) {
 	if notify == nil {
 		notify = func(uint32) {}
 	}
+	if acked == nil {
+		w, gen, _ := s.register(pid, nil, notify)
+		return w, gen
+	}
+	// Its first notification is ordered with the bumps' fan-outs: a bump
+	// that follows registration must not be overtaken by an older
+	// generation.
+	s.fanout.Lock()
+	defer s.fanout.Unlock()
+	w, gen, outdated := s.register(pid, acked, notify)
+	if outdated {
+		notify(gen)
+	}
+	return w, gen
+}
+
+// register adds a watcher and reports whether it starts outdated.
+func (s *Scope) register(pid int, acked *uint32, notify func(gen uint32)) (*Registration, uint32, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := &Registration{scope: s, pid: pid, notify: notify, acked: s.gen}
@@ -99,39 +123,56 @@ func (s *Scope) Watch(pid int, acked *uint32, notify func(gen uint32)) (*Registr
 		w.acked = *acked
 	}
 	s.watchers[w] = struct{}{}
-	if w.acked != s.gen {
+	outdated := w.acked != s.gen
+	if outdated {
 		s.outdated++
 	}
-	return w, s.gen
+	return w, s.gen, outdated
 }
 
 // Bump moves the generation to max(current+1, min) and notifies every
 // watcher. Callers check privilege; reason and time are recorded.
+//
+// fanout is taken first: a second bump waits for the first one's fan-out
+// without holding mu, which that fan-out's notify functions may need (the
+// daemon re-checks pending waits there).
 func (s *Scope) Bump(min uint32, reason string) (uint32, error) {
+	s.fanout.Lock()
+	defer s.fanout.Unlock()
+	next, notify, err := s.advance(min, reason)
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range notify {
+		n(next)
+	}
+	return next, nil
+}
+
+// advance moves the generation and recounts the outdated watchers, under
+// mu; it returns the notify functions to call.
+func (s *Scope) advance(min uint32, reason string) (uint32, []func(uint32), error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.gen == math.MaxUint32 {
-		s.mu.Unlock()
-		return 0, fmt.Errorf("bump from %d: %w", s.gen, ErrOverflow)
+		return 0, nil, fmt.Errorf("bump from %d: %w", s.gen, ErrOverflow)
 	}
 	next := max(s.gen+1, min)
 	s.publish(next)
 	s.gen = next
 	s.last = BumpRecord{Generation: next, Reason: reason, Time: time.Now()}
-	// Every watcher acked a generation other than next: they are all outdated.
-	s.outdated = len(s.watchers)
+	// Counted, not assumed to be every watcher: one attached with an acked
+	// generation from ahead of the old one may have acked next already.
+	s.outdated = 0
 	notify := make([]func(uint32), 0, len(s.watchers))
 	for w := range s.watchers {
+		if w.acked != next {
+			s.outdated++
+		}
 		notify = append(notify, w.notify)
 	}
 	s.wakeLocked()
-	s.fanout.Lock() // taken before unlocking mu, so fan-outs run in bump order
-	s.mu.Unlock()
-
-	for _, n := range notify {
-		n(next)
-	}
-	s.fanout.Unlock()
-	return next, nil
+	return next, notify, nil
 }
 
 // LastBump returns the record of the last bump (zero if none since start).

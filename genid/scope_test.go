@@ -284,3 +284,99 @@ func TestCloseRacingBump(t *testing.T) {
 		}
 	}
 }
+
+// A watcher attached with an acked generation ahead of the current one (a
+// client re-attaching after a daemon restart may hold one) is outdated until
+// the generation reaches it; a bump to exactly that generation must not
+// count it, or its ack and close never bring the count back to zero.
+func TestWatchAckedAhead(t *testing.T) {
+	s := NewScope(3, nil)
+	ahead := uint32(4)
+	w, _ := s.Watch(1, &ahead, nil)
+	if !w.Outdated() || s.Outdated() != 1 {
+		t.Fatalf("acked ahead: outdated %v, count %d", w.Outdated(), s.Outdated())
+	}
+	s.Bump(0, "t") // to 4: what w acked
+	recount(t, s)
+	if w.Outdated() || s.Outdated() != 0 {
+		t.Fatalf("bumped to its acked generation: outdated %v, count %d", w.Outdated(), s.Outdated())
+	}
+	if err := w.Ack(4); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	recount(t, s)
+	if s.Outdated() != 0 {
+		t.Fatalf("outdated %d with no watcher", s.Outdated())
+	}
+	if err := s.WaitWatchers(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Bumped past it: outdated as any other.
+	ahead = 6
+	w, _ = s.Watch(1, &ahead, nil)
+	s.Bump(10, "t")
+	recount(t, s)
+	if s.Outdated() != 1 {
+		t.Fatalf("bumped past its acked generation: count %d", s.Outdated())
+	}
+	w.Ack(10)
+	recount(t, s)
+}
+
+// A watcher that starts outdated is notified by Watch itself, before any
+// later bump's notification: the daemon sends that first event from there,
+// and an older generation must never overtake a newer one.
+func TestWatchOutdatedNotifiedFirst(t *testing.T) {
+	s := NewScope(5, nil)
+	old := uint32(2)
+	var got []uint32
+	bumped := make(chan struct{})
+	s.Watch(1, &old, func(gen uint32) {
+		got = append(got, gen)
+		if len(got) == 1 {
+			// A bump from another goroutine comes in right now.
+			go func() { s.Bump(0, "t"); close(bumped) }()
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	select {
+	case <-bumped:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("notifications %v: none at registration", got)
+	}
+	if len(got) != 2 || got[0] != 5 || got[1] != 6 {
+		t.Fatalf("notifications %v, want [5 6]", got)
+	}
+}
+
+// Two bumps from two goroutines while a notify function calls back into
+// the scope, as the daemon's re-check of a pending wait does: the second
+// bump must not hold mu while it waits for the first one's fan-out.
+func TestConcurrentBumpsNotifyCallsScope(t *testing.T) {
+	s := NewScope(0, nil)
+	inFanout := make(chan struct{}, 1)
+	s.Watch(1, nil, func(uint32) {
+		select {
+		case inFanout <- struct{}{}:
+			time.Sleep(50 * time.Millisecond) // the second bump starts meanwhile
+		default:
+		}
+		s.Outdated() // takes mu
+	})
+	done := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { s.Bump(0, "a") })
+		<-inFanout
+		wg.Go(func() { s.Bump(0, "b") })
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("two concurrent bumps deadlocked")
+	}
+}

@@ -43,7 +43,7 @@ type conn struct {
 	due      bool   // an event is pending (coalesced)
 	dueGen   uint32
 	dueFlags uint32
-	dead     bool // writing failed or the backlog overflowed: the loop closes it
+	dead     bool // writing failed: the loop closes it
 	closed   bool // the fd is closed: nothing may touch it
 }
 
@@ -178,6 +178,13 @@ func (c *conn) handle(f wire.Frame) {
 		c.reply(f.Header, js)
 
 	case wire.OpQueryPeer:
+		// Each query dumps every unix socket of the system on the one event
+		// loop: only the CRIU plugin needs it, and it runs privileged.
+		if err := checkBump(c.fd, c.peer); err != nil {
+			s.log.Warn("query-peer refused", "pid", c.peer.pid, "uid", c.peer.uid, "err", err)
+			c.replyErr(f.Header, fmt.Errorf("query-peer: %w", err))
+			return
+		}
 		c.queryPeer(f)
 
 	default:
@@ -200,10 +207,15 @@ func (c *conn) register(acked *uint32) (uint32, error) {
 	c.wmu.Lock()
 	c.hold = true
 	c.wmu.Unlock()
+	// A watcher outdated from the start gets its event from Watch, ordered
+	// with the bumps' events: sent here, after Watch, it could overwrite the
+	// newer event of a bump made in between by another goroutine.
 	w, gen := c.srv.scope.Watch(c.peer.pid, acked, c.event)
 	c.watcher.Store(w)
-	if acked != nil && *acked != gen {
-		c.event(gen) // outdated from the start: readable at once
+	if c.waiting.Load() {
+		// A wait-watchers started before: its asker is now a watcher, maybe
+		// an outdated one, which must interrupt it.
+		c.srv.waits.check()
 	}
 	return gen, nil
 }

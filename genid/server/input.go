@@ -26,8 +26,18 @@ const maxHeld = 256
 // write to the client, which wakes it anyway. Connections are
 // edge-triggered in epoll, so that held bytes do not keep them ready; at
 // most maxHeld bytes are held.
+//
+// A client that does not read its replies is paused (output.go): its
+// requests are left in the socket, behind the held bytes, until the edge
+// that flushes its backlog calls readable again.
 func (l *loop) readable(c *conn) {
 	for {
+		if !c.draining && c.paused() {
+			// Not reading is not the client's delay: a frame in part gets
+			// a new clock when reading resumes.
+			l.deadlines.clear(c)
+			return
+		}
 		held, writes, n, err := c.peek(l.buf)
 		switch {
 		case err == unix.EAGAIN:
@@ -63,41 +73,50 @@ func (l *loop) readable(c *conn) {
 	}
 }
 
-// answer handles the fresh bytes peeked from c, then consumes or holds them.
-// It returns false once c is closed.
+// answer handles the fresh bytes peeked from c, then consumes or holds the
+// ones it answered. It returns false once c is closed.
 func (l *loop) answer(c *conn, fresh []byte, writes uint32) bool {
 	data := fresh
-	if len(c.in) > 0 {
+	prev := len(c.in) // a frame's start, consumed earlier
+	if prev > 0 {
 		c.in = append(c.in, data...)
 		data = c.in
 	}
-	done := l.frames(c, data)
+	done, paused := l.frames(c, data)
 	if c.isDead() {
 		l.closeConn(c) // a write failed: the client is gone
 		return false
 	}
+	used := len(fresh)
 	complete := false
-	if done >= 0 { // else draining after a bad frame
+	switch {
+	case done < 0: // draining after a bad frame
+	case paused && done == 0:
+		// Not one frame answered: the fresh bytes stay in the socket, and
+		// a frame in part waits in c.in without a clock (see readable).
+		c.in = c.in[:prev]
+		l.deadlines.clear(c)
+		used, complete = 0, true
+	case paused || done == len(data):
+		// Whole frames answered; when paused, the rest stays in the socket.
+		c.in = nil
+		l.deadlines.clear(c)
+		used, complete = done-prev, true
+	default:
 		// Keep the rest of a frame (out of the shared buffer, which settle
 		// overwrites); a started frame must complete in time, a new one
 		// starts its own clock.
 		rest := data[done:]
-		if len(rest) == 0 {
-			c.in = nil
-			l.deadlines.clear(c)
-			complete = true
+		if done > 0 || c.dl < 0 {
+			l.deadlines.set(c, l.now()+l.srv.cfg.FrameTimeout)
+		}
+		if len(c.in) == 0 {
+			c.in = append([]byte(nil), rest...)
 		} else {
-			if done > 0 || c.dl < 0 {
-				l.deadlines.set(c, l.now()+l.srv.cfg.FrameTimeout)
-			}
-			if len(c.in) == 0 {
-				c.in = append([]byte(nil), rest...)
-			} else {
-				c.in = c.in[:copy(c.in, rest)]
-			}
+			c.in = c.in[:copy(c.in, rest)]
 		}
 	}
-	if !c.settle(l.buf, len(fresh), complete, writes) {
+	if !c.settle(l.buf, used, complete, writes) {
 		l.srv.log.Warn("socket read: peeked bytes gone", "pid", c.peer.pid)
 		l.closeConn(c)
 		return false
@@ -148,11 +167,14 @@ func (c *conn) consumeHeldLocked() {
 
 // frames handles the complete frames at the start of data and returns how
 // many bytes they took, or -1 after a frame that cannot be trusted (the
-// connection is then draining).
-func (l *loop) frames(c *conn, data []byte) int {
+// connection is then draining). It stops early, paused, when the client
+// does not read its replies (output.go).
+func (l *loop) frames(c *conn, data []byte) (done int, paused bool) {
 	maxPayload := l.srv.cfg.MaxPayload
-	done := 0
 	for len(data)-done >= wire.HeaderSize {
+		if c.paused() {
+			return done, true
+		}
 		h, err := wire.ParseHeader(data[done:], maxPayload)
 		if err != nil {
 			// The stream cannot be resynchronised: answer, then hang up.
@@ -163,7 +185,7 @@ func (l *loop) frames(c *conn, data []byte) int {
 			c.replyStatus(h, st, err.Error())
 			l.srv.log.Debug("bad frame", "pid", c.peer.pid, "err", err)
 			l.drain(c)
-			return -1
+			return -1, false
 		}
 		end := done + wire.HeaderSize + int(h.Len)
 		if len(data) < end {
@@ -172,7 +194,7 @@ func (l *loop) frames(c *conn, data []byte) int {
 		c.handle(wire.Frame{Header: h, Payload: data[done+wire.HeaderSize : end]})
 		done = end
 	}
-	return done
+	return done, false
 }
 
 // drain stops answering c: its write side is shut (the error reply queued

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,8 +35,10 @@ type loop struct {
 	ep       int      // epoll instance
 	epFile   *os.File // ep in Go's netpoller: the loop parks on it
 	lfd      int      // listening socket
-	wake     int      // eventfd that stop writes to
 	stopping atomic.Bool
+
+	wakeMu sync.Mutex // stop may run on any goroutine, even as close runs
+	wake   int        // eventfd that stop writes to; -1 once closed
 
 	// Owned by the loop goroutine.
 	byFD      []*conn // by fd
@@ -82,9 +85,16 @@ func newLoop(s *Server, lfd int) (*loop, error) {
 
 func (l *loop) now() time.Duration { return time.Since(l.epoch) }
 
-// stop makes run return; safe from any goroutine.
+// stop makes run return; safe from any goroutine, before or after close.
 func (l *loop) stop() {
 	l.stopping.Store(true)
+	// Under wakeMu: run may see stopping and return, and close the eventfd,
+	// before we write; its number may belong to another file by then.
+	l.wakeMu.Lock()
+	defer l.wakeMu.Unlock()
+	if l.wake < 0 {
+		return
+	}
 	one := [8]byte{1}
 	unix.Write(l.wake, one[:])
 }
@@ -301,7 +311,10 @@ func (l *loop) close() {
 		}
 	}
 	unix.Close(l.lfd)
+	l.wakeMu.Lock()
 	unix.Close(l.wake)
+	l.wake = -1
+	l.wakeMu.Unlock()
 	l.epFile.Close()
 }
 

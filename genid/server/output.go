@@ -9,13 +9,24 @@ import (
 	"github.com/genid-project/genid/genid/wire"
 )
 
-// maxBacklog bounds what a connection may have queued for a client that does
-// not read. Events do not count: they are coalesced into one.
-const maxBacklog = 4 << 20
+// pauseBacklog is the back-pressure threshold: while more than this waits in
+// c.out, the loop answers no more of the connection's requests and leaves
+// them in the socket, whose buffer then fills and blocks the client's
+// writes (input.go). It resumes when EPOLLOUT lets c.out drain. So c.out
+// never holds more than pauseBacklog, one reply (a status JSON of every
+// watcher is the largest), the reply to the connection's one wait-watchers
+// and an event: a client that does not read costs its socket buffers and a
+// few KiB, however much it sends. c.out fills only once the socket's
+// buffer is full, so a client that keeps reading is paused seldom and
+// briefly.
+const pauseBacklog = 4 << 10
 
 // Every write is a non-blocking send: what does not fit waits in c.out,
 // and the loop flushes it when epoll says the socket is writable (EPOLLOUT
 // is armed only then, so that clients reading do not wake the daemon).
+// c.out is never empty while a connection is paused, so EPOLLOUT is armed
+// then, and the edge that flushes c.out also reports the requests left in
+// the socket (EPOLLIN): the loop reads them right after the flush.
 
 func (c *conn) reply(req wire.Header, payload []byte) {
 	var buf [64]byte
@@ -60,16 +71,12 @@ func (c *conn) writeEventLocked() {
 	c.writeLocked(f[:])
 }
 
-// send queues a frame behind anything not yet written.
+// send queues a frame behind anything not yet written. The backlog needs
+// no bound here: the loop stops answering at pauseBacklog (paused).
 func (c *conn) send(frame []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(c.out) > 0 {
-		if len(c.out)+len(frame) > maxBacklog {
-			c.srv.log.Warn("client does not read its replies; closing", "pid", c.peer.pid)
-			c.killLocked()
-			return
-		}
 		c.out = append(c.out, frame...)
 		return
 	}
@@ -104,6 +111,25 @@ func (c *conn) writeLocked(b []byte) {
 func (c *conn) flush() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.flushLocked()
+}
+
+// paused tells the loop to answer no more of c's requests for now: its
+// client does not read, and answering would only grow c.out. It tries a
+// write first, which also finds a client that hung up or shut its reading
+// side: no edge may come to tell (the write fails, c is dead and no longer
+// paused, and the loop closes it on reading).
+func (c *conn) paused() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.out) <= pauseBacklog {
+		return false
+	}
+	c.flushLocked()
+	return len(c.out) > pauseBacklog
+}
+
+func (c *conn) flushLocked() {
 	for !c.dead && !c.closed {
 		if len(c.out) == 0 {
 			if c.due && !c.hold {

@@ -184,8 +184,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("serving", "socket", s.sock, "generation", s.scope.Generation(),
 		"max_watchers", s.cfg.MaxWatchers, "max_conns", s.cfg.MaxConns)
 	stop := context.AfterFunc(ctx, s.loop.stop)
-	defer stop()
 	defer s.shutdown()
+	// Deferred calls run last first: the stop is unregistered before
+	// shutdown closes the loop (one already started is loop.stop's concern).
+	defer stop()
 	return s.loop.run()
 }
 

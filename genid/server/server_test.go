@@ -10,9 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -614,5 +618,255 @@ func TestPipelined(t *testing.T) {
 	send(t, c, wire.OpOutdated, 99, nil)
 	if f := recv(t, c); f.ID != 99 {
 		t.Fatalf("after the flood: %+v", f.Header)
+	}
+}
+
+// Two bumps from two goroutines (the vmgenid and vmclock backends on one VM
+// restore) while a watcher has a wait-watchers pending: the first bump's
+// fan-out re-checks the wait, which needs the scope's lock, which the second
+// bump must not hold while it waits for that fan-out.
+func TestConcurrentBumpsPendingWait(t *testing.T) {
+	d := start(t, "", server.Config{})
+	for range 200 { // never ack: they keep the wait pending, and make a long fan-out
+		c := d.dial(t)
+		send(t, c, wire.OpWatch, 1, nil)
+		recv(t, c)
+	}
+	w := d.dial(t)
+	send(t, w, wire.OpWatch, 1, nil)
+	recv(t, w)
+	d.Bump(0, "t")
+	for round := range 30 {
+		send(t, w, wire.OpAck, 2, wire.U32(d.Scope().Generation()))
+		for f := recv(t, w); f.Op != wire.OpAck; f = recv(t, w) {
+		}
+		send(t, w, wire.OpWaitWatchers, 3, wire.U32(0))
+		send(t, w, wire.OpOutdated, 4, nil) // answered after the wait started
+		for f := recv(t, w); f.Op != wire.OpOutdated; f = recv(t, w) {
+		}
+		done := make(chan struct{})
+		go func() {
+			var wg sync.WaitGroup
+			for range 2 {
+				wg.Go(func() { d.Bump(0, "backend") })
+			}
+			wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			d.stop = func() {} // wedged: stopping it would hang
+			t.Fatalf("round %d: two concurrent bumps with a wait pending never returned", round)
+		}
+		f := recv(t, w)
+		for ; f.Op != wire.OpWaitWatchers; f = recv(t, w) {
+		}
+		if f.Status != wire.StatusInterrupted {
+			t.Fatalf("round %d: the wait of a watcher made outdated: %v", round, f.Status)
+		}
+	}
+}
+
+// A watcher attached with an acked generation ahead of the current one is
+// counted while outdated, and no longer once the generation reaches it: its
+// ack and its close leave no phantom outdated watcher behind.
+func TestAttachAckedAhead(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dial(t)
+	cur := d.Scope().Generation()
+	send(t, c, wire.OpAttach, 1, wire.U32s(wire.FlagWatcher, cur+1))
+	if f := recv(t, c); f.Op != wire.OpAttach || f.Status != wire.StatusOK {
+		t.Fatalf("attach: %+v", f.Header)
+	}
+	if f := recv(t, c); f.Op != wire.OpEvent {
+		t.Fatalf("want the event of a watcher outdated from the start: %+v", f.Header)
+	}
+	if n := d.Scope().Outdated(); n != 1 {
+		t.Fatalf("outdated %d after attach", n)
+	}
+	d.Bump(0, "t") // to cur+1, what it acked
+	if n := d.Scope().Outdated(); n != 0 {
+		t.Fatalf("outdated %d once the generation reached the acked one", n)
+	}
+	send(t, c, wire.OpAck, 2, wire.U32(cur+1))
+	for f := recv(t, c); f.Op != wire.OpAck; f = recv(t, c) {
+	}
+	c.Close()
+	waitFor(t, func() bool { return len(d.Scope().Watchers()) == 0 })
+	q := d.dial(t)
+	send(t, q, wire.OpWaitWatchers, 3, wire.U32(1000))
+	if f := recv(t, q); f.Status != wire.StatusOK {
+		t.Fatalf("wait-watchers with no watcher: %v %q (outdated %d)", f.Status, f.Payload, d.Scope().Outdated())
+	}
+}
+
+// PROTOCOL.md: wait-watchers is interrupted when the asking connection is or
+// becomes an outdated watcher, also if it became a watcher after the wait
+// started.
+func TestWaitThenWatch(t *testing.T) {
+	d := start(t, "", server.Config{})
+	x := d.dial(t) // outdated, never acks: keeps the waits pending
+	send(t, x, wire.OpWatch, 1, nil)
+	recv(t, x)
+	d.Bump(0, "t")
+	waitReply := func(c net.Conn) wire.Frame {
+		t.Helper()
+		f := recv(t, c)
+		for ; f.Op != wire.OpWaitWatchers; f = recv(t, c) {
+		}
+		return f
+	}
+
+	t.Run("watch, then a bump", func(t *testing.T) {
+		c := d.dial(t)
+		send(t, c, wire.OpWaitWatchers, 1, wire.U32(2000))
+		send(t, c, wire.OpWatch, 2, nil)
+		if f := recv(t, c); f.Op != wire.OpWatch {
+			t.Fatalf("want the watch reply first: %+v", f.Header)
+		}
+		d.Bump(0, "t")
+		if f := waitReply(c); f.Status != wire.StatusInterrupted {
+			t.Fatalf("the wait of an outdated watcher: %v %q, want interrupted", f.Status, f.Payload)
+		}
+	})
+	t.Run("attach outdated", func(t *testing.T) {
+		c := d.dial(t)
+		send(t, c, wire.OpWaitWatchers, 1, wire.U32(2000))
+		send(t, c, wire.OpAttach, 2, wire.U32s(wire.FlagWatcher, 0))
+		if f := waitReply(c); f.Status != wire.StatusInterrupted {
+			t.Fatalf("the wait of a watcher outdated from the start: %v %q, want interrupted", f.Status, f.Payload)
+		}
+	})
+}
+
+// queryPeerChildEnv makes TestQueryPeerNeedsPrivilege, in the test binary
+// run again as a child, query-peer as an unprivileged client.
+const queryPeerChildEnv = "GENID_TEST_QUERY_PEER_SOCK"
+
+// queryPeerUnprivileged connects to sock, gives up every capability (root
+// becomes nobody; the daemon checks the peer's capabilities at the time of
+// the request) and prints the status of a query-peer.
+func queryPeerUnprivileged(sock string) int {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	if os.Geteuid() == 0 {
+		for _, err := range []error{syscall.Setgroups(nil), syscall.Setgid(65534), syscall.Setuid(65534)} {
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "dropping privileges:", err)
+				return 1
+			}
+		}
+	}
+	if _, err := c.Write(wire.Append(nil, wire.Header{Op: wire.OpQueryPeer, ID: 1}, binary.LittleEndian.AppendUint64(nil, 1))); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := wire.ReadFrame(c, wire.MaxReplyPayload)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(int(f.Status))
+	return 0
+}
+
+// query-peer dumps every unix socket of the system on the event loop: it is
+// for the CRIU plugin, which runs privileged, and refused to anyone else.
+func TestQueryPeerNeedsPrivilege(t *testing.T) {
+	if sock := os.Getenv(queryPeerChildEnv); sock != "" {
+		os.Exit(queryPeerUnprivileged(sock))
+	}
+	d := start(t, "", server.Config{})
+	cmd := exec.Command(os.Args[0], "-test.run=^TestQueryPeerNeedsPrivilege$")
+	cmd.Env = append(os.Environ(), queryPeerChildEnv+"="+d.SocketPath())
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("unprivileged client: %v", err)
+	}
+	if st := strings.TrimSpace(string(out)); st != strconv.Itoa(int(wire.StatusPermission)) {
+		t.Fatalf("query-peer from an unprivileged client: status %s, want permission (%d)", st, wire.StatusPermission)
+	}
+	d.alive(t)
+}
+
+// Client.Close leaves the watchers it made usable: they share its page
+// mapping, which the last of them to close unmaps.
+func TestWatcherOutlivesClient(t *testing.T) {
+	d := start(t, "", server.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := genid.Open(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c.Close()
+	if _, err := w.TryWait(); !errors.Is(err, genid.ErrWouldBlock) {
+		t.Fatalf("TryWait after Client.Close: %v", err)
+	}
+	if _, err := c.Watch(ctx); !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("Watch on a closed client: %v", err)
+	}
+	d.Bump(3, "t")
+	if g, err := w.Wait(ctx); g != 3 || err != nil {
+		t.Fatalf("Wait after Client.Close: %d %v", g, err)
+	}
+	if err := w.Ack(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	w.Close()
+	if _, err := w.TryWait(); !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("TryWait on a closed watcher: %v", err)
+	}
+	if _, err := w.Wait(ctx); !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("Wait on a closed watcher: %v", err)
+	}
+}
+
+// Many calls at once on one Go client: the daemon stops reading a client
+// whose replies pile up, and the client must go on reading them while its
+// writes wait, or neither side moves again.
+func TestClientManyCallsAtOnce(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c, err := genid.Open(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not deferred: if the client is stuck, so is its Close.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for range 3000 {
+			wg.Go(func() {
+				for range 20 {
+					if _, err := c.Status(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+		c.Close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("60 000 status calls on one client did not finish in 30 s: client and daemon wait on each other")
 	}
 }

@@ -17,6 +17,7 @@ import (
 // have ended, which the loop and the watchers' notify functions signal:
 //   - an ack or a close that leaves no watcher outdated;
 //   - a bump, when the waiter is a watcher (it is then interrupted);
+//   - the waiter becoming a watcher (watch or attach): it may be outdated;
 //   - its timeout (a timer, only for waits that have one);
 //   - its connection closing (dropped without a reply).
 //
@@ -32,7 +33,6 @@ type waits struct {
 
 type wait struct {
 	h       wire.Header
-	self    *genid.Registration // the waiter's own watcher, or nil
 	timeout time.Duration
 	timer   *time.Timer // nil without a timeout
 }
@@ -53,8 +53,8 @@ func (ws *waits) start(c *conn, h wire.Header, timeout time.Duration) {
 		c.replyErr(h, fmt.Errorf("wait-watchers: one at a time per connection: %w", genid.ErrLimit))
 		return
 	}
-	w := &wait{h: h, self: c.watcher.Load(), timeout: timeout}
-	if err := ws.srv.scope.WaitWatchers(noWait, w.self); !errors.Is(err, context.Canceled) {
+	w := &wait{h: h, timeout: timeout}
+	if err := ws.ended(c); !errors.Is(err, context.Canceled) {
 		ws.mu.Unlock()
 		c.answerWait(w, err)
 		return
@@ -84,7 +84,7 @@ func (ws *waits) check() {
 	var answers []answer
 	ws.mu.Lock()
 	for c, w := range ws.m {
-		if err := ws.srv.scope.WaitWatchers(noWait, w.self); !errors.Is(err, context.Canceled) {
+		if err := ws.ended(c); !errors.Is(err, context.Canceled) {
 			ws.removeLocked(c, w)
 			answers = append(answers, answer{c, w, err})
 		}
@@ -93,6 +93,14 @@ func (ws *waits) check() {
 	for _, a := range answers {
 		a.c.answerWait(a.w, a.err)
 	}
+}
+
+// ended asks the scope whether c's wait has ended; context.Canceled means
+// not yet. The waiter's watcher is looked up each time, not when the wait
+// starts: a connection may watch while its wait is pending, and must not
+// then wait on itself.
+func (ws *waits) ended(c *conn) error {
+	return ws.srv.scope.WaitWatchers(noWait, c.watcher.Load())
 }
 
 // end answers w with err unless it was answered already.
