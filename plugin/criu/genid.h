@@ -4,7 +4,8 @@
  *
  * Speaks the protocol of PROTOCOL.md over the daemon's unix socket. Every
  * function returns 0 on success, a positive GENID_ST_* code when the daemon
- * refused the request, or a negative errno when the connection failed.
+ * refused the request, or a negative errno when the connection failed
+ * (-ETIMEDOUT: no answer within the time given to genid_open_timeout).
  *
  *	struct genid_conn c;
  *	uint32_t gen, flags;
@@ -26,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,6 +85,8 @@ struct genid_hdr {
 struct genid_conn {
 	int fd;
 	uint32_t next_id;
+	/* Send and receive timeout in ms; 0: block for ever (watchers). */
+	unsigned int timeout_ms;
 	/* The newest event read while waiting for a reply, not yet handed out. */
 	int event_pending;
 	uint32_t event_gen;
@@ -171,8 +175,30 @@ static inline void genid_put_le32(void *p, uint32_t v)
  */
 #define GENID_CONNECT_RETRY_MS	200
 
-/* genid_connect returns a connected socket or -errno. */
-static inline int genid_connect(const char *path)
+/*
+ * genid_set_timeout bounds every send and receive on fd (and a connect to a
+ * full backlog) to timeout_ms; 0 removes the bound. A request/reply exchange
+ * wants one, so that a stopped daemon cannot hang the caller; a watcher
+ * blocked on events must not have one.
+ */
+static inline int genid_set_timeout(int fd, unsigned int timeout_ms)
+{
+	struct timeval tv = {
+		.tv_sec = timeout_ms / 1000,
+		.tv_usec = (timeout_ms % 1000) * 1000,
+	};
+
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return -errno;
+	return 0;
+}
+
+/*
+ * genid_connect_timeout returns a connected socket or -errno; with a
+ * timeout_ms, the socket keeps that timeout (see genid_set_timeout).
+ */
+static inline int genid_connect_timeout(const char *path, unsigned int timeout_ms)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	const struct timespec ms = { .tv_nsec = 1000000 };
@@ -185,8 +211,17 @@ static inline int genid_connect(const char *path)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	if (timeout_ms) {
+		err = genid_set_timeout(fd, timeout_ms);
+		if (err) {
+			close(fd);
+			return err;
+		}
+	}
 	while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		err = -errno;
+		if (err == -EAGAIN && timeout_ms)
+			err = -ETIMEDOUT;	/* the backlog stayed full */
 		if (err != -ECONNREFUSED || ++tries > GENID_CONNECT_RETRY_MS) {
 			close(fd);
 			return err;
@@ -196,11 +231,28 @@ static inline int genid_connect(const char *path)
 	return fd;
 }
 
-static inline int genid_open(struct genid_conn *c, const char *path)
+/* genid_connect returns a connected socket or -errno. */
+static inline int genid_connect(const char *path)
+{
+	return genid_connect_timeout(path, 0);
+}
+
+/*
+ * genid_open_timeout opens a connection whose every call fails with
+ * -ETIMEDOUT when the daemon does not take or answer it within timeout_ms.
+ */
+static inline int genid_open_timeout(struct genid_conn *c, const char *path,
+				     unsigned int timeout_ms)
 {
 	memset(c, 0, sizeof(*c));
-	c->fd = genid_connect(path);
+	c->timeout_ms = timeout_ms;
+	c->fd = genid_connect_timeout(path, timeout_ms);
 	return c->fd < 0 ? c->fd : 0;
+}
+
+static inline int genid_open(struct genid_conn *c, const char *path)
+{
+	return genid_open_timeout(c, path, 0);
 }
 
 static inline void genid_close(struct genid_conn *c)
@@ -214,6 +266,17 @@ static inline void genid_close(struct genid_conn *c)
 #define GENID_MAX_REQ		(8 + GENID_MAX_REASON)
 
 /*
+ * genid_timed_out turns the EAGAIN of a timed connection's blocking socket
+ * into what it means. A non-blocking socket without a timeout keeps EAGAIN.
+ */
+static inline int genid_timed_out(const struct genid_conn *c, int ret)
+{
+	if (ret == -EAGAIN && c->timeout_ms)
+		return -ETIMEDOUT;
+	return ret;
+}
+
+/*
  * genid_send sends one frame in one write: a frame split across two writes
  * can wake the daemon twice.
  */
@@ -221,6 +284,7 @@ static inline int genid_send(struct genid_conn *c, uint8_t op, uint32_t id,
 			     const void *payload, uint32_t len)
 {
 	unsigned char frame[GENID_HDR_SIZE + GENID_MAX_REQ] = { GENID_VERSION, op };
+	int ret;
 
 	if (len > GENID_MAX_REQ)
 		return -EMSGSIZE;
@@ -228,7 +292,8 @@ static inline int genid_send(struct genid_conn *c, uint8_t op, uint32_t id,
 	genid_put_le32(frame + 8, len);
 	if (len)
 		memcpy(frame + GENID_HDR_SIZE, payload, len);
-	return genid_write_all(c->fd, frame, GENID_HDR_SIZE + len);
+	ret = genid_write_all(c->fd, frame, GENID_HDR_SIZE + len);
+	return genid_timed_out(c, ret);
 }
 
 /*
@@ -244,7 +309,7 @@ static inline int genid_recv(struct genid_conn *c, struct genid_hdr *h,
 
 	ret = genid_read_all(c->fd, raw, sizeof(raw));
 	if (ret)
-		return ret;
+		return genid_timed_out(c, ret);
 	h->version = raw[0];
 	h->op = raw[1];
 	h->status = raw[2] | raw[3] << 8;
@@ -259,14 +324,14 @@ static inline int genid_recv(struct genid_conn *c, struct genid_hdr *h,
 		cap = left;
 	ret = genid_read_all(c->fd, buf, cap);
 	if (ret)
-		return ret;
+		return genid_timed_out(c, ret);
 	left -= cap;
 	while (left > 0) {
 		uint32_t n = left < sizeof(sink) ? left : sizeof(sink);
 
 		ret = genid_read_all(c->fd, sink, n);
 		if (ret)
-			return ret;
+			return genid_timed_out(c, ret);
 		left -= n;
 	}
 	return 0;

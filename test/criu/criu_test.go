@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/plugin"
 )
 
 const pluginPath = "/usr/lib/criu/genid-criu.so"
@@ -47,6 +49,7 @@ func TestMain(m *testing.M) {
 type host struct {
 	t      *testing.T
 	dir    string
+	args   []string // extra daemon flags
 	daemon *exec.Cmd
 	log    *bytes.Buffer
 }
@@ -82,7 +85,7 @@ func (h *host) start(gen uint32) {
 func (h *host) startKeep() {
 	h.t.Helper()
 	h.log = &bytes.Buffer{}
-	h.daemon = exec.Command(genidctl, "--run-dir", h.dir, "daemon", "--log-level", "debug")
+	h.daemon = exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug"}, h.args...)...)
 	h.daemon.Stdout, h.daemon.Stderr = h.log, h.log
 	if err := h.daemon.Start(); err != nil {
 		h.t.Fatal(err)
@@ -511,4 +514,424 @@ func TestLibdir(t *testing.T) {
 	if _, err := h.ctl("wait-watchers", "--timeout", "15s"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// criuFails runs criu expecting it to fail, with a log in the images dir; it
+// returns criu's output and the log.
+func criuFails(t *testing.T, env []string, verb, images, log string, args ...string) (string, string) {
+	t.Helper()
+	out, err := runCriu(t, env, append([]string{verb, "-D", images, "-v4", "-o", log}, args...)...)
+	b, _ := os.ReadFile(filepath.Join(images, log))
+	if err == nil {
+		t.Fatalf("criu %s succeeded, want a failure\n%s\n--- %s (tail):\n%s", verb, out, log, tail(string(b), 40))
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || !ee.Exited() {
+		t.Fatalf("criu %s did not exit but: %v\n%s\n--- %s (tail):\n%s", verb, err, out, log, tail(string(b), 40))
+	}
+	return out, string(b)
+}
+
+// alive reports whether pid is a running process (a zombie is not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// A record that cannot be read back whole fails the restore before any task
+// runs, names what is wrong, and bumps nothing; a missing one still bumps by
+// one (TestCheckpointWithoutRecord).
+func TestCorruptRecord(t *testing.T) {
+	h := newHost(t, "corrupt")
+	images, pid, out := checkpointWatcher(t, h)
+	rec := filepath.Join(images, "genid.json")
+	orig, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(0)
+	cut := bytes.Index(orig, []byte(`"path": "`)) + 12
+	cases := []struct{ name, record, why string }{
+		{"empty", "", "empty"},
+		{"cut in a socket entry", string(orig[:cut]), "cut short"},
+		{"cut before the end", string(orig[:bytes.LastIndexByte(orig, '}')-1]), "cut short"},
+		{"generation not a number", strings.Replace(string(orig), `"generation": 5`, `"generation": banana`, 1), "number expected"},
+		{"generation past u32", strings.Replace(string(orig), `"generation": 5`, `"generation": 4294967296`, 1), "number out of range"},
+		{"generation negative", strings.Replace(string(orig), `"generation": 5`, `"generation": -5`, 1), "negative number"},
+		{"generation fraction", strings.Replace(string(orig), `"generation": 5`, `"generation": 5.5`, 1), "not an integer"},
+		{"version 2", strings.Replace(string(orig), `"version": 1`, `"version": 2`, 1), "unsupported version 2"},
+		{"no version", strings.Replace(string(orig), `"version": 1,`, ``, 1), "no version"},
+		{"two generations", strings.Replace(string(orig), `"generation": 5`, `"generation": 5, "generation": 9`, 1), "duplicate key"},
+		{"acked not a number", strings.Replace(string(orig), `"acked": 5`, `"acked": "5"`, 1), "number expected"},
+		{"trailing data", string(orig) + "}", "data after the record"},
+		{"not JSON", "generation 5\n", "not a JSON object"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if err := os.WriteFile(rec, []byte(c.record), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			env := []string{"GENID_RUN_DIR=" + h.dir}
+			stderr, log := criuFails(t, env, "restore", images, fmt.Sprintf("restore-corrupt-%d.log", i), "-d")
+			want := "genid: restore refused: genid.json is corrupt: " + c.why + " at byte "
+			if !strings.Contains(log, want) || !strings.Contains(stderr, want) {
+				t.Fatalf("want %q in the log and on stderr\nstderr:\n%s\nlog (tail):\n%s", want, stderr, tail(log, 20))
+			}
+			if alive(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatal("a restore refused for its record left the process running")
+			}
+			if g := h.gen(); g != 0 {
+				t.Fatalf("a refused restore bumped to %d", g)
+			}
+		})
+	}
+	// The same checkpoint with its record whole restores.
+	if err := os.WriteFile(rec, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	restoreOn(t, h, images, pid, out)
+}
+
+// A record is read whole however long it is: here 700 sockets (over 64 KB),
+// the real one last. The Go layout of plugin.WriteRecord is read as well.
+func TestRecordLayouts(t *testing.T) {
+	h := newHost(t, "layouts")
+	images, pid, out := checkpointWatcher(t, h)
+	rec := filepath.Join(images, "genid.json")
+	orig, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var fake strings.Builder
+	for i := 0; i < 699; i++ {
+		fmt.Fprintf(&fake, "\n    {\"inode\": %d, \"watcher\": true, \"acked\": 5, \"nonblock\": false, \"path\": \"/run/genid-elsewhere/genid.sock\"},", 1000000+i)
+	}
+	big := strings.Replace(string(orig), `"sockets": [`, `"sockets": [`+fake.String(), 1)
+	if len(big) < 70000 {
+		t.Fatalf("record of %d bytes: not large enough", len(big))
+	}
+	if err := os.WriteFile(rec, []byte(big), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := readRecord(t, images); len(r.Sockets) != 700 {
+		t.Fatalf("%d sockets in the large record", len(r.Sockets))
+	}
+	h.start(0)
+	g1 := restoreOn(t, h, images, pid, out)
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
+
+	r, err := plugin.ReadRecord(images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Sockets = r.Sockets[699:]
+	if err := plugin.WriteRecord(images, r); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(rec); bytes.Contains(b, []byte(`{"inode": `)) {
+		t.Fatalf("not the Go layout:\n%s", b)
+	}
+	if g2 := restoreOn(t, h, images, pid, out); g2 != g1+1 {
+		t.Fatalf("second restore gave %d after %d", g2, g1)
+	}
+}
+
+// racerSrc is a CRIU plugin that wraps genid-criu.so (RACER_INNER) and, right
+// after genid's init at dump, bumps (RACER_SOCK) and waits for every watcher
+// to ack: the bump that comes after genid first reads the page and before
+// CRIU freezes the tasks. With RACER_TRUNCATE it empties that file instead.
+const racerSrc = `
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <criu/criu-plugin.h>
+#include "genid.h"
+
+static cr_plugin_desc_t *inner;
+
+static int racer_init(int stage)
+{
+	struct genid_conn c;
+	uint32_t gen;
+	void *h = dlopen(getenv("RACER_INNER"), RTLD_NOW | RTLD_LOCAL);
+
+	if (!h || !(inner = dlsym(h, "CR_PLUGIN_DESC"))) {
+		fprintf(stderr, "racer: %s\n", dlerror());
+		return -1;
+	}
+	if (inner->init && inner->init(stage))
+		return -1;
+	if (stage != CR_PLUGIN_STAGE__DUMP)
+		return 0;
+	if (getenv("RACER_TRUNCATE"))
+		return truncate(getenv("RACER_TRUNCATE"), 0);
+	if (genid_open(&c, getenv("RACER_SOCK")) < 0) {
+		fprintf(stderr, "racer: connect\n");
+		return -1;
+	}
+	if (genid_bump(&c, 0, "racer", &gen) || genid_wait_watchers(&c, 10000)) {
+		fprintf(stderr, "racer: bump or wait-watchers failed: %s\n", c.msg);
+		return -1;
+	}
+	genid_close(&c);
+	fprintf(stderr, "racer: bumped to %u\n", gen);
+	return 0;
+}
+
+static void racer_exit(int stage, int ret)
+{
+	if (inner && inner->exit)
+		inner->exit(stage, ret);
+}
+
+static int racer_dump_unix_sk(int fd, int id)
+{
+	CR_PLUGIN_HOOK__DUMP_UNIX_SK_t *f = inner->hooks[CR_PLUGIN_HOOK__DUMP_UNIX_SK];
+
+	return f ? f(fd, id) : -ENOTSUP;
+}
+
+CR_PLUGIN_REGISTER("genid-racer", racer_init, racer_exit)
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__DUMP_UNIX_SK, racer_dump_unix_sk)
+`
+
+// buildRacer compiles racerSrc into a plugin dir of its own.
+func buildRacer(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "racer.c")
+	if err := os.WriteFile(src, []byte(racerSrc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lib := filepath.Join(dir, "lib")
+	os.Mkdir(lib, 0o755)
+	cc := exec.Command("gcc", "-std=gnu11", "-Wall", "-Werror", "-shared", "-fPIC", "-I../../plugin/criu",
+		"-o", filepath.Join(lib, "racer.so"), src, "-ldl")
+	if b, err := cc.CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return lib
+}
+
+// 2. A bump lands after genid's init read the page but before the tasks
+// froze: the record must still hold what the tasks saw.
+func TestBumpBeforeFreeze(t *testing.T) {
+	lib := buildRacer(t)
+
+	// A watcher saw and acked 6 before it froze: the record must say 6
+	// (read again once the tasks are frozen), so that a host at 0 restores
+	// at 7, an event for the watcher, and not at 6, which it has acked.
+	t.Run("watcher", func(t *testing.T) {
+		h := newHost(t, "race-watch")
+		h.start(5)
+		out := filepath.Join(t.TempDir(), "watch.out")
+		p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
+		waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
+		images := imagesDir(t)
+		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "genid.sock")}
+		mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
+		waitLine(t, out, "6") // the watcher did see 6 before the dump
+		r := readRecord(t, images)
+		if len(r.Sockets) != 1 || r.Sockets[0].Acked != 6 || r.Generation == nil || *r.Generation != 6 {
+			t.Fatalf("record %+v (generation %v): want 6, what the watcher acked", r, r.Generation)
+		}
+		h.start(0)
+		mustCriu(t, []string{"GENID_RUN_DIR=" + h.dir}, "restore", images, "-d")
+		defer syscall.Kill(p.Pid, syscall.SIGKILL)
+		if g := h.gen(); g != 7 {
+			t.Fatalf("generation after restore %d, want 7", g)
+		}
+		waitLine(t, out, "7")
+		if _, err := h.ctl("wait-watchers", "--timeout", "15s"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// No socket at all: a process may have read 6 from the page. The dump's
+	// exit hook, with the tasks still frozen, reads the page again.
+	t.Run("page", func(t *testing.T) {
+		h := newHost(t, "race-page")
+		h.start(5)
+		p := spawn(t, filepath.Join(t.TempDir(), "out"), nil, "sh", "-c", "while :; do sleep 0.1; done")
+		images := imagesDir(t)
+		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "genid.sock")}
+		mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
+		if g := h.gen(); g != 6 {
+			t.Fatalf("the racer did not bump: %d", g)
+		}
+		if r := readRecord(t, images); r.Generation == nil || *r.Generation != 6 {
+			t.Fatalf("record generation %v, want 6", r.Generation)
+		}
+	})
+}
+
+// The page read at init cannot be read again at the end of the dump: the
+// record may be behind what the tasks saw, and the exit hook cannot fail the
+// dump, so it empties the record, which the restore then refuses.
+func TestRecordUnconfirmed(t *testing.T) {
+	lib := buildRacer(t)
+	h := newHost(t, "unconfirmed")
+	h.start(5)
+	h.stop()
+	page := filepath.Join(h.dir, "generation")
+	p := spawn(t, filepath.Join(t.TempDir(), "out"), nil, "sh", "-c", "while :; do sleep 0.1; done")
+	images := imagesDir(t)
+	env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_TRUNCATE=" + page}
+	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
+	log, _ := os.ReadFile(filepath.Join(images, "dump.log"))
+	if !strings.Contains(string(log), "genid.json emptied, a restore of this checkpoint will be refused") {
+		t.Fatalf("dump log:\n%s", tail(string(log), 20))
+	}
+	if b, err := os.ReadFile(filepath.Join(images, "genid.json")); err != nil || len(b) != 0 {
+		t.Fatalf("record after the dump: %v: %q", err, b)
+	}
+	h.start(5)
+	_, rlog := criuFails(t, []string{"GENID_RUN_DIR=" + h.dir}, "restore", images, "restore.log", "-d")
+	if !strings.Contains(rlog, "genid.json is corrupt: empty") {
+		t.Fatalf("restore log:\n%s", tail(rlog, 20))
+	}
+	if alive(p.Pid) {
+		syscall.Kill(p.Pid, syscall.SIGKILL)
+		t.Fatal("the restore of an unconfirmed record went on")
+	}
+}
+
+// 3. A socket the daemon will not take back fails the restore, even with
+// --ext-unix-sk, where CRIU would otherwise connect a fresh socket the
+// daemon knows nothing of and let the process run with it.
+func TestRestoreSocketRefused(t *testing.T) {
+	h := newHost(t, "refused")
+	images, pid, _ := checkpointWatcher(t, h)
+	h.args = []string{"--max-watchers", "1"}
+	h.start(0)
+	spawn(t, filepath.Join(t.TempDir(), "other.out"), nil, genidctl, "--run-dir", h.dir, "watch")
+	waitFor(t, "the other watcher", func() bool { return h.status().Watchers == 1 })
+
+	env := []string{"GENID_RUN_DIR=" + h.dir}
+	_, log := criuFails(t, env, "restore", images, "restore-refused.log", "-d", "--ext-unix-sk")
+	if !strings.Contains(log, "attach failed") || !strings.Contains(log, "failing the restore") {
+		t.Fatalf("the log does not say the socket failed the restore:\n%s", tail(log, 30))
+	}
+	// CRIU 4.1.1 goes on after a negative return; with --ext-unix-sk it
+	// then trips on its BUG_ON for callback sockets and kills the task.
+	if strings.Contains(log, "BUG at") || strings.Contains(log, "killed by signal") {
+		t.Fatalf("the restore failed by a crash, not by the plugin's refusal:\n%s", tail(log, 30))
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatal("the restore went on with a socket the daemon refused")
+	}
+	if st := h.status(); st.Watchers != 1 {
+		t.Fatalf("%d watchers after the refused restore", st.Watchers)
+	}
+}
+
+// 4. A generation page too short to map fails the dump with a message, not
+// criu with SIGBUS.
+func TestShortPage(t *testing.T) {
+	h := newHost(t, "short")
+	h.start(3)
+	h.stop()
+	if err := os.Truncate(filepath.Join(h.dir, "generation"), 0); err != nil {
+		t.Fatal(err)
+	}
+	p := spawn(t, filepath.Join(t.TempDir(), "out"), nil, "sh", "-c", "while :; do sleep 0.1; done")
+	images := imagesDir(t)
+	_, log := criuFails(t, []string{"GENID_RUN_DIR=" + h.dir}, "dump", images, "dump.log", "-t", strconv.Itoa(p.Pid))
+	want := filepath.Join(h.dir, "generation") + " is 0 bytes, too short for a generation page"
+	if !strings.Contains(log, want) {
+		t.Fatalf("want %q in the log:\n%s", want, tail(log, 20))
+	}
+	if !alive(p.Pid) {
+		t.Fatal("a refused dump did not leave the process running")
+	}
+}
+
+// 5. A stopped daemon fails a dump (its tasks frozen meanwhile) and a
+// restore after the plugin's timeout, instead of hanging them.
+func TestWedgedDaemon(t *testing.T) {
+	// The subtest's cleanup wakes the daemon before newHost's stops it.
+	wedge := func(t *testing.T, h *host) {
+		p := h.daemon.Process
+		p.Signal(syscall.SIGSTOP)
+		t.Cleanup(func() { p.Signal(syscall.SIGCONT) })
+	}
+	timed := func(t *testing.T, env []string, verb, images string, args ...string) string {
+		t.Helper()
+		start := time.Now()
+		cmd := exec.Command("criu", append([]string{verb, "-D", images, "-v4", "-o", verb + ".log"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		kill := time.AfterFunc(40*time.Second, func() { cmd.Process.Kill() })
+		err := cmd.Wait()
+		kill.Stop()
+		log, _ := os.ReadFile(filepath.Join(images, verb+".log"))
+		if err == nil || time.Since(start) > 30*time.Second {
+			t.Fatalf("criu %s with the daemon stopped: %v after %v\n%s", verb, err, time.Since(start), tail(string(log), 20))
+		}
+		if !strings.Contains(string(log), "no answer within 5 s") {
+			t.Fatalf("criu %s: the log does not say the daemon did not answer:\n%s", verb, tail(string(log), 20))
+		}
+		return string(log)
+	}
+
+	t.Run("dump", func(t *testing.T) {
+		h := newHost(t, "wedged-dump")
+		h.start(2)
+		out := filepath.Join(t.TempDir(), "watch.out")
+		p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
+		waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+		wedge(t, h)
+		timed(t, nil, "dump", imagesDir(t), "-t", strconv.Itoa(p.Pid))
+		if !alive(p.Pid) {
+			t.Fatal("the failed dump did not leave the process running")
+		}
+	})
+
+	t.Run("restore", func(t *testing.T) {
+		h := newHost(t, "wedged-restore")
+		images, pid, _ := checkpointWatcher(t, h)
+		h.start(0)
+		wedge(t, h)
+		timed(t, []string{"GENID_RUN_DIR=" + h.dir}, "restore", images, "-d")
+		if alive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatal("a restore the daemon did not answer left the process running")
+		}
+	})
+}
+
+// 6. Paths with quotes, backslashes and control characters are recorded as
+// valid JSON, read back by Go and by the plugin at restore.
+func TestRecordEscapes(t *testing.T) {
+	h := newHost(t, "esc\"q\\b\tt")
+	h.start(0)
+	h.mustCtl("bump", "--min", "5")
+	out := filepath.Join(t.TempDir(), "watch.out")
+	p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
+	waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
+	images := imagesDir(t)
+	env := []string{"GENID_RUN_DIR=" + h.dir}
+	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid))
+	sock := filepath.Join(h.dir, "genid.sock")
+	r, err := plugin.ReadRecord(images)
+	if err != nil {
+		b, _ := os.ReadFile(filepath.Join(images, "genid.json"))
+		t.Fatalf("%v\n%s", err, b)
+	}
+	if r.Socket != sock || len(r.Sockets) != 1 || r.Sockets[0].Path != sock {
+		t.Fatalf("record %+v: want %q", r, sock)
+	}
+	waitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
+	h.start(0)
+	restoreOn(t, h, images, p.Pid, out)
 }

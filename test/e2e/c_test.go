@@ -99,3 +99,50 @@ func TestCConnect(t *testing.T) {
 		t.Errorf("refused after %v, before genid.h's retry time", took)
 	}
 }
+
+// TestCTimeout: a connection opened with genid_open_timeout gives up on a
+// stopped daemon with ETIMEDOUT; one opened with genid_open (a watcher's)
+// waits for it as long as it takes.
+func TestCTimeout(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	d := startDaemon(t, bin, dir)
+	exe := buildC(t, dir, "ctimeout")
+	sock := filepath.Join(dir, "genid.sock")
+
+	d.cmd.Process.Signal(syscall.SIGSTOP)
+	defer d.cmd.Process.Signal(syscall.SIGCONT)
+	start := time.Now()
+	b, err := exec.Command(exe, sock, "300").CombinedOutput()
+	took := time.Since(start)
+	if err == nil || !strings.EqualFold(strings.TrimSpace(string(b)), "get: "+syscall.ETIMEDOUT.Error()) {
+		t.Fatalf("timed get from a stopped daemon: %v: %s", err, b)
+	}
+	if took < 300*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("timed out after %v, want about 300ms", took)
+	}
+
+	var out strings.Builder
+	cmd := exec.Command(exe, sock, "0")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("untimed get returned from a stopped daemon: %v: %s", err, out.String())
+	case <-time.After(time.Second):
+	}
+	d.cmd.Process.Signal(syscall.SIGCONT)
+	select {
+	case err := <-done:
+		if err != nil || strings.TrimSpace(out.String()) != "get 0" {
+			t.Fatalf("untimed get once the daemon runs again: %v: %s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("untimed get still waiting after the daemon woke up")
+	}
+}
