@@ -19,6 +19,14 @@ PLUGIN_SRC    := plugin/criu/genid-criu.c plugin/criu/genid.h
 PLUGIN_CFLAGS := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Werror -O2 -shared -fPIC
 CRIU_HEADER   := /usr/include/criu/criu-plugin.h
 TESTBED       := hack/testbed.sh
+# Bounds, so that a hang fails its step well within CI's 90 minutes: the test
+# binary's own -test.timeout fails with every goroutine's stack; the test bed
+# run's --timeout (seconds) then stops what the binary could not; `timeout`
+# bounds the test beds' builds (downloads).
+CRIU_TEST_TIMEOUT := 15m
+CRIU_RUN_TIMEOUT  := 1200
+VM_TEST_TIMEOUT   := 20m
+BUILD_TIMEOUT     := 20m
 
 .PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
 
@@ -56,8 +64,8 @@ $(PLUGIN): $(PLUGIN_SRC)
 		$(CC) $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
 	else \
 		echo "no $(CRIU_HEADER) here: building $@ in the test bed"; \
-		$(TESTBED) build >/dev/null && \
-		$(TESTBED) run --bind $(CURDIR):/src -w /src -- gcc $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
+		timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null && \
+		$(TESTBED) run --timeout 300 --bind $(CURDIR):/src -w /src -- gcc $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
 	fi
 
 # Installs the plugin where CRIU (and so runc) loads it without flags.
@@ -65,17 +73,21 @@ install-plugin: $(PLUGIN)
 	install -D -m 0644 $(PLUGIN) $(DESTDIR)/usr/lib/criu/genid-criu.so
 
 # Real CRIU 4.x and runc, in the test bed, with the plugin installed in
-# CRIU's default plugin dir.
+# CRIU's default plugin dir. The test bed's selftest first: the bed itself
+# (criu, runc, and that runs leave the shared cache as it was).
 e2e-criu: build plugin
-	$(TESTBED) build >/dev/null
+	timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null
+	$(TESTBED) selftest
 	CGO_ENABLED=0 $(GO) test -c -o bin/criu-e2e.test ./test/criu
-	$(TESTBED) run --bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
-		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- /src/bin/criu-e2e.test -test.v -test.count=1
+	$(TESTBED) run --timeout $(CRIU_RUN_TIMEOUT) \
+		--bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
+		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- \
+		/src/bin/criu-e2e.test -test.v -test.count=1 -test.timeout=$(CRIU_TEST_TIMEOUT)
 
 # A real VM snapshot/restore under QEMU: the vmgenid backend.
 e2e-vm: build
-	hack/vm.sh build >/dev/null
-	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 20m ./test/vm/
+	timeout $(BUILD_TIMEOUT) hack/vm.sh build >/dev/null
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout $(VM_TEST_TIMEOUT) ./test/vm/
 
 # Benchmarks, not part of `make test` (as root, about 8 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in

@@ -10,27 +10,41 @@
 #
 # run OPTIONS:
 #   --bind HOST[:GUEST]     bind-mount a host file or directory into the guest (rw; GUEST defaults
-#                           to HOST). The mount point is created in the cached rootfs if missing.
+#                           to HOST). A missing mount point is created in the run's own overlay,
+#                           never in the cached rootfs.
 #   --ro-bind HOST[:GUEST]  same, read-only
 #   --tmpfs GUEST           mount a fresh, writable tmpfs on GUEST (e.g. /etc/criu for a runc.conf)
 #   --env NAME=VALUE        set a variable (the guest starts from a clean environment:
 #                           PATH, HOME=/root, LANG=C.UTF-8, TERM)
 #   -w, --workdir DIR       working directory inside the guest (default /)
-#   --rw                    keep the rootfs writable (changes then persist in the shared cache!)
+#   --rw                    keep the root writable (writes go to the run's overlay, dropped at exit)
+#   --timeout SECS          after SECS seconds, SIGTERM to CMD, then 10 s later SIGKILL to every
+#                           process of the run; the run then exits 124
 #
 # Inside a run: private mount + pid namespaces; a bash is pid 1 (and, unless stdin is a
 # terminal, leader of a new session) and CMD its child. When CMD exits, every process it left
-# behind, runc containers included, is killed. The rootfs is mounted read-only; /tmp, /var/tmp,
-# /run, /root, /dev and /dev/shm are per-run tmpfs. proc and sysfs are fresh, the host's
+# behind, runc containers included, is killed. The root is an overlay of the cached rootfs and a
+# per-run tmpfs, mounted read-only: a run never changes the cache, even when killed. /tmp,
+# /var/tmp, /run, /root, /dev and /dev/shm are per-run tmpfs. proc and sysfs are fresh, the host's
 # /sys/fs/cgroup tree is rbound. All fds above 2 are closed before CMD starts and a host
 # /dev/null on fds 0-2 becomes the guest's, so processes that CRIU must dump only hold the
 # caller's other stdio (redirect those too before dumping: see selftest).
 # Nothing is left mounted on the host. Concurrent runs are fine; runc container ids (and so
-# their cgroup paths) must be unique across concurrent runs.
+# their cgroup paths) must be unique across concurrent runs: every run's pid namespace gives
+# the same pids, so a pid is not a unique id.
+# `run` builds the rootfs if it is missing, holding the rootfs's run lock from before the check
+# to the end of the run, so no concurrent build of another script version can remove it in
+# between. A build removes the rootfses of other versions only once they have been idle for
+# GENID_KEEP_HOURS (default 24) and no run holds them.
+#
+# The rootfs records what was installed in /etc/genid-testbed: the cache key, suite, mirror,
+# build time, and one "deb.PACKAGE=VERSION" line per package (Debian versions are not pinned:
+# a rebuild takes what the suite has that day; the tests check the properties they rely on).
 #
 # Environment:
 #   GENID_CACHE   cache directory (default /var/cache/genid); holds rootfs-<hash>/ and debs/
 #   GENID_MIRROR  Debian mirror URL; default: read from this machine's apt sources
+#   GENID_KEEP_HOURS  idle hours before a build removes the rootfs of another script version
 #
 # The cache key is the first 16 hex digits of the sha256 of this file: editing it means a rebuild
 # (downloaded .debs are kept in $GENID_CACHE/debs, so a rebuild downloads little).
@@ -54,6 +68,8 @@ die() { log "error: $*"; exit 1; }
 cache_hash() { sha256sum "$SELF" | cut -c1-16; }
 rootfs_path() { printf '%s/rootfs-%s\n' "$CACHE" "$(cache_hash)"; }
 lock_path() { printf '%s/.%s.lock\n' "$CACHE" "$(basename "$1")"; }
+# An empty dir on which each run mounts its own tmpfs (in its private mount namespace).
+scratch_path() { printf '%s/.run\n' "$CACHE"; }
 
 need_root() { [[ $(id -u) == 0 ]] || die "must run as root"; }
 
@@ -184,17 +200,50 @@ cmd_path() {
   printf '%s\n' "$root"
 }
 
-# Remove rootfs-* dirs of other script versions that no run is using (run holds a shared lock).
+# Share-locks the run lock of rootfs $1 on fd 9, for as long as this shell lives. A remover
+# deletes the lock file with the rootfs: if that happened between our open and our flock, the
+# lock we hold protects nothing, so open the new file and lock again. The lock's mtime is the
+# rootfs's last use (see remove_old_rootfs); ">>" so that opening it does not change that.
+lock_shared() {
+  local lock; lock=$(lock_path "$1")
+  while :; do
+    exec 9>>"$lock"
+    flock -s 9
+    [[ $lock -ef /proc/self/fd/9 ]] && break
+    exec 9>&-
+  done
+  touch "$lock"
+}
+
+# When rootfs $1 was last used, in seconds since the epoch: the mtime of its lock (touched by
+# build and run), or the atime of its /usr/bin/env (older versions of this script touch no lock,
+# but every run execs env; relatime updates that at least daily).
+last_use() {
+  local a=0 b=0
+  a=$(stat -c %Y "$(lock_path "$1")" 2>/dev/null) || a=0
+  b=$(stat -c %X "$1/usr/bin/env" 2>/dev/null) || b=0
+  printf '%s\n' "$((a > b ? a : b))"
+}
+
+# Removes the rootfs-* dirs of other script versions that have been idle for GENID_KEEP_HOURS
+# and that no run is using (a run holds a shared lock). The idle time is what protects a
+# checkout of another version between its `build` and its `run`, when it holds no lock yet.
 remove_old_rootfs() {
-  local keep=$1 d lock
+  local keep=$1 d lock idle max_idle
+  max_idle=$((${GENID_KEEP_HOURS:-24} * 3600))
   for d in "$CACHE"/rootfs-*/; do
     d=${d%/}
     [[ -d $d && $d != "$keep" ]] || continue
+    idle=$(($(date +%s) - $(last_use "$d")))
+    if ((idle < max_idle)); then
+      log "keeping old $d: used $((idle / 60)) min ago"
+      continue
+    fi
     lock=$(lock_path "$d")
     (
-      exec 7>"$lock"
+      exec 7>>"$lock"
       if flock -xn 7; then
-        log "removing old $d"
+        log "removing old $d (idle $((idle / 3600)) h)"
         rm -rf --one-file-system "$d" "$lock"
       else
         log "keeping old $d: in use"
@@ -203,11 +252,21 @@ remove_old_rootfs() {
   done
 }
 
+# The manifest of rootfs $1: what it is, and the version of every package it was asked for.
+write_manifest() {
+  local dir=$1 mirror=$2
+  printf 'hash=%s\nsuite=%s\nmirror=%s\nbuilt=%s\n' "$(cache_hash)" "$SUITE" "$mirror" \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  # shellcheck disable=SC2016  # ${Package} is dpkg-query's, not ours
+  chroot "$dir" dpkg-query -W -f='deb.${Package}=${Version}\n' "${PACKAGES[@]}" ||
+    die "cannot list the installed packages"
+}
+
 cmd_build() {
   need_root
   local root tmp mirror keyopt=() blog
   root=$(rootfs_path)
-  if [[ -d $root ]]; then printf '%s\n' "$root"; return; fi
+  if [[ -d $root ]]; then touch "$(lock_path "$root")"; printf '%s\n' "$root"; return; fi
 
   mkdir -p "$CACHE/debs"
   # One build at a time; a second builder waits and then finds the finished rootfs.
@@ -254,10 +313,12 @@ cmd_build() {
       usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env; do
     [[ -e $tmp/$f ]] || die "built rootfs lacks /$f"
   done
-  printf 'hash=%s\nsuite=%s\nmirror=%s\n' "$(cache_hash)" "$SUITE" "$mirror" >"$tmp/etc/genid-testbed"
+  write_manifest "$tmp" "$mirror" >"$tmp/etc/genid-testbed"
+  sed 's/^/testbed: manifest: /' "$tmp/etc/genid-testbed" >&2
 
   mv -T "$tmp" "$root"
   trap - EXIT
+  touch "$(lock_path "$root")"
   exec 8>&-
   remove_old_rootfs "$root"
   log "rootfs size: $(du -sh --one-file-system "$root" | cut -f1)"
@@ -268,16 +329,17 @@ cmd_build() {
 # run
 # ---------------------------------------------------------------------------------------------
 
-usage_run() { die "usage: $0 run [--bind H[:G]] [--ro-bind H[:G]] [--tmpfs G] [--env K=V] [-w DIR] [--rw] -- CMD ARGS..."; }
+usage_run() { die "usage: $0 run [--bind H[:G]] [--ro-bind H[:G]] [--tmpfs G] [--env K=V] [-w DIR] [--rw] [--timeout SECS] -- CMD ARGS..."; }
 
 cmd_run() {
   need_root
-  local root lock args=() a
+  local root args=() a
   # Validate the options here (the same list is parsed again by __init).
   while (($#)); do
     a=$1
     case $a in
       --bind|--ro-bind|--tmpfs|--env|-w|--workdir) (($# >= 2)) || usage_run; args+=("$1" "$2"); shift 2 ;;
+      --timeout) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || usage_run; args+=("$1" "$2"); shift 2 ;;
       --rw) args+=("$1"); shift ;;
       --) shift; break ;;
       *) usage_run ;;
@@ -285,13 +347,15 @@ cmd_run() {
   done
   (($#)) || usage_run
   root=$(rootfs_path)
-  [[ -d $root ]] || die "rootfs not built: run '$0 build' first"
-  # A shared lock keeps a concurrent build from removing this rootfs while in use. fd 9 stays
-  # in this (waiting) shell only: it is closed for the namespaced child.
-  lock=$(lock_path "$root")
-  exec 9>>"$lock"
-  flock -s 9
-  [[ -d $root ]] || die "rootfs vanished: $root"
+  [[ $root != *[,:]* ]] || die "the cache path must not contain ',' or ':' (overlayfs options): $root"
+  # The shared lock keeps a concurrent build of another version from removing this rootfs, from
+  # before we look for it to the end of the run. fd 9 stays in this (waiting) shell only: it is
+  # closed for the namespaced child.
+  lock_shared "$root"
+  if [[ ! -d $root ]]; then
+    (cmd_build) >/dev/null || die "cannot build the rootfs"
+  fi
+  mkdir -p "$(scratch_path)"
   local rc=0 sess=()
   # Without a new session, the guest's processes would stay in the caller's session, whose
   # leader is outside the pid namespace, and criu dump refuses them even with --shell-job ("A
@@ -324,9 +388,10 @@ check_guest_path() {
 # Runs as pid 1 of the new pid namespace, in the new private mount namespace.
 cmd_init() {
   local root=$1; shift
-  local binds=() tmpfses=() envs=() workdir=/ rw=0
+  local binds=() tmpfses=() envs=() workdir=/ rw=0 timeout=0
   while (($#)); do
     case $1 in
+      --timeout) timeout=$2; shift 2 ;;
       --bind) binds+=("rw|$2"); shift 2 ;;
       --ro-bind) binds+=("ro|$2"); shift 2 ;;
       --tmpfs) tmpfses+=("$2"); shift 2 ;;
@@ -337,10 +402,19 @@ cmd_init() {
       *) die "__init: bad option $1" ;;
     esac
   done
-  local R=$root
   mount --make-rprivate /
-  # pivot_root needs the new root to be a mount point: bind the rootfs on itself.
-  mount --bind "$R" "$R"
+  # The root is an overlay: the cached rootfs below, a tmpfs of this run above. Mount points
+  # for binds and anything written under --rw land in the tmpfs, so no run changes the cache
+  # that concurrent and later runs share (a mount point left in /usr/lib/criu is an empty
+  # "plugin" that makes every later criu dump fail). The tmpfs goes on a shared empty dir: the
+  # mount is private to this namespace, and vanishes with it.
+  local S R
+  S=$(scratch_path)
+  mount -t tmpfs -o mode=0755 tmpfs "$S"
+  mkdir "$S/upper" "$S/work" "$S/root"
+  mount -t overlay -o "lowerdir=$root,upperdir=$S/upper,workdir=$S/work" overlay "$S/root" ||
+    die "cannot mount an overlay of $root (no overlayfs? try: modprobe overlay)"
+  R=$S/root
   mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
   mount -t sysfs -o nosuid,nodev,noexec sysfs "$R/sys"
   mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
@@ -387,7 +461,8 @@ cmd_init() {
   done
   # pivot_root, not chroot: under chroot "criu check" fails ("No parent found for mountpoint")
   # because the old root stays the mount tree's root. "pivot_root . ." stacks the old root on
-  # top of the new one, and "umount -l ." detaches it: no put_old dir is needed.
+  # top of the new one, and "umount -l ." detaches it (and with it the scratch tmpfs, which the
+  # overlay keeps using): no put_old dir is needed.
   cd "$R"
   pivot_root . .
   umount -l .
@@ -418,7 +493,24 @@ cmd_init() {
     exec /usr/bin/env -i PATH="$GUEST_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
       "${envs[@]}" "$@"
   ) <&0 &
-  local child=$! rc sig
+  local child=$! rc sig timer="" timed_out=0
+  # The timer is a sibling of CMD, not part of its tree (CRIU never sees it). It tells pid 1
+  # first (SIGALRM), then stops CMD, and whatever is left 10 s later: kill -1 from inside the
+  # namespace reaches every process but pid 1 and the timer itself.
+  if ((timeout > 0)); then
+    trap 'timed_out=1' ALRM
+    (
+      trap - INT QUIT ALRM
+      exec </dev/null >/dev/null
+      sleep "$timeout"
+      echo "testbed: run timed out after $timeout s: stopping it" >&2
+      kill -ALRM $$
+      kill -TERM "$child" 2>/dev/null || true
+      sleep 10
+      kill -KILL -1 2>/dev/null || true
+    ) &
+    timer=$!
+  fi
   # bash would report a CMD killed by a signal ("Killed") on stderr; the exit status says it.
   exec 2>/dev/null
   for sig in TERM INT HUP QUIT USR1 USR2; do
@@ -430,6 +522,8 @@ cmd_init() {
     # wait also returns (>128) when a trapped signal arrives while CMD still runs
     kill -0 "$child" 2>/dev/null || break
   done
+  [[ -z $timer ]] || kill "$timer" 2>/dev/null || true
+  ((timed_out)) && exit 124
   exit "$rc"
 }
 
@@ -439,6 +533,9 @@ cmd_init() {
 
 # Each check is a bash script run inside a separate `run`.
 read -r -d '' T_VERSION <<'EOF' || true
+cat /etc/genid-testbed
+grep -qE '^deb\.criu=4\.' /etc/genid-testbed
+grep -qE '^deb\.runc=1\.' /etc/genid-testbed
 criu --version
 criu --version | grep -qE '^Version: 4\.'
 runc --version
@@ -556,6 +653,69 @@ echo "restored, now at $after"
 awk 'NR > 1 && $1 != prev + 1 { print "gap at line " NR ": " prev " -> " $1; bad = 1 } { prev = $1 } END { exit bad }' /tmp/ctr.out
 EOF
 
+# A fingerprint of rootfs $1: every path with its type, size and mtime.
+rootfs_fingerprint() {
+  find "$1" -xdev -printf '%y %s %T@ %P\n' | LC_ALL=C sort | sha256sum | cut -d' ' -f1
+}
+
+# Runs with binds on mount points the rootfs lacks, writes under --rw, a failing CMD and a
+# killed run must leave the cached rootfs exactly as it was.
+check_cache_untouched() {
+  local root=$1 before after host name="runs leave the cached rootfs as it was"
+  host=$(mktemp -d)
+  : >"$host/file"
+  mkdir "$host/dir"
+  before=$(rootfs_fingerprint "$root")
+  local binds=(--ro-bind "$host/file:/usr/lib/criu/testbed-probe.so" --bind "$host/dir:/testbed-probe/dir"
+    --bind "$host/file:/testbed-probe.sh")
+  bash "$SELF" run "${binds[@]}" -- true </dev/null >/dev/null 2>&1 || true
+  bash "$SELF" run "${binds[@]}" --rw -- sh -c 'touch /testbed-probe-rw; exit 3' </dev/null >/dev/null 2>&1 || true
+  bash "$SELF" run "${binds[@]}" --timeout 1 -- sleep 30 </dev/null >/dev/null 2>&1 || true
+  after=$(rootfs_fingerprint "$root")
+  rm -rf "$host"
+  if [[ $before == "$after" ]]; then
+    printf 'PASS: %s\n' "$name"; pass=$((pass + 1))
+  else
+    printf 'FAIL: %s\n' "$name"; fail=$((fail + 1))
+  fi
+}
+
+# A build removes another version's rootfs only when it is idle and not locked by a run.
+check_remove_old() {
+  local c d ok=1 name="a build removes only idle, unlocked rootfses of other versions"
+  c=$(mktemp -d)
+  for d in keep fresh idle locked; do mkdir -p "$c/rootfs-$d/usr/bin"; : >"$c/rootfs-$d/usr/bin/env"; done
+  : >"$c/.rootfs-fresh.lock"
+  for d in idle locked; do
+    : >"$c/.rootfs-$d.lock"
+    touch -d '-2 days' "$c/.rootfs-$d.lock" "$c/rootfs-$d/usr/bin/env"
+  done
+  # A run's lock, held here
+  exec 6>>"$c/.rootfs-locked.lock"
+  flock -s 6
+  GENID_CACHE=$c bash "$SELF" __remove-old "$c/rootfs-keep" 2>/dev/null
+  exec 6>&-
+  for d in keep fresh locked; do [[ -d $c/rootfs-$d ]] || ok=0; done
+  [[ -e $c/rootfs-idle ]] && ok=0
+  rm -rf "$c"
+  if ((ok)); then
+    printf 'PASS: %s\n' "$name"; pass=$((pass + 1))
+  else
+    printf 'FAIL: %s\n' "$name"; fail=$((fail + 1))
+  fi
+}
+
+# --timeout stops a CMD that ignores SIGTERM, and everything it started, and exits 124.
+check_timeout() {
+  local rc=0 t0=$SECONDS name="run --timeout stops a hung run (exit 124)"
+  bash "$SELF" run --timeout 2 -- sh -c 'trap "" TERM; sleep 300 & sleep 300' </dev/null >/dev/null 2>&1 || rc=$?
+  if [[ $rc == 124 ]] && ((SECONDS - t0 < 30)); then
+    printf 'PASS: %s (%ss)\n' "$name" "$((SECONDS - t0))"; pass=$((pass + 1))
+  else
+    printf 'FAIL: %s: rc=%s after %ss\n' "$name" "$rc" "$((SECONDS - t0))"; fail=$((fail + 1))
+  fi
+}
+
 cmd_selftest() {
   need_root
   local root pass=0 fail=0 name out t0
@@ -565,7 +725,7 @@ cmd_selftest() {
   run_check() {
     name=$1; shift
     t0=$SECONDS
-    if bash "$SELF" run "$@" >"$out" 2>&1 </dev/null; then
+    if bash "$SELF" run --timeout 300 "$@" >"$out" 2>&1 </dev/null; then
       printf 'PASS: %s (%ss)\n' "$name" "$((SECONDS - t0))"; pass=$((pass + 1))
     else
       printf 'FAIL: %s (%ss)\n' "$name" "$((SECONDS - t0))"; fail=$((fail + 1))
@@ -580,6 +740,9 @@ cmd_selftest() {
     -- bash -euo pipefail -c "$T_CRIU"
   run_check "runc run -d + checkpoint + restore -d of a busybox container" \
     -- bash -euo pipefail -c "$T_RUNC"
+  check_cache_untouched "$root"
+  check_timeout
+  check_remove_old
   # `run` must hand back CMD's stdout and exit status.
   local rc=0 o
   t0=$SECONDS
@@ -605,6 +768,7 @@ main() {
     run) cmd_run "$@" ;;
     selftest) cmd_selftest ;;
     __init) cmd_init "$@" ;;
+    __remove-old) remove_old_rootfs "$@" ;;   # for selftest
     help|-h|--help) sed -n '2,/^$/p' "$SELF" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command $cmd (try: $0 help)" ;;
   esac

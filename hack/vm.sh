@@ -7,9 +7,11 @@
 #       binutils), fetch Debian's current linux-image-6.*-amd64 with `apt-get download`,
 #       and cache vmlinuz (+ the vmgenid .ko files if CONFIG_VMGENID=m) in
 #       ${GENID_CACHE:-/var/cache/genid}/vm-<16 hex of sha256 of hack/vm*.sh hack/vm-init*>/.
-#       Atomic (temp dir + rename). Last stdout line: the cache dir.
+#       Atomic (temp dir + rename). Last stdout line: the cache dir. meta.env there records
+#       the kernel package, its Debian version and the kernel release (versions are not
+#       pinned: a build takes what the host's apt sources have that day).
 #   hack/vm.sh path
-#       Print the cache dir (without building).
+#       Print the cache dir (without building); exit 1 if it is not built.
 #   hack/vm.sh clean
 #       Remove cache dirs left by other versions of these scripts.
 #   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT]
@@ -94,6 +96,24 @@ need_pkgs() {
 	for p in "${missing[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || die "package $p not installed"; done
 }
 
+# The current kernel package, from the package lists as they are: the linux-image-6.*-amd64
+# that the metapackage linux-image-amd64 depends on.
+kernel_pkg() {
+	local pkg
+	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-6\.[^ ]*-amd64\)$/\1/p' | head -n1)
+	[ -n "$pkg" ] || return 1
+	printf '%s\n' "$pkg"
+}
+
+# download_into DIR PKG: apt-get download PKG into DIR, leaving nothing there on failure.
+download_into() {
+	log "downloading $2"
+	(cd "$1" && apt-get download "$2" >&2) && return 0
+	rm -f "$1"/*
+	return 1
+}
+
 # modinfo without kmod: read the .modinfo strings of a .ko
 ko_field() { strings -a "$1" | sed -n "s/^$2=//p" | head -n1; }
 
@@ -110,21 +130,23 @@ cmd_build() {
 	chmod 755 "$tmp"    # lets apt's _apt user write there (else a harmless warning)
 
 	local pkg
-	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-		sed -n 's/^ *Depends: \(linux-image-6\.[^ ]*-amd64\)$/\1/p' | head -n1)
-	[ -n "$pkg" ] || { apt-get update >&2; pkg=$(apt-cache depends linux-image-amd64 |
-		sed -n 's/^ *Depends: \(linux-image-6\.[^ ]*-amd64\)$/\1/p' | head -n1); }
-	[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 dependency"
-	log "downloading $pkg"
 	mkdir "$tmp/dl"; chmod 777 "$tmp/dl"
-	(cd "$tmp/dl" && apt-get download "$pkg" >&2) ||
-		{ apt-get update >&2 && (cd "$tmp/dl" && apt-get download "$pkg" >&2); }
-	local deb; deb=$(ls "$tmp"/dl/*.deb)
+	# Stale package lists name a kernel the mirror may have dropped: on any failure, update
+	# the lists and resolve the name again (it changes with each kernel ABI bump).
+	if ! pkg=$(kernel_pkg) || ! download_into "$tmp/dl" "$pkg"; then
+		log "updating the package lists"
+		apt-get update >&2 || log "apt-get update failed; trying with the lists it got"
+		pkg=$(kernel_pkg) || die "cannot resolve linux-image-amd64's dependency"
+		download_into "$tmp/dl" "$pkg" || die "cannot download $pkg"
+	fi
+	local deb debver; deb=$(ls "$tmp"/dl/*.deb)
+	debver=$(dpkg-deb -f "$deb" Version)
 	dpkg-deb -x "$deb" "$tmp/x"
 
-	local vmlinuz config kver
-	vmlinuz=$(ls "$tmp"/x/boot/vmlinuz-* | head -n1)
-	config=$(ls "$tmp"/x/boot/config-* | head -n1)
+	local vmlinuz config kver found
+	found=("$tmp"/x/boot/vmlinuz-*); vmlinuz=${found[0]}
+	found=("$tmp"/x/boot/config-*); config=${found[0]}
+	if [ ! -f "$vmlinuz" ] || [ ! -f "$config" ]; then die "$pkg has no /boot/vmlinuz-* and config-*"; fi
 	kver=${vmlinuz##*/vmlinuz-}
 	mkdir "$tmp/out"
 	cp "$vmlinuz" "$tmp/out/vmlinuz"
@@ -155,8 +177,10 @@ cmd_build() {
 	cat >"$tmp/out/meta.env" <<EOF
 KPKG=$pkg
 KDEB=${deb##*/}
+KDEBVER=$debver
 KVER=$kver
 CONFIG_VMGENID=$vmgenid
+BUILT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
 	rm -rf "$tmp/x" "$tmp/dl"
 	if ! mv -T "$tmp/out" "$dir" 2>/dev/null; then
@@ -164,7 +188,7 @@ EOF
 		log "another build finished first; using it"
 	fi
 	rm -rf "$tmp"; trap - EXIT
-	log "kernel $kver from $pkg, CONFIG_VMGENID=$vmgenid"
+	log "kernel $kver from $pkg $debver, CONFIG_VMGENID=$vmgenid"
 	printf '%s\n' "$dir"
 }
 
@@ -245,7 +269,7 @@ cmd_initramfs() {
 	local spec host guest
 	for spec in "${adds[@]}"; do
 		host=${spec%%:*}; guest=${spec#*:}
-		[ "$host" != "$spec" ] && [ -n "$guest" ] || die "--add wants HOSTFILE:GUESTPATH, got $spec"
+		if [ "$host" = "$spec" ] || [ -z "$guest" ]; then die "--add wants HOSTFILE:GUESTPATH, got $spec"; fi
 		[ -e "$host" ] || die "--add: $host does not exist"
 		mkdir -p "$root/$(dirname "$guest")"
 		# the applet symlinks are absolute (/bin/busybox): never copy *through* one,
@@ -429,7 +453,9 @@ cmd_selftest() {
 	# shellcheck disable=SC1091
 	. "$dir/meta.env"
 	W=$(mktemp -d /tmp/vmst.XXXXXX)   # short: unix socket paths are limited to 107 bytes
+	# shellcheck disable=SC2153  # KEEP is the caller's, KVER and KPKG come from meta.env
 	trap 'for p in "${QPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ "${KEEP:-0}" = 1 ] || rm -rf "$W"' EXIT
+	# shellcheck disable=SC2153
 	info "kernel $KVER ($KPKG), CONFIG_VMGENID=$CONFIG_VMGENID, accel=$VM_ACCEL, work dir $W"
 
 	cat >"$W/test.sh" <<'EOF'
@@ -454,9 +480,9 @@ EOF
 
 	# --- A: guid=auto, boot, migrate to file; B: restore with guid=auto -> vmfork expected
 	if boot_ready A 256 auto; then pass "boot A (-m 256, guid=auto) to READY in ${T}s"; else fail "boot A: no READY"; return 1; fi
-	grep -q '^RNG-READY' "$W/A.log" && pass "guest RNG ready (crng init done) at boot" || fail "guest RNG not ready at boot"
-	grep -q '^VMGENID-BOUND' "$W/A.log" && pass "vmgenid driver bound: $(grep '^VMGENID-BOUND' "$W/A.log" | cut -d' ' -f2-)" || fail "vmgenid driver not bound"
-	grep -q "$VMFORK_LINE" "$W/A.log" && fail "vmfork line already at first boot" || true
+	if grep -q '^RNG-READY' "$W/A.log"; then pass "guest RNG ready (crng init done) at boot"; else fail "guest RNG not ready at boot"; fi
+	if grep -q '^VMGENID-BOUND' "$W/A.log"; then pass "vmgenid driver bound: $(grep '^VMGENID-BOUND' "$W/A.log" | cut -d' ' -f2-)"; else fail "vmgenid driver not bound"; fi
+	if grep -q "$VMFORK_LINE" "$W/A.log"; then fail "vmfork line already at first boot"; fi
 	if migrate_to_file A "$W/A.mig"; then
 		pass "migrate A to file in ${T}s, $(stat -c %s "$W/A.mig") bytes (-m 256)"
 	else fail "migrate A"; return 1; fi
@@ -465,7 +491,7 @@ EOF
 	if wait_for "$W/B.log" "$VMFORK_LINE" 60; then
 		pass "B (new guid=auto): vmfork reseed line seen $(elapsed "$t0" "$(now)")s after cont: $(grep -m1 "$VMFORK_LINE" "$W/B.log")"
 	else fail "B (new guid=auto): no vmfork line within 60s"; fi
-	wait_for "$W/B.log" '^HB ' 30 && pass "B: guest alive after restore ($(grep '^HB ' "$W/B.log" | head -n1))" || fail "B: no heartbeat after restore"
+	if wait_for "$W/B.log" '^HB ' 30; then pass "B: guest alive after restore ($(grep '^HB ' "$W/B.log" | head -n1))"; else fail "B: no heartbeat after restore"; fi
 	stop_qemu B
 
 	# --- C: explicit guid, -m 128; D: restore with the same guid -> no vmfork;
@@ -482,7 +508,7 @@ EOF
 	else fail "D: no heartbeats after restore"; fi
 	stop_qemu D
 	if restore E 128 "$g2" "$W/C.mig" exec; then pass "restore E (other explicit guid) to paused in ${T}s, sent cont"; else fail "restore E"; return 1; fi
-	wait_for "$W/E.log" "$VMFORK_LINE" 60 && pass "E (different guid): vmfork line seen" || fail "E (different guid): no vmfork line"
+	if wait_for "$W/E.log" "$VMFORK_LINE" 60; then pass "E (different guid): vmfork line seen"; else fail "E (different guid): no vmfork line"; fi
 	stop_qemu E
 
 	# --- F: a script that exits: VM-EXIT + poweroff makes qemu exit by itself
@@ -498,6 +524,14 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
+cmd_path() { # the cache dir; exit 1 if not built (the test looks here before booting)
+	local dir; dir=$(cache_dir)
+	printf '%s\n' "$dir"
+	[ -f "$dir/vmlinuz" ] && [ -f "$dir/meta.env" ] && return 0
+	log "not built: $dir (run: $0 build)"
+	return 1
+}
+
 cmd_clean() { # remove cache dirs of other script versions
 	local keep d
 	keep=$(cache_dir)
@@ -514,7 +548,7 @@ cmd_clean() { # remove cache dirs of other script versions
 case ${1:-} in
 build) shift; cmd_build "$@";;
 clean) cmd_clean;;
-path) cache_dir;;
+path) cmd_path;;
 initramfs) shift; cmd_initramfs "$@";;
 boot) shift; cmd_boot "$@";;
 qmp) shift; cmd_qmp "$@";;

@@ -1,19 +1,27 @@
 package criu
 
 import (
+	"bufio"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// commandTimeout bounds each runc command of these tests: a runc (or the
+// CRIU it drives) that hangs fails the test that ran it, naming the command,
+// long before the binary's -test.timeout stops everything.
+const commandTimeout = 2 * time.Minute
 
 // runHelper is the test binary's second life, inside a container: it maps
 // /dev/sysgenid as AWS-LC does and writes every value it sees to OUT.
@@ -89,10 +97,11 @@ func TestRunc(t *testing.T) {
 	// The helper under test adds /run/genid and /dev/sysgenid.
 	h.mustCtl("oci-config", bundle)
 
-	id := "genid-" + strconv.Itoa(os.Getpid())
+	id := containerID()
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	runcDetached(t, bundle, env, "run", "-d", id)
-	t.Cleanup(func() { exec.Command("runc", "delete", "-f", id).Run() })
+	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", id), commandTimeout) })
+	checkCgroup(t, id)
 	watchOut, mmapOut := filepath.Join(outDir, "watch.out"), filepath.Join(outDir, "mmap.out")
 	waitFor(t, "the container's watcher", func() bool { return h.status().Watchers == 1 })
 	waitLine(t, mmapOut, "5")
@@ -120,6 +129,62 @@ func TestRunc(t *testing.T) {
 	}
 }
 
+// containerID returns a runc container id that no concurrent run shares:
+// runc names the container's cgroup after it, in the host's cgroup tree, and
+// every test bed run has a fresh pid namespace, so the same pids.
+func containerID() string {
+	return "genid-" + strings.ToLower(rand.Text())
+}
+
+// checkCgroup checks that container id's init is in a cgroup named after
+// the id, the path that concurrent runs must not share.
+func checkCgroup(t *testing.T, id string) {
+	t.Helper()
+	out, err := runBounded(exec.Command("runc", "state", id), commandTimeout)
+	if err != nil {
+		t.Fatalf("runc state %s: %v\n%s", id, err, out)
+	}
+	var st struct {
+		Pid int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("runc state %s: %v\n%s", id, err, out)
+	}
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", st.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cg), "/"+id) {
+		t.Fatalf("container %s is in cgroup %q, not one named after its id", id, cg)
+	}
+}
+
+// runBounded runs cmd and kills it if it is still running after timeout. It
+// returns the combined output unless the caller set Stdout or Stderr.
+func runBounded(cmd *exec.Cmd, timeout time.Duration) (string, error) {
+	var out strings.Builder
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = &out, &out
+		// The output pipe may stay open in a process the command left
+		// behind (a container): do not wait for it forever.
+		cmd.WaitDelay = time.Second
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	var killed atomic.Bool
+	timer := time.AfterFunc(timeout, func() {
+		killed.Store(true)
+		cmd.Process.Kill()
+	})
+	err := cmd.Wait()
+	timer.Stop()
+	if err != nil && killed.Load() {
+		err = fmt.Errorf("%v: still running after %v, killed: %w", cmd.Args, timeout, err)
+	}
+	return out.String(), err
+}
+
 func copyFile(t *testing.T, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
@@ -135,7 +200,7 @@ func run(t *testing.T, dir string, argv ...string) {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := runBounded(cmd, commandTimeout); err != nil {
 		t.Fatalf("%v: %v\n%s", argv, err, out)
 	}
 }
@@ -194,7 +259,7 @@ func runcPiped(t *testing.T, bundle string, env []string, args ...string) (strin
 	cmd.Dir = bundle
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, outW
-	err := cmd.Run()
+	_, err := runBounded(cmd, commandTimeout)
 	outW.Close()
 	time.Sleep(50 * time.Millisecond) // let runc's last words arrive
 	mu.Lock()
@@ -217,5 +282,109 @@ func runcLogged(t *testing.T, bundle string, env []string, work string, args ...
 			}
 			t.Fatalf("runc %v: %v\n%s\n%s", full, err, out, b.String())
 		}
+	}
+}
+
+// manifestPath is where hack/testbed.sh records what it installed.
+const manifestPath = "/etc/genid-testbed"
+
+// The test bed's packages are not pinned: a rebuild takes what Debian trixie
+// has that day. Print what this bed has, and check what the tests rely on:
+// CRIU 4.x (genid-criu.so's plugin API and hooks), the plugin header of that
+// same CRIU, runc 1.x (checkpoint and restore with --work-path, restore -d),
+// and that the binaries on PATH are the recorded packages.
+func TestTestBed(t *testing.T) {
+	m := readManifest(t)
+	t.Logf("test bed %s (%s, built %s): criu %s, runc %s, libcriu-dev %s",
+		m["hash"], m["suite"], m["built"], m["deb.criu"], m["deb.runc"], m["deb.libcriu-dev"])
+	criu := toolVersion(t, `(?m)^Version: (\S+)`, "criu", "--version")
+	runc := toolVersion(t, `(?m)^runc version (\S+)`, "runc", "--version")
+	if !strings.HasPrefix(criu, "4.") {
+		t.Errorf("criu %s: genid's plugin is for CRIU 4.x", criu)
+	}
+	if !strings.HasPrefix(runc, "1.") {
+		t.Errorf("runc %s: the tests drive runc 1.x", runc)
+	}
+	for pkg, onPath := range map[string]string{"criu": criu, "libcriu-dev": criu, "runc": runc} {
+		if deb := m["deb."+pkg]; upstreamVersion(deb) != onPath {
+			t.Errorf("the manifest's %s %q is not the version on PATH (%s)", pkg, deb, onPath)
+		}
+	}
+}
+
+func readManifest(t *testing.T) map[string]string {
+	t.Helper()
+	f, err := os.Open(manifestPath)
+	if err != nil {
+		t.Fatalf("no test bed manifest: %v", err)
+	}
+	defer f.Close()
+	m := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			m[k] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// toolVersion runs a --version command and returns the first group of re.
+func toolVersion(t *testing.T, re string, argv ...string) string {
+	t.Helper()
+	out, err := runBounded(exec.Command(argv[0], argv[1:]...), commandTimeout)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+	m := regexp.MustCompile(re).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("%v: no version in %q", argv, out)
+	}
+	return m[1]
+}
+
+// upstreamVersion strips a Debian version's epoch and revision:
+// "1:1.1.15+ds1-2+b4" -> "1.1.15+ds1".
+func upstreamVersion(deb string) string {
+	if _, v, ok := strings.Cut(deb, ":"); ok {
+		deb = v
+	}
+	if i := strings.LastIndexByte(deb, '-'); i >= 0 {
+		deb = deb[:i]
+	}
+	return deb
+}
+
+func TestUpstreamVersion(t *testing.T) {
+	for deb, want := range map[string]string{
+		"4.1.1-1": "4.1.1", "1.1.15+ds1-2+b4": "1.1.15+ds1", "1:1.37.0-6+b9": "1.37.0", "4.1": "4.1", "": "",
+	} {
+		if got := upstreamVersion(deb); got != want {
+			t.Errorf("upstreamVersion(%q) = %q, want %q", deb, got, want)
+		}
+	}
+}
+
+// Two runs of TestRunc at once must not share a container id, hence a cgroup.
+func TestContainerID(t *testing.T) {
+	valid := regexp.MustCompile(`^[\w+-\.]+$`) // runc's rule for ids
+	a, b := containerID(), containerID()
+	if a == b || !valid.MatchString(a) || !valid.MatchString(b) {
+		t.Fatalf("container ids %q and %q: want two different valid ids", a, b)
+	}
+}
+
+// A hung command is killed after its timeout, and the error says so.
+func TestRunBounded(t *testing.T) {
+	start := time.Now()
+	_, err := runBounded(exec.Command("sleep", "60"), 200*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "killed") || time.Since(start) > 10*time.Second {
+		t.Fatalf("sleep 60 with a 200ms timeout: %v after %v", err, time.Since(start))
+	}
+	if out, err := runBounded(exec.Command("echo", "hi"), commandTimeout); err != nil || out != "hi\n" {
+		t.Fatalf("echo hi: %q, %v", out, err)
 	}
 }

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Guest side of test/vm, run by the initramfs's /init with busybox sh; its
 # output is the serial console, which the test reads.
 export PATH=/bin:/sbin
@@ -10,10 +11,19 @@ echo "GENID-READY backends=$(genidctl status --json | tr -d ' \n' | grep -o '"ba
 # Numbered heartbeats: output the guest had not yet sent when it was saved
 # shows up again in a clone's log, so the test only trusts numbers it has
 # not seen before the save.
+# Each heartbeat reads what follows a bump before what leads it: the
+# watcher's output, then the page, then one status for the generation and
+# the reason together. A bump landing between the reads shows as the
+# watcher or the page lagging behind the daemon, never as a generation
+# without its reason or a watcher ahead of the daemon.
 n=0
 while :; do
 	n=$((n + 1))
-	reason=$(genidctl status --json | grep -o '"reason": "[^"]*"' | cut -d'"' -f4)
-	echo "GENID-HB $n gen=$(genidctl get) watch=$(tr '\n' ',' </tmp/watch.out) reason=$reason"
+	watch=$(tr '\n' ',' </tmp/watch.out)
+	page=$(genidctl get)
+	st=$(genidctl status --json | tr -d ' \n')
+	gen=$(echo "$st" | grep -o '"generation":[0-9]*' | head -n1 | cut -d: -f2)
+	reason=$(echo "$st" | grep -o '"reason":"[^"]*"' | cut -d'"' -f4)
+	echo "GENID-HB $n gen=$gen page=$page watch=$watch reason=$reason"
 	sleep 0.5
 done
