@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ type host struct {
 	dir    string
 	args   []string // extra daemon flags
 	daemon *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
 }
 
 func newHost(t *testing.T, name string) *host {
@@ -81,10 +82,29 @@ func (h *host) start(gen uint32) {
 	h.startKeep()
 }
 
+// syncBuffer is a daemon's log: written by exec's copying goroutine, read
+// by a test's cleanup while the daemon may still run.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // startKeep runs a daemon that resumes from the page as it is.
 func (h *host) startKeep() {
 	h.t.Helper()
-	h.log = &bytes.Buffer{}
+	h.log = &syncBuffer{}
 	h.daemon = exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug"}, h.args...)...)
 	h.daemon.Stdout, h.daemon.Stderr = h.log, h.log
 	if err := h.daemon.Start(); err != nil {
@@ -191,8 +211,7 @@ func runCriu(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command("criu", args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return runBounded(cmd, commandTimeout)
 }
 
 // mustCriu runs criu with a log in the images dir and shows it on failure.

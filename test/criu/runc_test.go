@@ -1,7 +1,6 @@
 package criu
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/testbed"
 
 	"golang.org/x/sys/unix"
 )
@@ -314,20 +315,9 @@ func TestTestBed(t *testing.T) {
 
 func readManifest(t *testing.T) map[string]string {
 	t.Helper()
-	f, err := os.Open(manifestPath)
+	m, err := testbed.ReadFacts(manifestPath)
 	if err != nil {
-		t.Fatalf("no test bed manifest: %v", err)
-	}
-	defer f.Close()
-	m := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			m[k] = v
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+		t.Fatalf("test bed manifest: %v", err)
 	}
 	return m
 }

@@ -6,7 +6,6 @@
 package vm
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/testbed"
 )
 
 const (
@@ -289,23 +290,6 @@ func bedDir() (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// readEnvFile reads the KEY=VALUE lines of a file such as the bed's meta.env.
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	m := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			m[k] = v
-		}
-	}
-	return m, sc.Err()
-}
-
 // kernelAtLeast reports whether a kernel release ("6.1.0-56-amd64") is at
 // least major.minor.
 func kernelAtLeast(release string, major, minor int) bool {
@@ -331,7 +315,7 @@ func TestBedManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	meta, err := readEnvFile(filepath.Join(dir, "meta.env"))
+	meta, err := testbed.ReadFacts(filepath.Join(dir, "meta.env"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +389,7 @@ esac
 		t.Fatalf("vm.sh build: %v\n%s\napt-get calls:\n%s", err, out, calls)
 	}
 	dir := strings.TrimSpace(string(out[strings.LastIndexByte(strings.TrimSpace(string(out)), '\n')+1:]))
-	meta, err := readEnvFile(filepath.Join(dir, "meta.env"))
+	meta, err := testbed.ReadFacts(filepath.Join(dir, "meta.env"))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
