@@ -110,7 +110,8 @@ func (c *Client) Outdated(ctx context.Context) (int, error) {
 }
 
 // WaitWatchers returns nil when no watcher is outdated, an error matching
-// ErrTimeout after timeout (0 waits as long as ctx allows).
+// ErrTimeout after timeout (0 waits as long as ctx allows; a negative one
+// has passed already).
 func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) error {
 	return waitWatchers(ctx, c.s, timeout)
 }
@@ -138,8 +139,10 @@ func outdated(ctx context.Context, s *session) (int, error) {
 }
 
 func waitWatchers(ctx context.Context, s *session, timeout time.Duration) error {
-	ms := uint32(min(timeout.Milliseconds(), math.MaxUint32))
-	if timeout > 0 && ms == 0 {
+	// A timeout that has passed already is the shortest the protocol has,
+	// not a wrap-around to 49 days.
+	ms := uint32(min(max(timeout, 0).Milliseconds(), math.MaxUint32))
+	if timeout != 0 && ms == 0 {
 		ms = 1
 	}
 	_, err := s.call(ctx, wire.OpWaitWatchers, wire.U32(ms), true)

@@ -387,6 +387,13 @@ func TestClient(t *testing.T) {
 	if err := c.WaitWatchers(ctx, 50*time.Millisecond); !errors.Is(err, genid.ErrTimeout) {
 		t.Fatalf("wait-watchers timeout: %v", err)
 	}
+	// A timeout passed already times out at once (not 49 days later).
+	passed, cancelPassed := context.WithTimeout(ctx, 5*time.Second)
+	err = c.WaitWatchers(passed, -time.Second)
+	cancelPassed()
+	if !errors.Is(err, genid.ErrTimeout) {
+		t.Fatalf("wait-watchers with a negative timeout: %v", err)
+	}
 	if err := w.WaitWatchers(ctx, 0); !errors.Is(err, genid.ErrInterrupted) {
 		t.Fatalf("an outdated watcher waiting on watchers: %v", err)
 	}
