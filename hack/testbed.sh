@@ -351,6 +351,7 @@ cmd_run() {
   # The shared lock keeps a concurrent build of another version from removing this rootfs, from
   # before we look for it to the end of the run. fd 9 stays in this (waiting) shell only: it is
   # closed for the namespaced child.
+  mkdir -p "$CACHE"
   lock_shared "$root"
   if [[ ! -d $root ]]; then
     (cmd_build) >/dev/null || die "cannot build the rootfs"

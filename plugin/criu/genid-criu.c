@@ -762,7 +762,8 @@ static int parse_record(struct jp *j)
 	}
 	if (more < 0)
 		return -1;
-	if (jp_peek(j))
+	jp_ws(j);
+	if (j->p < j->end)
 		return jp_fail(j, "data after the record");
 	if (!(seen & 1u << R_VERSION))
 		return jp_fail(j, "no version");
@@ -886,14 +887,20 @@ static void poison_record(void)
  * dump_fini runs in cr_dump_finish (cr-dump.c) after the images are written
  * and before the tasks are thawed or killed: the generation now is at least
  * any the tasks saw, though the page was read at init, before they froze.
+ * It runs after the post-dump action script, though: a script that copies
+ * the images away takes the record as the socket hooks left it.
  */
 static void dump_fini(void)
 {
 	uint32_t gen;
 	int ret = read_page(&gen);
 
-	if (ret == -ENOENT && !g.page_seen)
-		return;		/* no page on this host: nothing the tasks could read */
+	/*
+	 * No page at init: the tasks can have read none but one a daemon
+	 * started meanwhile, which starts at 0 (and is empty for a moment).
+	 */
+	if (ret && !g.page_seen)
+		return;
 	if (ret) {
 		poison_record();
 		return;
@@ -984,28 +991,32 @@ CR_PLUGIN_REGISTER("genid", genid_plugin_init, genid_plugin_exit)
  */
 static int genid_dump_unix_sk(int fd, int id)
 {
-	struct sockaddr_un addr;
-	socklen_t len = sizeof(addr);
+	struct {
+		struct sockaddr_un un;
+		char nul;	/* ends a sun_path that fills its 108 bytes */
+	} a;
+	struct sockaddr_un *addr = &a.un;
+	socklen_t len = sizeof(a.un);
 	struct sk_record r = { .ino = (uint32_t)id };
 	const char *base;
 	struct genid_conn c;
 	uint32_t gen;
 	int ret, fl;
 
-	memset(&addr, 0, sizeof(addr));
-	if (getpeername(fd, (struct sockaddr *)&addr, &len) < 0 || addr.sun_family != AF_UNIX)
+	memset(&a, 0, sizeof(a));
+	if (getpeername(fd, (struct sockaddr *)addr, &len) < 0 || addr->sun_family != AF_UNIX)
 		return -ENOTSUP;
-	if (len <= offsetof(struct sockaddr_un, sun_path) || addr.sun_path[0] == '\0')
+	if (len <= offsetof(struct sockaddr_un, sun_path) || addr->sun_path[0] == '\0')
 		return -ENOTSUP;	/* unnamed or abstract peer */
-	base = strrchr(addr.sun_path, '/');
+	base = strrchr(addr->sun_path, '/');
 	if (!base || strcmp(base + 1, GENID_SOCKET_NAME))
 		return -ENOTSUP;
 
 	/* The peer's bound path, as criu (in the daemon's mount namespace) sees it. */
-	ret = genid_open_timeout(&c, addr.sun_path, IO_TIMEOUT_MS);
+	ret = genid_open_timeout(&c, addr->sun_path, IO_TIMEOUT_MS);
 	if (ret < 0) {
 		pr_err("socket %" PRIu32 " is connected to %s, which does not answer: %s\n",
-		       r.ino, addr.sun_path, conn_err(&c, ret));
+		       r.ino, addr->sun_path, conn_err(&c, ret));
 		return -1;
 	}
 	ret = genid_query_peer(&c, r.ino, &r.flags, &r.acked);
@@ -1019,7 +1030,7 @@ static int genid_dump_unix_sk(int fd, int id)
 	if (ret == GENID_ST_NOT_FOUND)
 		return -ENOTSUP;	/* a socket named genid.sock, but not ours */
 	if (ret) {
-		pr_err("query of socket %" PRIu32 " at %s failed: %s\n", r.ino, addr.sun_path,
+		pr_err("query of socket %" PRIu32 " at %s failed: %s\n", r.ino, addr->sun_path,
 		       conn_err(&c, ret));
 		return -1;
 	}
@@ -1028,7 +1039,7 @@ static int genid_dump_unix_sk(int fd, int id)
 
 	fl = fcntl(fd, F_GETFL);
 	r.nonblock = fl >= 0 && (fl & O_NONBLOCK);
-	snprintf(r.path, sizeof(r.path), "%s", addr.sun_path);
+	snprintf(r.path, sizeof(r.path), "%s", addr->sun_path);
 	if (add_sk(&r))
 		return -ENOMEM;
 	pr_info("socket %" PRIu32 ": %s, acked %" PRIu32 "; generation %" PRIu32 "\n", r.ino,

@@ -586,6 +586,7 @@ func TestCorruptRecord(t *testing.T) {
 		{"two generations", strings.Replace(string(orig), `"generation": 5`, `"generation": 5, "generation": 9`, 1), "duplicate key"},
 		{"acked not a number", strings.Replace(string(orig), `"acked": 5`, `"acked": "5"`, 1), "number expected"},
 		{"trailing data", string(orig) + "}", "data after the record"},
+		{"a NUL after the record", string(orig) + "\x00garbage", "data after the record"},
 		{"not JSON", "generation 5\n", "not a JSON object"},
 	}
 	for i, c := range cases {
