@@ -59,16 +59,19 @@ type vmgenid struct {
 	kmsgPath string
 	noUevent bool
 	window   time.Duration
+	// lostEvery is the package's lostEvery, shorter in tests.
+	lostEvery time.Duration
 }
 
 func newVMGenID(opts Options) *vmgenid {
 	opts.setDefaults()
 	return &vmgenid{
-		log:      opts.Logger.With("backend", NameVMGenID),
-		sysDir:   opts.SysDir,
-		kmsgPath: opts.KmsgPath,
-		noUevent: opts.NoUevent,
-		window:   DefaultPairWindow,
+		log:       opts.Logger.With("backend", NameVMGenID),
+		sysDir:    opts.SysDir,
+		kmsgPath:  opts.KmsgPath,
+		noUevent:  opts.NoUevent,
+		window:    DefaultPairWindow,
+		lostEvery: lostEvery,
 	}
 }
 
@@ -223,24 +226,45 @@ func (v *vmgenid) Run(ctx context.Context, bump func(reason string) error) error
 // loop turns source events into bumps until ctx ends or fatal reports.
 func (v *vmgenid) loop(ctx context.Context, events <-chan source, fatal <-chan error, bump func(string) error) error {
 	d := dedup{window: v.window}
+	var lastLost time.Time
+	var lostDue <-chan time.Time // a loss waiting for its bump (see lostEvery)
 	for {
+		var src source
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-fatal:
 			return err
-		case src := <-events:
-			if src != srcLost && !d.event(src, time.Now()) {
+		case <-lostDue:
+			lostDue, lastLost, src = nil, time.Now(), srcLost
+		case src = <-events:
+			switch {
+			case src == srcLost:
+				if lostDue != nil {
+					continue // its bump is due already
+				}
+				if wait := v.lostEvery - time.Since(lastLost); wait > 0 {
+					lostDue = time.After(wait)
+					continue
+				}
+				lastLost = time.Now()
+			case !d.event(src, time.Now()):
 				v.log.Debug("VM generation change already counted", "source", src)
 				continue
 			}
-			v.log.Info("VM generation change", "source", src)
-			if err := bump(NameVMGenID); err != nil {
-				v.log.Error("bump failed", "err", err)
-			}
+		}
+		v.log.Info("VM generation change", "source", src)
+		if err := bump(NameVMGenID); err != nil {
+			v.log.Error("bump failed", "err", err)
 		}
 	}
 }
+
+// lostEvery is how often, at most, kernel log records lost unread bump.
+// Anyone can flood the kernel log, and each such bump has every watcher
+// rebuild; a loss within lostEvery of the last one bumps when it has passed,
+// so that no loss goes without a bump after it.
+const lostEvery = time.Second
 
 // dedup makes one hardware change one bump when both sources report it.
 //

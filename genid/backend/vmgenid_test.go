@@ -267,6 +267,42 @@ func bindDevice(t *testing.T, dir string) {
 	}
 }
 
+// Losses of kernel log records bump at most once per lostEvery, and a loss
+// inside it still bumps once it has passed: a flood of the log costs
+// watchers little, and no loss goes without a bump after it.
+func TestVMGenIDLostRecordsLimited(t *testing.T) {
+	v := newVMGenID(Options{Logger: quiet()})
+	v.lostEvery = 500 * time.Millisecond
+	events := make(chan source)
+	ctx, cancel := context.WithCancel(context.Background())
+	var b bumps
+	done := make(chan error, 1)
+	go func() { done <- v.loop(ctx, events, nil, b.bump) }()
+	start := time.Now()
+	for range 50 {
+		events <- srcLost
+	}
+	if n := b.count(); n != 1 && time.Since(start) < v.lostEvery {
+		t.Fatalf("%d bumps from a burst of losses, want 1 at once", n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.count() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * v.lostEvery)
+	if n := b.count(); n != 2 {
+		t.Fatalf("%d bumps after a burst of losses, want 2: one at once, one when lostEvery passed", n)
+	}
+	// Long after: a loss bumps at once again, and changes are never held back.
+	events <- srcLost
+	events <- srcKmsg
+	cancel()
+	<-done
+	if n := b.count(); n != 4 {
+		t.Fatalf("%d bumps, want 4", n)
+	}
+}
+
 func TestDetectVMGenID(t *testing.T) {
 	kmsg := filepath.Join(t.TempDir(), "kmsg")
 	if err := os.WriteFile(kmsg, []byte(vmforkRecord), 0o644); err != nil {
