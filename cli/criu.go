@@ -71,8 +71,8 @@ func criuHookCommand() *cli.Command {
 			"and ignores actions other than post-dump and post-restore. Unlike the CRIU plugin it\n" +
 			"cannot re-attach watcher sockets:\n" +
 			"restored watchers learn of the restore when they reconnect or read the page.\n" +
-			"A checkpoint recorded by the plugin is bumped past only when the page is not past it\n" +
-			"already (the plugin, when CRIU loads it, bumps first), so nothing bumps twice.",
+			"Every restore is bumped past the record, except one the plugin bumped already: it says\n" +
+			"so in criu's environment (GENID_CRIU_RESTORED), which the script inherits.",
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err

@@ -103,8 +103,11 @@ func (l *link) read() {
 	}
 }
 
-// resend writes again the requests written before the restore. One not
-// written yet is left to its call, so that none goes twice.
+// resend writes again the requests written before the restore event was
+// read. One not written yet is left to its call. One written after the
+// restore but before its event was read goes twice: harmless for every
+// request but a bump, which then counts twice (one too many is harmless;
+// the client cannot tell the two apart).
 func (l *link) resend() {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/checkpoint-restore/go-criu/v7"
 
@@ -74,8 +76,8 @@ func (n *Notify) logger() *slog.Logger {
 type Restored struct {
 	// Generation is the one the restored tasks resume with.
 	Generation uint32
-	// Bumped is false when the page was already past the C plugin's record:
-	// the plugin bumped in this restore, and a second bump would count it twice.
+	// Bumped is false when the C plugin bumped in this restore (RestoredEnv):
+	// a second bump would count it twice.
 	Bumped bool
 	// Record is the checkpoint's record, nil if it had none.
 	Record *Record
@@ -95,7 +97,7 @@ func (r *Restored) String() string {
 		}
 	}
 	if !r.Bumped {
-		return fmt.Sprintf("%s; the page is at %d, past it already (the plugin bumps at restore): not bumped again", rec, r.Generation)
+		return fmt.Sprintf("%s; the CRIU plugin bumped to %d in this restore (%s): not bumped again", rec, r.Generation, RestoredEnv)
 	}
 	return fmt.Sprintf("%s; bumped to %d", rec, r.Generation)
 }
@@ -119,15 +121,18 @@ func RecordGeneration(imagesDir, runDir, writer string) error {
 	})
 }
 
+// RestoredEnv is what the C plugin sets in criu's environment once it has
+// bumped in a restore: the generation it bumped to. The action scripts criu
+// runs inherit it, and so tell that this very restore was bumped.
+const RestoredEnv = "GENID_CRIU_RESTORED"
+
 // Restore asks runDir's daemon to bump past the generation recorded in
-// imagesDir (by one, if none was), so the restored tasks see a new one. A
-// record of the C plugin is the exception when the page is already past it:
-// the plugin bumps past its record before the tasks exist, so it ran in this
-// restore (or this host was ahead of the snapshot), and the tasks see a new
-// generation without a second bump. Nothing else tells whether CRIU loaded
-// the plugin: a record alone does not, since the dumping host may have had
-// it and this one not. The generation only grows, so a bump racing in
-// between is harmless: the result is past the record either way.
+// imagesDir (by one, if none was), so the restored tasks see a new one;
+// unless the C plugin did in this very restore, as RestoredEnv tells an
+// action script. Every restore bumps: two restores of one checkpoint must
+// not share a generation, even on a host already past the record. Notify
+// runs in the program driving criu, which does not see criu's environment:
+// with the plugin loaded too, it bumps a second time (harmless).
 func Restore(ctx context.Context, imagesDir, runDir string) (*Restored, error) {
 	r, err := ReadRecord(imagesDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -143,8 +148,8 @@ func Restore(ctx context.Context, imagesDir, runDir string) (*Restored, error) {
 	}
 	defer c.Close()
 	out := &Restored{Record: r}
-	if cur := c.Generation(); pluginBumped(r, cur) {
-		out.Generation = cur
+	if gen, ok := pluginBumped(r, c.Generation()); ok {
+		out.Generation = gen
 		return out, nil
 	}
 	gen, err := c.Bump(ctx, min, Reason)
@@ -155,10 +160,20 @@ func Restore(ctx context.Context, imagesDir, runDir string) (*Restored, error) {
 	return out, nil
 }
 
-// pluginBumped tells whether the C plugin, which bumps past its record at
-// restore, did so: its record, and a page past the recorded generation. A
-// record without a generation cannot tell, so it gets a bump: one too many
-// is harmless, one too few is not.
-func pluginBumped(r *Record, current uint32) bool {
-	return r != nil && r.Writer == "" && r.Generation != nil && current > *r.Generation
+// pluginBumped returns the generation the C plugin bumped to in this
+// restore, if RestoredEnv says it did: past the record, and not past the
+// page (a value inherited from elsewhere is ignored).
+func pluginBumped(r *Record, current uint32) (uint32, bool) {
+	v, ok := os.LookupEnv(RestoredEnv)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || uint32(n) > current {
+		return 0, false
+	}
+	if r != nil && r.Generation != nil && uint32(n) <= *r.Generation {
+		return 0, false
+	}
+	return uint32(n), true
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -170,29 +171,49 @@ func writeCRecord(t *testing.T, gen uint32) string {
 }
 
 // A checkpoint the C plugin recorded, restored where CRIU did not load the
-// plugin (only the action script or Notify runs): the page is not past the
-// record, so nothing bumped yet, and the restore must.
+// plugin (only the action script or Notify runs): nothing bumped yet, and
+// the restore must, even on a host already past the record (two restores of
+// one checkpoint must not share a generation).
 func TestRestoreOfPluginRecordWithoutPlugin(t *testing.T) {
-	d := startFakeDaemon(t, 3) // a target host behind the snapshot
-	images := writeCRecord(t, 5)
-	r, err := Restore(context.Background(), images, d.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !r.Bumped || r.Generation != 6 || d.pg.Load() != 6 {
-		t.Fatalf("restore %+v, page %d: want a bump to 6", r, d.pg.Load())
-	}
-	if b := d.bumped(); len(b) != 1 || b[0].Min != 6 || b[0].Reason != Reason {
-		t.Fatalf("bumps %+v, want one with min 6, reason %s", b, Reason)
-	}
-	if s := r.String(); !strings.Contains(s, "recorded by the CRIU plugin") || !strings.Contains(s, "bumped to 6") {
-		t.Fatalf("log line %q", s)
+	for _, tc := range []struct {
+		name       string
+		page, want uint32
+		env        string
+	}{
+		{name: "host behind", page: 3, want: 6},
+		{name: "host ahead", page: 9, want: 10},
+		{name: "inherited value, not past the record", page: 9, want: 10, env: "5"},
+		{name: "inherited value, past the page", page: 9, want: 10, env: "12"},
+		{name: "not a number", page: 9, want: 10, env: "x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv(RestoredEnv, tc.env)
+			}
+			d := startFakeDaemon(t, tc.page)
+			images := writeCRecord(t, 5)
+			r, err := Restore(context.Background(), images, d.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.Bumped || r.Generation != tc.want || d.pg.Load() != tc.want {
+				t.Fatalf("restore %+v, page %d: want a bump to %d", r, d.pg.Load(), tc.want)
+			}
+			if b := d.bumped(); len(b) != 1 || b[0].Min != 6 || b[0].Reason != Reason {
+				t.Fatalf("bumps %+v, want one with min 6, reason %s", b, Reason)
+			}
+			if s := r.String(); !strings.Contains(s, "recorded by the CRIU plugin") || !strings.Contains(s, fmt.Sprintf("bumped to %d", tc.want)) {
+				t.Fatalf("log line %q", s)
+			}
+		})
 	}
 }
 
 // The same checkpoint, where the plugin ran and bumped past its record
-// before the tasks were forked: no second bump.
+// before the tasks were forked, and says so in criu's environment, which
+// the action script inherits: no second bump.
 func TestRestoreOfPluginRecordAfterPlugin(t *testing.T) {
+	t.Setenv(RestoredEnv, "6")
 	d := startFakeDaemon(t, 6)
 	images := writeCRecord(t, 5)
 	r, err := Restore(context.Background(), images, d.dir)
@@ -235,7 +256,7 @@ func TestNotifyPostRestoreOfPluginRecord(t *testing.T) {
 		bumps      int
 	}{
 		{page: 2, want: 8, bumps: 1}, // the plugin did not run
-		{page: 8, want: 8, bumps: 0}, // it did
+		{page: 8, want: 9, bumps: 1}, // it did, but in criu, whose environment Notify does not see
 	} {
 		d := startFakeDaemon(t, tc.page)
 		images := writeCRecord(t, 7)

@@ -47,6 +47,11 @@
 #define RECORD_MAX	(64 << 20)	/* 65536 watchers take about 10 MB */
 #define PAGE_LEN	4096
 #define REASON		"criu-restore"
+/*
+ * Set in criu's environment once a restore is bumped, to the generation: the
+ * action scripts criu runs inherit it (genidctl's then does not bump again).
+ */
+#define RESTORED_ENV	"GENID_CRIU_RESTORED"
 
 /*
  * IO_TIMEOUT_MS bounds each exchange with the daemon: a stopped daemon must
@@ -915,9 +920,11 @@ static void dump_fini(void)
 static int restore_init(void)
 {
 	struct genid_conn c;
+	char val[16];
 	uint32_t min = 0;
 	int ret;
 
+	unsetenv(RESTORED_ENV);	/* one inherited by criu is not this restore's */
 	ret = read_record();
 	if (ret < 0)
 		return -1;
@@ -956,6 +963,9 @@ static int restore_init(void)
 	g.daemon_ok = 1;
 	pr_info("generation bumped to %" PRIu32 " (checkpoint had %s%" PRIu32 ")\n",
 		g.restored_gen, g.have_gen ? "" : "none, ", g.gen);
+	snprintf(val, sizeof(val), "%" PRIu32, g.restored_gen);
+	if (setenv(RESTORED_ENV, val, 1))
+		pr_warn("setenv %s: %s: an action script may bump again\n", RESTORED_ENV, strerror(errno));
 	return 0;
 }
 

@@ -455,6 +455,46 @@ func TestActionScript(t *testing.T) {
 	}
 }
 
+// The plugin and the action script in one restore bump once: the plugin
+// tells the script, through criu's environment, that it bumped. Without the
+// plugin, the script bumps each restore, though the host is past the record
+// after the first: two restores of one checkpoint never share a generation.
+func TestPluginAndActionScript(t *testing.T) {
+	h := newHost(t, "both")
+	h.start(3)
+	withPlugin := []string{"GENID_RUN_DIR=" + h.dir}
+	noPlugin := []string{"CRIU_LIBS_DIR=" + t.TempDir(), "GENID_RUN_DIR=" + h.dir}
+	// One process, no children: restored again and again, the whole tree
+	// must be gone before the next restore takes its pids.
+	p := spawn(t, filepath.Join(t.TempDir(), "out"), nil, "sleep", "1000000")
+	images := imagesDir(t)
+	mustCriu(t, withPlugin, "dump", images, "-t", strconv.Itoa(p.Pid), "--action-script", genidctl)
+	if r := readRecord(t, images); r.Generation == nil || *r.Generation != 3 {
+		t.Fatalf("record %+v", r)
+	}
+	// Gone and reaped: a restore needs its pid.
+	gone := func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", p.Pid))
+		return err != nil
+	}
+	waitFor(t, "the dumped process to go", gone)
+	for i, tc := range []struct {
+		env  []string
+		want uint32
+	}{
+		{withPlugin, 4}, // the plugin's bump only
+		{noPlugin, 5},   // the script's: the page (4) is past the record already
+		{withPlugin, 6},
+	} {
+		mustCriu(t, tc.env, "restore", images, "-d", "--action-script", genidctl)
+		syscall.Kill(p.Pid, syscall.SIGKILL)
+		waitFor(t, "the restored process to go", gone)
+		if g := h.gen(); g != tc.want {
+			t.Fatalf("restore %d: generation %d, want %d", i, g, tc.want)
+		}
+	}
+}
+
 // A checkpoint taken without genid at all still bumps by one at restore.
 func TestCheckpointWithoutRecord(t *testing.T) {
 	h := newHost(t, "norecord")

@@ -806,7 +806,8 @@ func hook(t *testing.T, bin, dir, action, images string, env ...string) result {
 
 // TestActionScriptAfterPluginRecord: a checkpoint recorded by the C plugin,
 // restored where CRIU does not load the plugin, is bumped past by the action
-// script; where the plugin bumped already, it is not bumped twice.
+// script, every time; where the plugin bumped in the same restore, it is not
+// bumped twice.
 func TestActionScriptAfterPluginRecord(t *testing.T) {
 	bin := genidctl(t)
 	dir := runDir(t)
@@ -815,7 +816,7 @@ func TestActionScriptAfterPluginRecord(t *testing.T) {
 	images := t.TempDir()
 	os.WriteFile(filepath.Join(images, "genid.json"), []byte(fmt.Sprintf(cPluginRecord, 5)), 0o644)
 
-	// No plugin ran: the page (3) is not past the record (5).
+	// No plugin ran: the page (3) is behind the record (5).
 	r := hook(t, bin, dir, "post-restore", images)
 	if r.code != 0 || !strings.Contains(r.err, "bumped to 6") {
 		t.Fatalf("post-restore without the plugin: %+v", r)
@@ -823,13 +824,21 @@ func TestActionScriptAfterPluginRecord(t *testing.T) {
 	if st := getStatus(t, bin, dir); st.Generation != 6 || st.LastBump == nil || st.LastBump.Reason != "criu-restore" {
 		t.Fatalf("after the action script: %+v", st)
 	}
-	// The plugin bumped past the record (as it leaves the page now): no second bump.
-	r = hook(t, bin, dir, "post-restore", images)
+	// The plugin bumped past the record in this restore, and said so in
+	// criu's environment: no second bump.
+	r = hook(t, bin, dir, "post-restore", images, "GENID_CRIU_RESTORED=6")
 	if r.code != 0 || !strings.Contains(r.err, "not bumped") {
 		t.Fatalf("post-restore after the plugin: %+v", r)
 	}
 	if g := mustCtl(t, bin, dir, "get"); g != "6" {
 		t.Fatalf("generation %s after a restore the plugin bumped, want 6", g)
+	}
+	// A second restore of the checkpoint without the plugin: the page is past
+	// the record already, but this restore must not share the first's
+	// generation.
+	r = hook(t, bin, dir, "post-restore", images)
+	if r.code != 0 || !strings.Contains(r.err, "bumped to 7") {
+		t.Fatalf("second post-restore without the plugin: %+v", r)
 	}
 
 	// With the daemon down, a restore that needs a bump fails, unless best
