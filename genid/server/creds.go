@@ -62,7 +62,8 @@ func checkBump(fd int, p peer) error {
 		return fmt.Errorf("peer %d is in another user namespace: %w", p.pid, genid.ErrPermission)
 	}
 	// One capget(2): cheaper than parsing /proc/PID/status, which a bump
-	// would otherwise pay on every call.
+	// would otherwise pay on every call (effectiveIDs reads it only on
+	// kernels before 6.13).
 	caps, err := cap.GetPID(p.pid)
 	if err != nil {
 		return fmt.Errorf("capabilities of peer %d: %v: %w", p.pid, err, genid.ErrPermission)

@@ -172,7 +172,8 @@ func (c *conn) consumeHeldLocked() {
 func (l *loop) frames(c *conn, data []byte) (done int, paused bool) {
 	maxPayload := l.srv.cfg.MaxPayload
 	for len(data)-done >= wire.HeaderSize {
-		if c.paused() {
+		// Before the first frame, readable has just checked.
+		if done > 0 && c.paused() {
 			return done, true
 		}
 		h, err := wire.ParseHeader(data[done:], maxPayload)
