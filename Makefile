@@ -43,7 +43,7 @@ test: build unit fuzz e2e e2e-criu e2e-vm
 # Unit and in-process tests, with the race detector.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./genid/... ./cli/... ./plugin/... ./test/bench/
+	$(GO) test -race -count=1 ./genid/... ./cli/... ./plugin/... ./internal/... ./test/bench/
 
 # A short run of the protocol decoder fuzzer on top of its seed corpus.
 fuzz:

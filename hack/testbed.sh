@@ -46,12 +46,28 @@
 #   GENID_MIRROR  Debian mirror URL; default: read from this machine's apt sources
 #   GENID_KEEP_HOURS  idle hours before a build removes the rootfs of another script version
 #
-# The cache key is the first 16 hex digits of the sha256 of this file: editing it means a rebuild
-# (downloaded .debs are kept in $GENID_CACHE/debs, so a rebuild downloads little).
+# Hardware breakpoints: CRIU stops a parasite with an x86 debug-register breakpoint, which on
+# some virtual machines (Firecracker microVMs among them) never fires, so that every criu dump
+# and restore hangs. Each run asks hack/hwbp-probe.c, built into the rootfs, whether they fire
+# on the machine it runs on now (a cached bed may be used on a clone of another machine), and
+# only where they do not does it give CMD CRIU_FAULT=130, CRIU's own switch to trap the syscall
+# instead (runc passes its environment on to criu). The run adds what it found to the facts
+# in /etc/genid-testbed (in its overlay, not the cache):
+#   run.hw_breakpoints=fire|never|error   the probe's verdict
+#   run.hw_breakpoints.detail=...         its reason, for never and error
+#   run.criu_fault=130|none               what CMD got in CRIU_FAULT
+# A caller's own --env CRIU_FAULT=... wins over the probe's.
+#
+# The cache key is the first 16 hex digits of the sha256 of this file and the probe's source:
+# editing either means a rebuild (downloaded .debs are kept in $GENID_CACHE/debs, so a rebuild
+# downloads little).
 
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
+PROBE_SRC=$(dirname "$SELF")/hwbp-probe.c
+# Where the build installs the probe in the rootfs.
+PROBE_BIN=/usr/local/libexec/genid-testbed/hwbp-probe
 CACHE=${GENID_CACHE:-/var/cache/genid}
 SUITE=trixie
 ARCH=amd64
@@ -65,7 +81,7 @@ GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 log() { printf 'testbed: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-cache_hash() { sha256sum "$SELF" | cut -c1-16; }
+cache_hash() { cat "$SELF" "$PROBE_SRC" | sha256sum | cut -c1-16; }
 rootfs_path() { printf '%s/rootfs-%s\n' "$CACHE" "$(cache_hash)"; }
 lock_path() { printf '%s/.%s.lock\n' "$CACHE" "$(basename "$1")"; }
 # An empty dir on which each run mounts its own tmpfs (in its private mount namespace).
@@ -307,10 +323,15 @@ cmd_build() {
     "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* "$tmp"/usr/share/info/*
   # Mount points the tests are likely to use, so that a read-only rootfs can take them.
   mkdir -p "$tmp/etc/criu" "$tmp/usr/lib/criu" "$tmp/src"
+  # The hardware breakpoint probe, built with the bed's own compiler.
+  mkdir -p "$tmp${PROBE_BIN%/*}"
+  cp "$PROBE_SRC" "$tmp${PROBE_BIN%/*}/hwbp-probe.c"
+  chroot "$tmp" gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$PROBE_BIN" "${PROBE_BIN%/*}/hwbp-probe.c" >&2 ||
+    die "cannot build the hardware breakpoint probe"
   # Sanity checks before publishing.
   local f
   for f in usr/sbin/criu usr/sbin/runc usr/bin/gcc usr/bin/busybox usr/bin/jq \
-      usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env; do
+      usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env "${PROBE_BIN#/}"; do
     [[ -e $tmp/$f ]] || die "built rootfs lacks /$f"
   done
   write_manifest "$tmp" "$mirror" >"$tmp/etc/genid-testbed"
@@ -468,6 +489,8 @@ cmd_init() {
   pivot_root . .
   umount -l .
   cd /
+  local fault_env=()
+  probe_hwbp
   ((rw)) || mount -o remount,bind,ro /
   cd "$workdir"
   # Close every fd above 2 (bash keeps its script on a close-on-exec fd); CRIU cannot dump
@@ -492,7 +515,7 @@ cmd_init() {
   (
     trap - INT QUIT
     exec /usr/bin/env -i PATH="$GUEST_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
-      "${envs[@]}" "$@"
+      "${fault_env[@]}" "${envs[@]}" "$@"
   ) <&0 &
   local child=$! rc sig timer="" timed_out=0
   # The timer is a sibling of CMD, not part of its tree (CRIU never sees it). It tells pid 1
@@ -513,7 +536,9 @@ cmd_init() {
     timer=$!
   fi
   # bash would report a CMD killed by a signal ("Killed") on stderr; the exit status says it.
-  exec 2>/dev/null
+  # The caller's stderr stays on $err, for the one line of a failed run.
+  local err
+  exec {err}>&2 2>/dev/null
   for sig in TERM INT HUP QUIT USR1 USR2; do
     # shellcheck disable=SC2064  # expand $sig and $child now, on purpose
     trap "kill -$sig $child 2>/dev/null || true" "$sig"
@@ -524,8 +549,38 @@ cmd_init() {
     kill -0 "$child" 2>/dev/null || break
   done
   [[ -z $timer ]] || kill "$timer" 2>/dev/null || true
-  ((timed_out)) && exit 124
+  ((timed_out)) && rc=124
+  # A failure of anything criu did may be the machine's: say in which mode it ran.
+  ((rc == 0)) || printf 'testbed: the run exited %s (hardware breakpoints: %s; criu_fault: %s)\n' \
+    "$rc" "$(fact run.hw_breakpoints)" "$(fact run.criu_fault)" >&"$err"
   exit "$rc"
+}
+
+# The value of fact $1 in the guest's /etc/genid-testbed.
+fact() { sed -n "s/^$1=//p" /etc/genid-testbed | tail -n 1; }
+
+# Asks the probe whether hardware breakpoints fire on this machine, adds the verdict to the
+# run's facts, and sets fault_env (the caller's) to what CMD gets: CRIU_FAULT=130 only where
+# they never fire. A caller's --env CRIU_FAULT=... comes later on env's command line and wins.
+probe_hwbp() {
+  local out rc=0 verdict detail="" fault=none e
+  # The probe bounds its child (1 s); this bounds the probe.
+  out=$(timeout -k 1 5 "$PROBE_BIN" 2>&1) || rc=$?
+  case $rc in
+    0) verdict=fire ;;
+    1) verdict=never; detail=${out#never: }; fault=130 ;;
+    *) verdict=error; detail="exit $rc: ${out#error: }" ;;
+  esac
+  for e in "${envs[@]}"; do
+    [[ $e == CRIU_FAULT=* ]] && fault=${e#CRIU_FAULT=}
+  done
+  {
+    printf 'run.hw_breakpoints=%s\n' "$verdict"
+    [[ -z $detail ]] || printf 'run.hw_breakpoints.detail=%s\n' "${detail//$'\n'/ }"
+    printf 'run.criu_fault=%s\n' "$fault"
+  } >>/etc/genid-testbed
+  [[ $verdict != error ]] || log "warning: the hardware breakpoint probe failed ($detail); criu may hang"
+  [[ $verdict != never || $fault != 130 ]] || fault_env=(CRIU_FAULT=130)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -600,11 +655,11 @@ setsid sh -c 'echo \$\$ >/tmp/loop.pid; i=0; while :; do echo \$i; i=\$((i+1)); 
 sleep 1
 pid=\$(cat /tmp/loop.pid)
 mkdir -p /tmp/img
-criu dump "\${LIBDIR_OPT[@]}" -t "\$pid" -D /tmp/img -o dump.log -v4 || { tail -n 40 /tmp/img/dump.log; exit 1; }
+timeout -k 5 \$CMD_TIMEOUT criu dump "\${LIBDIR_OPT[@]}" -t "\$pid" -D /tmp/img -o dump.log -v4 || { tail -n 40 /tmp/img/dump.log; exit 1; }
 if kill -0 "\$pid" 2>/dev/null; then echo "still running after dump"; exit 1; fi
 before=\$(tail -n 1 /tmp/loop.log)
 echo "dumped pid \$pid at \$before"
-criu restore "\${LIBDIR_OPT[@]}" -D /tmp/img -d -o restore.log -v4 || { tail -n 40 /tmp/img/restore.log; exit 1; }
+timeout -k 5 \$CMD_TIMEOUT criu restore "\${LIBDIR_OPT[@]}" -D /tmp/img -d -o restore.log -v4 || { tail -n 40 /tmp/img/restore.log; exit 1; }
 sleep 1
 kill -0 "\$pid"
 after=\$(tail -n 1 /tmp/loop.log)
@@ -624,7 +679,7 @@ EOF
 # pipes (process substitutions) whose other ends stay in the guest.
 read -r -d '' T_RUNC <<'EOF' || true
 id=tb-$(head -c 6 /proc/sys/kernel/random/uuid)
-trap 'runc delete -f "$id" >/dev/null 2>&1 || true' EXIT
+trap 'timeout -k 5 $CMD_TIMEOUT runc delete -f "$id" >/dev/null 2>&1 || true' EXIT
 b=/tmp/bundle
 mkdir -p "$b/rootfs/bin" "$b/rootfs/tmp"
 cp /usr/bin/busybox "$b/rootfs/bin/busybox"
@@ -635,23 +690,41 @@ jq '.process.terminal = false
   | .process.args = ["sh", "-c", "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"]
   | .root.readonly = false' config.json >config.json.new
 mv config.json.new config.json
-: | runc run -d "$id" > >(exec cat >>/tmp/ctr.out) 2> >(exec cat >>/tmp/ctr.err)
+: | timeout -k 5 $CMD_TIMEOUT runc run -d "$id" > >(exec cat >>/tmp/ctr.out) 2> >(exec cat >>/tmp/ctr.err)
 sleep 1
-runc state "$id" | jq -r .status | grep -qx running
-runc checkpoint --image-path /tmp/ckpt --work-path /tmp/ckpt-work "$id" \
+timeout -k 5 $CMD_TIMEOUT runc state "$id" | jq -r .status | grep -qx running
+timeout -k 5 $CMD_TIMEOUT runc checkpoint --image-path /tmp/ckpt --work-path /tmp/ckpt-work "$id" \
   || { tail -n 40 /tmp/ckpt-work/dump.log; exit 1; }
 sleep 0.5
 before=$(tail -n 1 /tmp/ctr.out)
 echo "checkpointed at $before"
-: | runc restore -d --image-path /tmp/ckpt --work-path /tmp/rst-work "$id" \
+: | timeout -k 5 $CMD_TIMEOUT runc restore -d --image-path /tmp/ckpt --work-path /tmp/rst-work "$id" \
   > >(exec cat >>/tmp/ctr.out) 2> >(exec cat >>/tmp/ctr.err) \
   || { tail -n 40 /tmp/rst-work/restore.log; exit 1; }
 sleep 1
-runc state "$id" | jq -r .status | grep -qx running
+timeout -k 5 $CMD_TIMEOUT runc state "$id" | jq -r .status | grep -qx running
 after=$(tail -n 1 /tmp/ctr.out)
 echo "restored, now at $after"
 (( after > before + 3 ))
 awk 'NR > 1 && $1 != prev + 1 { print "gap at line " NR ": " prev " -> " $1; bad = 1 } { prev = $1 } END { exit bad }' /tmp/ctr.out
+EOF
+
+# The run's facts say what the probe found, and CMD got CRIU_FAULT=130 exactly when hardware
+# breakpoints never fire. The probe itself kills a child that never traps within its bound.
+read -r -d '' T_PROBE <<EOF || true
+fact() { sed -n "s/^\$1=//p" /etc/genid-testbed; }
+verdict=\$(fact run.hw_breakpoints) fault=\$(fact run.criu_fault)
+echo "facts: hw_breakpoints=\$verdict criu_fault=\$fault CRIU_FAULT=\${CRIU_FAULT-unset}"
+case \$verdict in
+  fire) [[ \$fault == none && -z \${CRIU_FAULT+x} ]] ;;
+  never) [[ \$fault == 130 && \${CRIU_FAULT:-} == 130 ]] ;;
+  *) echo "the probe could not tell: \$(fact run.hw_breakpoints.detail)"; exit 1 ;;
+esac
+t0=\$(date +%s%N) rc=0
+out=\$($PROBE_BIN spin) || rc=\$?
+ms=\$(( (\$(date +%s%N) - t0) / 1000000 ))
+echo "probe of a child that never traps: exit \$rc after \$ms ms: \$out"
+[[ \$rc == 1 && \$out == "never: no trap within"* ]] && (( ms < 3000 ))
 EOF
 
 # A fingerprint of rootfs $1: every path with its type, size and mtime.
@@ -723,16 +796,26 @@ cmd_selftest() {
   root=$(cmd_build | tail -n 1)
   log "rootfs: $root"
   out=$(mktemp)
+  # Which way criu runs here, first: every failure below may depend on it.
+  local facts
+  facts=$(bash "$SELF" run -- cat /etc/genid-testbed </dev/null) || die "cannot read the bed's facts"
+  printf 'mode: hardware breakpoints: %s%s; criu and runc run with CRIU_FAULT=%s\n' \
+    "$(sed -n 's/^run.hw_breakpoints=//p' <<<"$facts")" \
+    "$(sed -n 's/^run.hw_breakpoints.detail=/ (/p' <<<"$facts" | sed 's/$/)/')" \
+    "$(sed -n 's/^run.criu_fault=//p' <<<"$facts")"
+  # Each criu and runc command in the checks is bounded by CMD_TIMEOUT seconds, and a check
+  # by twice that: a hang fails with criu's log within a minute or two, not at the run's end.
   run_check() {
     name=$1; shift
     t0=$SECONDS
-    if bash "$SELF" run --timeout 300 "$@" >"$out" 2>&1 </dev/null; then
+    if bash "$SELF" run --timeout 150 --env CMD_TIMEOUT=60 "$@" >"$out" 2>&1 </dev/null; then
       printf 'PASS: %s (%ss)\n' "$name" "$((SECONDS - t0))"; pass=$((pass + 1))
     else
       printf 'FAIL: %s (%ss)\n' "$name" "$((SECONDS - t0))"; fail=$((fail + 1))
       sed 's/^/    /' "$out"
     fi
   }
+  run_check "the run's CRIU_FAULT follows the hardware breakpoint probe" -- bash -euo pipefail -c "$T_PROBE"
   run_check "criu --version is 4.x" -- bash -euo pipefail -c "$T_VERSION"
   run_check "criu check: Looks good" -- bash -euo pipefail -c "$T_CHECK"
   run_check "gcc builds a plugin against criu/criu-plugin.h" -- bash -euo pipefail -c "$T_GCC"

@@ -313,6 +313,7 @@ func (b *bench) restore(rep *Report) error {
 	if err != nil {
 		return err
 	}
+	rep.Facts["criu in the test bed"] = r.Mode
 	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
 	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip"
 	rep.add(rr.goal("≤ 1.05×", *rr.Ratio <= 1.05))

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/testbed"
 )
 
 // restoreResult is what the inner run (in the test bed) reports.
@@ -20,8 +22,14 @@ type restoreResult struct {
 	With    []float64 `json:"with_plugin_ms"`
 	Without []float64 `json:"without_plugin_ms"`
 	Gen     uint32    `json:"generation_after"`
+	Mode    string    `json:"criu_mode"` // from the test bed's facts
 	Error   string    `json:"error,omitempty"`
 }
+
+// criuTimeout bounds each criu command of the figure: a criu that hangs
+// (waiting for a breakpoint that never fires, say) fails it within a
+// minute, with its log, instead of never.
+const criuTimeout = time.Minute
 
 // restoreOuter runs `bench restore-inner` in the CRIU test bed, with the
 // plugin installed where CRIU loads it without flags.
@@ -62,7 +70,9 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(b.testbed, "run", "--bind", root+":/src",
+	// The run's own bound is for what the criu commands' bounds do not
+	// cover; 2×rounds restores take a few seconds.
+	cmd := exec.Command(b.testbed, "run", "--timeout", strconv.Itoa(600+rounds), "--bind", root+":/src",
 		"--ro-bind", plugin+":/usr/lib/criu/genid-criu.so", "-w", "/src",
 		"--", selfIn, "restore-inner", "-genidctl", ctlIn, "-rounds", strconv.Itoa(rounds))
 	var out bytes.Buffer
@@ -74,7 +84,7 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 		return nil, fmt.Errorf("restore in the test bed: %v, %v: %s", err, jerr, out.String())
 	}
 	if r.Error != "" {
-		return nil, fmt.Errorf("restore in the test bed: %s", r.Error)
+		return nil, fmt.Errorf("restore in the test bed (%s): %s", r.Mode, r.Error)
 	}
 	return &r, err
 }
@@ -90,6 +100,11 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 			r.Error = fmt.Sprint(e)
 		}
 	}()
+	if facts, err := testbed.ReadFacts("/etc/genid-testbed"); err != nil {
+		r.Mode = "criu mode unknown: " + err.Error()
+	} else {
+		r.Mode = testbed.CRIUMode(facts)
+	}
 	must := func(err error, what string) {
 		if err != nil {
 			panic(fmt.Sprintf("%s: %v", what, err))
@@ -133,16 +148,28 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	time.Sleep(100 * time.Millisecond)
 
 	env := append(os.Environ(), "GENID_RUN_DIR="+run)
-	criu := func(extraEnv []string, args ...string) error {
-		c := exec.Command("criu", args...)
+	// criu runs in a process group of its own, killed whole at the bound.
+	criu := func(extraEnv []string, log string, args ...string) error {
+		c := exec.Command("criu", append(args, "-D", images, "-o", log)...)
 		c.Env = append(append([]string{}, env...), extraEnv...)
-		out, err := c.CombinedOutput()
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		var out bytes.Buffer
+		c.Stdout, c.Stderr = &out, &out
+		if err := c.Start(); err != nil {
+			return err
+		}
+		timer := time.AfterFunc(criuTimeout, func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL) })
+		err := c.Wait()
+		if !timer.Stop() {
+			err = fmt.Errorf("still running after %v, killed: %w", criuTimeout, err)
+		}
 		if err != nil {
-			return fmt.Errorf("criu %s: %v: %s", args[0], err, out)
+			b, _ := os.ReadFile(filepath.Join(images, log))
+			return fmt.Errorf("criu %s: %v: %s\n--- %s (tail):\n%s", args[0], err, out.Bytes(), log, tail(string(b), 30))
 		}
 		return nil
 	}
-	must(criu(nil, "dump", "-D", images, "-t", strconv.Itoa(pid), "-o", "dump.log"), "dump")
+	must(criu(nil, "dump.log", "dump", "-t", strconv.Itoa(pid)), "dump")
 	p.Wait()
 	if _, err := os.Stat(filepath.Join(images, "genid.json")); err != nil {
 		panic("the plugin wrote no record at dump: " + err.Error())
@@ -153,7 +180,7 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 			extra = []string{"CRIU_LIBS_DIR=" + empty}
 		}
 		t0 := time.Now()
-		must(criu(extra, "restore", "-D", images, "-d", "-o", fmt.Sprintf("restore-%d.log", i)), "restore")
+		must(criu(extra, fmt.Sprintf("restore-%d.log", i), "restore", "-d"), "restore")
 		el := time.Since(t0)
 		must(unix.Kill(pid, unix.SIGKILL), "kill restored")
 		var ws unix.WaitStatus
@@ -178,4 +205,13 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 		r.Gen = uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 	}
 	return r
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -221,7 +221,7 @@ func mustCriu(t *testing.T, env []string, verb, images string, args ...string) {
 	out, err := runCriu(t, env, append([]string{verb, "-D", images, "-v4", "-o", log}, args...)...)
 	if err != nil {
 		b, _ := os.ReadFile(filepath.Join(images, log))
-		t.Fatalf("criu %s: %v\n%s\n--- %s (tail):\n%s", verb, err, out, log, tail(string(b), 40))
+		t.Fatalf("criu %s: %v\n%s\n--- %s (tail):\n%s\n(criu mode: %s)", verb, err, out, log, tail(string(b), 40), criuMode())
 	}
 }
 
@@ -405,7 +405,8 @@ func TestRestoreWithoutDaemon(t *testing.T) {
 		t.Fatalf("restore succeeded with the daemon down:\n%s", out)
 	}
 	if !strings.Contains(out, "unreachable at "+sock) {
-		t.Fatalf("the refusal does not name %s:\n%s", sock, out)
+		b, _ := os.ReadFile(filepath.Join(images, "restore-refused.log"))
+		t.Fatalf("the refusal does not name %s: %v\n%s\n%s\n(criu mode: %s)", sock, err, out, tail(string(b), 30), criuMode())
 	}
 	if syscall.Kill(pid, 0) == nil {
 		t.Fatal("a refused restore left the process running")
@@ -414,7 +415,7 @@ func TestRestoreWithoutDaemon(t *testing.T) {
 	out, err = runCriu(t, append(env, "GENID_CRIU_BEST_EFFORT=1"), "restore", "-D", images, "-d", "-v4", "-o", "restore-best-effort.log")
 	if err != nil {
 		b, _ := os.ReadFile(filepath.Join(images, "restore-best-effort.log"))
-		t.Fatalf("best-effort restore: %v\n%s\n%s", err, out, tail(string(b), 30))
+		t.Fatalf("best-effort restore: %v\n%s\n%s\n(criu mode: %s)", err, out, tail(string(b), 30), criuMode())
 	}
 	defer syscall.Kill(pid, syscall.SIGKILL)
 	if !strings.Contains(out, "WARNING") || !strings.Contains(out, sock) {
@@ -585,7 +586,7 @@ func criuFails(t *testing.T, env []string, verb, images, log string, args ...str
 		t.Fatalf("criu %s succeeded, want a failure\n%s\n--- %s (tail):\n%s", verb, out, log, tail(string(b), 40))
 	}
 	if ee, ok := err.(*exec.ExitError); !ok || !ee.Exited() {
-		t.Fatalf("criu %s did not exit but: %v\n%s\n--- %s (tail):\n%s", verb, err, out, log, tail(string(b), 40))
+		t.Fatalf("criu %s did not exit but: %v\n%s\n--- %s (tail):\n%s\n(criu mode: %s)", verb, err, out, log, tail(string(b), 40), criuMode())
 	}
 	return out, string(b)
 }
@@ -937,7 +938,7 @@ func TestWedgedDaemon(t *testing.T) {
 		kill.Stop()
 		log, _ := os.ReadFile(filepath.Join(images, verb+".log"))
 		if err == nil || time.Since(start) > 30*time.Second {
-			t.Fatalf("criu %s with the daemon stopped: %v after %v\n%s", verb, err, time.Since(start), tail(string(log), 20))
+			t.Fatalf("criu %s with the daemon stopped: %v after %v\n%s\n(criu mode: %s)", verb, err, time.Since(start), tail(string(log), 20), criuMode())
 		}
 		if !strings.Contains(string(log), "no answer within 5 s") {
 			t.Fatalf("criu %s: the log does not say the daemon did not answer:\n%s", verb, tail(string(log), 20))

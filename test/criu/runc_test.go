@@ -19,10 +19,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// commandTimeout bounds each runc command of these tests: a runc (or the
-// CRIU it drives) that hangs fails the test that ran it, naming the command,
-// long before the binary's -test.timeout stops everything.
-const commandTimeout = 2 * time.Minute
+// commandTimeout bounds each criu and runc command of these tests: one that
+// hangs (a criu waiting for a breakpoint that never fires, say) fails the
+// test that ran it within a minute, with criu's log, long before the
+// binary's -test.timeout stops everything.
+const commandTimeout = time.Minute
 
 // runHelper is the test binary's second life, inside a container: it maps
 // /dev/sysgenid as AWS-LC does and writes every value it sees to OUT.
@@ -160,8 +161,10 @@ func checkCgroup(t *testing.T, id string) {
 	}
 }
 
-// runBounded runs cmd and kills it if it is still running after timeout. It
-// returns the combined output unless the caller set Stdout or Stderr.
+// runBounded runs cmd and kills it if it is still running after timeout,
+// with every process of its process group: runc's criu swrk is a child of
+// runc and would wait on. It returns the combined output unless the caller
+// set Stdout or Stderr.
 func runBounded(cmd *exec.Cmd, timeout time.Duration) (string, error) {
 	var out strings.Builder
 	if cmd.Stdout == nil && cmd.Stderr == nil {
@@ -170,13 +173,17 @@ func runBounded(cmd *exec.Cmd, timeout time.Duration) (string, error) {
 		// behind (a container): do not wait for it forever.
 		cmd.WaitDelay = time.Second
 	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &unix.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
 	var killed atomic.Bool
 	timer := time.AfterFunc(timeout, func() {
 		killed.Store(true)
-		cmd.Process.Kill()
+		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	})
 	err := cmd.Wait()
 	timer.Stop()
@@ -281,7 +288,7 @@ func runcLogged(t *testing.T, bundle string, env []string, work string, args ...
 				c, _ := os.ReadFile(l)
 				fmt.Fprintf(&b, "--- %s (tail):\n%s\n", l, tail(string(c), 40))
 			}
-			t.Fatalf("runc %v: %v\n%s\n%s", full, err, out, b.String())
+			t.Fatalf("runc %v: %v\n%s\n%s(criu mode: %s)", full, err, out, b.String(), criuMode())
 		}
 	}
 }
@@ -296,8 +303,17 @@ const manifestPath = "/etc/genid-testbed"
 // and that the binaries on PATH are the recorded packages.
 func TestTestBed(t *testing.T) {
 	m := readManifest(t)
-	t.Logf("test bed %s (%s, built %s): criu %s, runc %s, libcriu-dev %s",
-		m["hash"], m["suite"], m["built"], m["deb.criu"], m["deb.runc"], m["deb.libcriu-dev"])
+	t.Logf("test bed %s (%s, built %s): criu %s, runc %s, libcriu-dev %s; %s",
+		m["hash"], m["suite"], m["built"], m["deb.criu"], m["deb.runc"], m["deb.libcriu-dev"], testbed.CRIUMode(m))
+	// The bed gives criu CRIU_FAULT=130 exactly where the probe saw
+	// hardware breakpoints never fire, and says so in its facts.
+	switch hw, fault := m["run.hw_breakpoints"], os.Getenv("CRIU_FAULT"); {
+	case hw == "never" && (fault != "130" || m["run.criu_fault"] != "130"),
+		hw == "fire" && (fault != "" || m["run.criu_fault"] != "none"),
+		hw != "never" && hw != "fire":
+		t.Errorf("probe %q, CRIU_FAULT %q, recorded %q: want 130 where breakpoints never fire, else none",
+			hw, fault, m["run.criu_fault"])
+	}
 	criu := toolVersion(t, `(?m)^Version: (\S+)`, "criu", "--version")
 	runc := toolVersion(t, `(?m)^runc version (\S+)`, "runc", "--version")
 	if !strings.HasPrefix(criu, "4.") {
@@ -311,6 +327,15 @@ func TestTestBed(t *testing.T) {
 			t.Errorf("the manifest's %s %q is not the version on PATH (%s)", pkg, deb, onPath)
 		}
 	}
+}
+
+// criuMode says how criu runs in this bed, for the report of a failure.
+func criuMode() string {
+	m, err := testbed.ReadFacts(manifestPath)
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return testbed.CRIUMode(m)
 }
 
 func readManifest(t *testing.T) map[string]string {
