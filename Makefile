@@ -43,11 +43,13 @@ test: build unit fuzz e2e e2e-criu e2e-vm
 # Unit and in-process tests, with the race detector.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./genid/... ./cli/... ./plugin/... ./internal/... ./test/bench/
+	$(GO) test -race -count=1 ./genid/... ./cli/... ./checkpoint/... ./internal/... ./test/bench/
 
-# A short run of the protocol decoder fuzzer on top of its seed corpus.
+# Short runs of the fuzzers on top of their seed corpora: the protocol's
+# decoder (the daemon's own) and the checkpoint record's reader.
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./genid/wire/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/wire/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./checkpoint/
 
 # The real binary: daemon and client processes.
 e2e: build

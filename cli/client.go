@@ -13,21 +13,54 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
-	"github.com/genid-project/genid/genid/page"
+	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/wire"
 )
+
+// scopeFlag names the scope a command is about: the host scope if unset.
+var scopeFlag = &cli.StringFlag{
+	Name:  "scope",
+	Usage: "the container scope `NAME` (default: the host scope; in a container, /run/genid is its own scope)",
+}
+
+// scopeOf returns the --scope flag, checked.
+func scopeOf(c *cli.Context) (string, error) {
+	name := c.String("scope")
+	if name != "" {
+		if err := wire.CheckName(name); err != nil {
+			return "", usageError{fmt.Errorf("%s: --scope: %v", c.Command.Name, err)}
+		}
+	}
+	return name, nil
+}
+
+// scopeRunDir is where a scope's page and socket are: the run dir for the
+// host scope, RUN_DIR/scopes/NAME for another (only root may look there).
+func scopeRunDir(c *cli.Context, name string) string {
+	if name == "" {
+		return runDir(c)
+	}
+	return filepath.Join(runDir(c), "scopes", name)
+}
 
 func getCommand() *cli.Command {
 	return &cli.Command{
 		Name:        "get",
 		Usage:       "print the current generation",
-		Description: "Reads the page RUN_DIR/generation; works without the daemon.",
+		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.",
+		Flags:       []cli.Flag{scopeFlag},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			path := filepath.Join(runDir(c), genid.PageFile)
+			name, err := scopeOf(c)
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(scopeRunDir(c, name), genid.PageFile)
 			pg, err := page.Open(path)
 			if err != nil {
 				return fmt.Errorf("get: %w (has the daemon ever run on this run dir?)", noPage(err))
@@ -42,18 +75,22 @@ func getCommand() *cli.Command {
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "show the generation, the watchers and the last bump",
-		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON (keys: generation, watchers, outdated, last_bump, watcher_list, backends)"}},
+		Usage: "show a scope's generation, watchers and last bump",
+		Description: "An administrator (root) sees each watcher's process, through the admin socket; anyone\n" +
+			"else sees the counts of the scope they are a member of (the host's, or in a container its own).",
+		Flags: []cli.Flag{
+			scopeFlag,
+			&cli.BoolFlag{Name: "json", Usage: "print JSON (keys: scope, generation, watchers, outdated, last_bump, watcher_list, backends)"},
+		},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			cl, err := openClient(c)
+			name, err := scopeOf(c)
 			if err != nil {
 				return err
 			}
-			defer cl.Close()
-			st, err := cl.Status(c.Context)
+			st, err := scopeStatus(c, name)
 			if err != nil {
 				return err
 			}
@@ -68,7 +105,35 @@ func statusCommand() *cli.Command {
 	}
 }
 
+// scopeStatus asks the admin socket when this user may use it (a named
+// scope always needs it), else the scope's own socket.
+func scopeStatus(c *cli.Context, name string) (*genid.Status, error) {
+	if name != "" || canAdmin(c) {
+		a, err := openAdmin(c)
+		if err != nil {
+			return nil, err
+		}
+		defer a.Close()
+		return a.Status(c.Context, name)
+	}
+	cl, err := openClient(c, runDir(c))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	return cl.Status(c.Context)
+}
+
+// canAdmin tells whether this user may connect to the admin socket (the
+// daemon still judges each request).
+func canAdmin(c *cli.Context) bool {
+	return unix.Access(filepath.Join(runDir(c), genid.AdminSocketFile), unix.W_OK) == nil
+}
+
 func printStatus(st *genid.Status) {
+	if st.Scope != "" {
+		fmt.Printf("scope:      %s\n", st.Scope)
+	}
 	fmt.Printf("generation: %d\n", st.Generation)
 	fmt.Printf("watchers:   %d (%d outdated)\n", st.Watchers, st.Outdated)
 	if st.LastBump != nil {
@@ -83,9 +148,9 @@ func printStatus(st *genid.Status) {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tACKED\tOUTDATED")
+	fmt.Fprintln(tw, "PID\tUID\tACKED\tOUTDATED")
 	for _, w := range st.WatcherList {
-		fmt.Fprintf(tw, "%d\t%d\t%v\n", w.PID, w.Acked, w.Outdated)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%v\n", w.PID, w.UID, w.Acked, w.Outdated)
 	}
 	tw.Flush()
 }
@@ -99,6 +164,7 @@ func watchCommand() *cli.Command {
 			"(with GENID_GENERATION and GENID_PREVIOUS in its environment), then acks, but only\n" +
 			"if CMD succeeded; a failed CMD leaves the watcher outdated until the next change.",
 		Flags: []cli.Flag{
+			scopeFlag,
 			&cli.BoolFlag{Name: "once", Usage: "exit after the first change (0 if acked)"},
 			&cli.BoolFlag{Name: "exec", Usage: "run the arguments that follow as a command on each change"},
 		},
@@ -114,7 +180,11 @@ func runWatch(c *cli.Context) error {
 	if c.Bool("exec") && len(argv) == 0 {
 		return usageError{errors.New("watch: --exec needs a command")}
 	}
-	cl, err := openClient(c)
+	name, err := scopeOf(c)
+	if err != nil {
+		return err
+	}
+	cl, err := openClient(c, scopeRunDir(c, name))
 	if err != nil {
 		return err
 	}
@@ -173,10 +243,13 @@ func runHook(ctx context.Context, argv []string, gen, prev uint32) error {
 func bumpCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bump",
-		Usage: "move the generation forward (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
+		Usage: "move a scope's generation forward (an administrator's: root, or --admin-group)",
 		Description: "The new generation is max(current+1, MIN); --avoid N means MIN = N+1, so the result\n" +
-			"is greater than both the current generation and N. Prints the new generation.",
+			"is greater than both the current generation and N. Prints the new generation.\n" +
+			"A bump that would leave the counter at its maximum (4294967295) is refused.",
 		Flags: []cli.Flag{
+			scopeFlag,
+			&cli.BoolFlag{Name: "all-scopes", Usage: "bump every scope, as a VM restore does (prints the host scope's generation)"},
 			&cli.Uint64Flag{Name: "min", Usage: "the new generation is at least `N`"},
 			&cli.Uint64Flag{Name: "avoid", Usage: "the new generation is greater than `N`"},
 			&cli.StringFlag{Name: "reason", Value: "manual", Usage: "recorded with the bump (shown by status)"},
@@ -185,17 +258,22 @@ func bumpCommand() *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
+			name, err := scopeOf(c)
+			if err != nil {
+				return err
+			}
 			if c.IsSet("min") && c.IsSet("avoid") {
 				return usageError{errors.New("bump: --min and --avoid exclude each other")}
+			}
+			if c.Bool("all-scopes") && (name != "" || c.IsSet("min") || c.IsSet("avoid")) {
+				return usageError{errors.New("bump: --all-scopes bumps each by one: no --scope, --min or --avoid")}
 			}
 			var min uint32
 			switch {
 			case c.IsSet("min"):
-				v, err := u32Flag(c, "min")
-				if err != nil {
+				if min, err = u32Flag(c, "min"); err != nil {
 					return err
 				}
-				min = v
 			case c.IsSet("avoid"):
 				v, err := u32Flag(c, "avoid")
 				if err != nil {
@@ -205,12 +283,17 @@ func bumpCommand() *cli.Command {
 					return fmt.Errorf("bump: %w", err)
 				}
 			}
-			cl, err := openClient(c)
+			a, err := openAdmin(c)
 			if err != nil {
 				return err
 			}
-			defer cl.Close()
-			gen, err := cl.Bump(c.Context, min, c.String("reason"))
+			defer a.Close()
+			var gen uint32
+			if c.Bool("all-scopes") {
+				gen, err = a.BumpAll(c.Context, c.String("reason"))
+			} else {
+				gen, err = a.Bump(c.Context, name, min, c.String("reason"))
+			}
 			if err != nil {
 				return err
 			}
@@ -224,17 +307,19 @@ func bumpCommand() *cli.Command {
 func u32Flag(c *cli.Context, name string) (uint32, error) {
 	v := c.Uint64(name)
 	if v > 1<<32-1 {
-		return 0, usageError{fmt.Errorf("bump: --%s %d does not fit a u32", name, v)}
+		return 0, usageError{fmt.Errorf("%s: --%s %d does not fit a u32", c.Command.Name, name, v)}
 	}
 	return uint32(v), nil
 }
 
 func waitWatchersCommand() *cli.Command {
 	return &cli.Command{
-		Name:        "wait-watchers",
-		Usage:       "wait until every watcher has acked the current generation",
-		Description: "Exits 0 when no watcher is outdated; exits 5 with a message when --timeout passes first.",
+		Name:  "wait-watchers",
+		Usage: "wait until every watcher of a scope has acked its current generation",
+		Description: "Exits 0 when no watcher is outdated; exits 5 with a message when --timeout passes first.\n" +
+			"Another scope than one's own (--scope) is waited on through the admin socket.",
 		Flags: []cli.Flag{
+			scopeFlag,
 			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (0: wait forever)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -246,7 +331,19 @@ func waitWatchersCommand() *cli.Command {
 			if d := c.Duration("timeout"); d < 0 {
 				return usageError{fmt.Errorf("wait-watchers: --timeout %v is negative (0 waits forever)", d)}
 			}
-			cl, err := openClient(c)
+			name, err := scopeOf(c)
+			if err != nil {
+				return err
+			}
+			if name != "" {
+				a, err := openAdmin(c)
+				if err != nil {
+					return err
+				}
+				defer a.Close()
+				return a.WaitWatchers(c.Context, name, c.Duration("timeout"))
+			}
+			cl, err := openClient(c, runDir(c))
 			if err != nil {
 				return err
 			}
@@ -259,17 +356,32 @@ func waitWatchersCommand() *cli.Command {
 func outdatedCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "outdated",
-		Usage: "print the number of watchers that have not acked the current generation",
+		Usage: "print the number of a scope's watchers that have not acked its current generation",
+		Flags: []cli.Flag{scopeFlag},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			cl, err := openClient(c)
+			name, err := scopeOf(c)
 			if err != nil {
 				return err
 			}
-			defer cl.Close()
-			n, err := cl.Outdated(c.Context)
+			var n int
+			if name != "" {
+				var a *genid.Admin
+				if a, err = openAdmin(c); err != nil {
+					return err
+				}
+				defer a.Close()
+				n, err = a.Outdated(c.Context, name)
+			} else {
+				var cl *genid.Client
+				if cl, err = openClient(c, runDir(c)); err != nil {
+					return err
+				}
+				defer cl.Close()
+				n, err = cl.Outdated(c.Context)
+			}
 			if err != nil {
 				return err
 			}

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/genid-project/genid/checkpoint"
 	"github.com/genid-project/genid/genid"
-	"github.com/genid-project/genid/plugin"
 )
 
 func imageInfoCommand() *cli.Command {
@@ -24,11 +26,13 @@ func imageInfoCommand() *cli.Command {
 				return usageError{errors.New("image-info needs the checkpoint's images dir")}
 			}
 			dir := c.Args().First()
-			r, err := plugin.ReadRecord(dir)
-			if errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("image-info: %s has no %s: the checkpoint was taken without genid (a restore still bumps by one)", dir, plugin.RecordName)
-			}
-			if err != nil {
+			r, err := checkpoint.ReadRecord(dir)
+			switch {
+			case errors.Is(err, checkpoint.ErrOldRecord):
+				fmt.Fprintf(os.Stderr, "genidctl: image-info: %v\n", err)
+			case errors.Is(err, fs.ErrNotExist):
+				return fmt.Errorf("image-info: %s has no %s: the checkpoint was taken without genid (a restore still bumps the host scope by one)", dir, checkpoint.RecordName)
+			case err != nil:
 				return fmt.Errorf("image-info: %w", err)
 			}
 			if c.Bool("json") {
@@ -36,24 +40,39 @@ func imageInfoCommand() *cli.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(r)
 			}
-			if r.Generation != nil {
-				fmt.Printf("generation: %d\n", *r.Generation)
-			} else {
-				fmt.Printf("generation: none (no genid page on the checkpointed host)\n")
-			}
 			writer := r.Writer
 			if writer == "" {
 				writer = "criu plugin"
 			}
-			fmt.Printf("recorded:   %s by %s\n", r.Time, writer)
-			fmt.Printf("daemon:     %s\n", r.Socket)
+			fmt.Printf("recorded:   %s by %s (record version %d)\n", r.Time.Format(time.RFC3339), writer, r.Version)
+			if r.RunDir != "" {
+				fmt.Printf("daemon:     %s\n", r.RunDir)
+			}
+			for _, s := range r.Scopes {
+				name := s.Name
+				if name == "" {
+					name = "(host)"
+				}
+				gen := "none (no page)"
+				if s.Generation != nil {
+					gen = strconv.FormatUint(uint64(*s.Generation), 10)
+				}
+				fmt.Printf("scope %s: generation %s\n", name, gen)
+				for _, m := range s.Mounts {
+					what := "directory"
+					if m.File {
+						what = "page"
+					}
+					fmt.Printf("  mount %d: its %s at %s\n", m.ID, what, m.Path)
+				}
+			}
 			fmt.Printf("sockets:    %d\n", len(r.Sockets))
 			for _, s := range r.Sockets {
 				kind := "client"
 				if s.Watcher {
 					kind = fmt.Sprintf("watcher, acked %d", s.Acked)
 				}
-				fmt.Printf("  inode %d: %s (%s)\n", s.Inode, kind, s.Path)
+				fmt.Printf("  inode %d: %s of scope %q (%s)\n", s.Inode, kind, s.Scope, s.Path)
 			}
 			return nil
 		},
@@ -84,7 +103,7 @@ func criuHookCommand() *cli.Command {
 			}
 			switch action {
 			case "post-dump":
-				if err := plugin.RecordGeneration(dir, runDir(c), "action-script"); err != nil {
+				if err := checkpoint.RecordGeneration(dir, runDir(c), "action-script"); err != nil {
 					return fmt.Errorf("criu-hook post-dump: %w", err)
 				}
 			case "post-restore":
@@ -100,7 +119,7 @@ func criuHookCommand() *cli.Command {
 // plugin honours it too, and when it let the restore go on without a daemon
 // this hook must not stop it.
 func postRestore(c *cli.Context, imagesDir string) error {
-	r, err := plugin.Restore(c.Context, imagesDir, runDir(c))
+	r, err := checkpoint.Restore(c.Context, imagesDir, runDir(c))
 	if err != nil {
 		err = noPage(err)
 		if errors.Is(err, genid.ErrUnreachable) && bestEffort() {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -16,9 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
-	"github.com/genid-project/genid/genid/backend"
-	"github.com/genid-project/genid/genid/server"
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/backend"
+	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 func daemonCommand() *cli.Command {
@@ -31,8 +33,15 @@ func daemonCommand() *cli.Command {
 			"vmgenid driver, seen through /dev/kmsg and, on Linux 6.8, its uevent) and vmclock\n" +
 			"(/dev/vmclock0, event-driven on Linux 7.0+).",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "max-watchers", Value: server.DefaultMaxWatchers, Usage: "most watchers at once"},
-			&cli.IntFlag{Name: "max-conns", Value: server.DefaultMaxConns, Usage: "most client connections at once"},
+			&cli.IntFlag{Name: "max-watchers", Value: server.DefaultMaxWatchers, Usage: "most watchers at once, daemon-wide"},
+			&cli.IntFlag{Name: "max-conns", Value: server.DefaultMaxConns, Usage: "most client connections at once, daemon-wide"},
+			&cli.IntFlag{Name: "max-watchers-per-user", Value: server.DefaultMaxWatchersPerUser, Usage: "most watchers of one uid (root is not limited per user)"},
+			&cli.IntFlag{Name: "max-conns-per-user", Value: server.DefaultMaxConnsPerUser, Usage: "most connections of one uid (root is not limited per user)"},
+			&cli.IntFlag{Name: "max-watchers-per-scope", Value: server.DefaultMaxWatchersPerScope, Usage: "most watchers of one container scope"},
+			&cli.IntFlag{Name: "max-conns-per-scope", Value: server.DefaultMaxConnsPerScope, Usage: "most connections to one container scope"},
+			&cli.IntFlag{Name: "reserve", Usage: fmt.Sprintf("of the daemon-wide limits, the connections and watchers kept for root on the host socket and for restores (default %d, at most an eighth of each)", server.DefaultReserveWatchers)},
+			&cli.IntFlag{Name: "max-scopes", Value: server.DefaultMaxScopes, Usage: "most container scopes"},
+			&cli.StringFlag{Name: "admin-group", Usage: "`GROUP` (name or gid) whose members are administrators besides root: may use RUN_DIR/admin.sock (default: root only)"},
 			&cli.UintFlag{Name: "max-frame", Value: wire.DefaultMaxPayload, Usage: fmt.Sprintf("largest request payload in bytes (%d to %d)", minMaxFrame, maxMaxFrame)},
 			&cli.DurationFlag{Name: "frame-timeout", Value: server.DefaultFrameTimeout, Usage: "time a client has to finish a frame it started"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
@@ -46,9 +55,9 @@ func daemonCommand() *cli.Command {
 }
 
 // minMaxFrame is the smallest --max-frame that still takes every request the
-// protocol defines: a bump with the longest reason (query-peer and attach
-// need 8 bytes, the CRIU plugin's bump 8 plus its reason).
-const minMaxFrame = 8 + wire.MaxReason
+// protocol defines: a bump on the admin socket with the longest scope name
+// and the longest reason.
+const minMaxFrame = 1 + wire.MaxName + 8 + wire.MaxReason
 
 // maxMaxFrame bounds --max-frame: the daemon buffers a frame whole.
 const maxMaxFrame = 1 << 20
@@ -62,8 +71,13 @@ func checkDaemonFlags(c *cli.Context) error {
 	if n := c.Int("max-watchers"); n < 1 {
 		return usageError{fmt.Errorf("daemon: --max-watchers %d: must be at least 1", n)}
 	}
-	if n := c.Int("max-conns"); n < 1 {
-		return usageError{fmt.Errorf("daemon: --max-conns %d: must be at least 1", n)}
+	for _, name := range []string{"max-conns", "max-watchers-per-user", "max-conns-per-user", "max-watchers-per-scope", "max-conns-per-scope", "max-scopes"} {
+		if n := c.Int(name); n < 1 {
+			return usageError{fmt.Errorf("daemon: --%s %d: must be at least 1", name, n)}
+		}
+	}
+	if n := c.Int("reserve"); c.IsSet("reserve") && (n < 1 || n >= c.Int("max-conns") || n >= c.Int("max-watchers")) {
+		return usageError{fmt.Errorf("daemon: --reserve %d: must be at least 1 and below --max-conns and --max-watchers", n)}
 	}
 	if n := c.Uint("max-frame"); n < minMaxFrame || n > maxMaxFrame {
 		return usageError{fmt.Errorf("daemon: --max-frame %d: must be between %d (a bump with the longest reason) and %d (1 MiB)", n, minMaxFrame, maxMaxFrame)}
@@ -112,13 +126,27 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--backends: %w", err)}
 	}
+	adminGroup := -1
+	if g := c.String("admin-group"); g != "" {
+		if adminGroup, err = lookupGroup(g); err != nil {
+			return usageError{fmt.Errorf("--admin-group: %w", err)}
+		}
+	}
 	srv, err := server.New(server.Config{
-		RunDir:       dir,
-		MaxWatchers:  c.Int("max-watchers"),
-		MaxConns:     c.Int("max-conns"),
-		MaxPayload:   uint32(c.Uint("max-frame")),
-		FrameTimeout: c.Duration("frame-timeout"),
-		Logger:       log,
+		RunDir:              dir,
+		MaxWatchers:         c.Int("max-watchers"),
+		MaxConns:            c.Int("max-conns"),
+		MaxWatchersPerUser:  c.Int("max-watchers-per-user"),
+		MaxConnsPerUser:     c.Int("max-conns-per-user"),
+		MaxWatchersPerScope: c.Int("max-watchers-per-scope"),
+		MaxConnsPerScope:    c.Int("max-conns-per-scope"),
+		ReserveConns:        c.Int("reserve"),
+		ReserveWatchers:     c.Int("reserve"),
+		MaxScopes:           c.Int("max-scopes"),
+		AdminGroup:          adminGroup,
+		MaxPayload:          uint32(c.Uint("max-frame")),
+		FrameTimeout:        c.Duration("frame-timeout"),
+		Logger:              log,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
@@ -136,9 +164,11 @@ func runDaemon(c *cli.Context) error {
 }
 
 // startBackends runs each backend in its own goroutine under the server,
-// which stops them before it releases the page. A backend that fails is
-// logged and dropped from status; the daemon goes on without it, since
-// explicit bumps and the other backends still work.
+// which stops them before it releases the pages, and one more that turns
+// their events into bumps of every scope (a VM restore duplicated every
+// process's memory). A backend that fails is logged and dropped from
+// status; the daemon goes on without it, since explicit bumps and the
+// other backends still work.
 func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 	var mu sync.Mutex
 	active := backend.BackendNames(bs)
@@ -148,13 +178,22 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 		return
 	}
 	log.Info("hypervisor backends", "active", strings.Join(active, ","))
-	bump := func(reason string) error {
-		_, err := srv.Bump(0, reason)
-		return err
-	}
+	events := make(chan backend.Event)
+	srv.Go(func(ctx context.Context) {
+		for {
+			select {
+			case ev := <-events:
+				if err := srv.BumpAll(ev.Backend); err != nil {
+					log.Error("bump failed", "backend", ev.Backend, "err", err)
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
 	for _, b := range bs {
 		srv.Go(func(ctx context.Context) {
-			err := b.Run(ctx, bump)
+			err := b.Run(ctx, events)
 			if ctx.Err() != nil {
 				return // the daemon is stopping
 			}
@@ -168,6 +207,18 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 			srv.SetBackends(active)
 		})
 	}
+}
+
+// lookupGroup resolves a group name or number.
+func lookupGroup(g string) (int, error) {
+	if n, err := strconv.Atoi(g); err == nil && n >= 0 {
+		return n, nil
+	}
+	gr, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(gr.Gid)
 }
 
 // ownPrivateDir creates dir for this user, or checks that an existing one

@@ -64,20 +64,27 @@ func newApp() *cli.App {
 		bumpCommand(),
 		waitWatchersCommand(),
 		outdatedCommand(),
+		scopeCommand(),
 		imageInfoCommand(),
 		criuHookCommand(),
 		ociCommand(),
 	}
-	for _, cmd := range commands {
-		// urfave/cli parses a command's flags with the command's own set:
-		// --run-dir after the command needs a flag there too, and a bad flag
-		// there reaches the command's OnUsageError, not the App's.
-		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
-			Name:  "run-dir",
-			Usage: "`DIR` of the page and the socket, as before the command (overrides it and GENID_RUN_DIR)",
-		})
-		cmd.OnUsageError = onUsageError
+	var each func([]*cli.Command)
+	each = func(cmds []*cli.Command) {
+		for _, cmd := range cmds {
+			// urfave/cli parses a command's flags with the command's own
+			// set: --run-dir after the command needs a flag there too, and
+			// a bad flag there reaches the command's OnUsageError, not the
+			// App's.
+			cmd.Flags = append(cmd.Flags, &cli.StringFlag{
+				Name:  "run-dir",
+				Usage: "`DIR` of the page and the socket, as before the command (overrides it and GENID_RUN_DIR)",
+			})
+			cmd.OnUsageError = onUsageError
+			each(cmd.Subcommands)
+		}
 	}
+	each(commands)
 	return &cli.App{
 		Name:  "genidctl",
 		Usage: "system generation counter: tells processes that the machine or container was restored from a snapshot",
@@ -192,13 +199,24 @@ func userRunDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("genid-%d", os.Getuid()))
 }
 
-func openClient(c *cli.Context) (*genid.Client, error) {
-	dir := runDir(c)
+// openClient opens a client of the scope whose run dir (or scope dir) is
+// dir.
+func openClient(c *cli.Context, dir string) (*genid.Client, error) {
 	cl, err := genid.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", noPage(err), dir)
 	}
 	return cl, nil
+}
+
+// openAdmin opens the admin socket of the run dir.
+func openAdmin(c *cli.Context) (*genid.Admin, error) {
+	dir := runDir(c)
+	a, err := genid.OpenAdmin(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", noPage(err), dir)
+	}
+	return a, nil
 }
 
 // noPage marks a missing page as the daemon being unreachable (exit 3): the

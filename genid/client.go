@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/genid-project/genid/genid/page"
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // Client is a process's handle on genid: the mmap'd page for the hot-path
@@ -57,8 +57,13 @@ func (m *mapping) release() error {
 }
 
 // Open maps the page of runDir. The daemon is dialed on first use, so Open
-// works while the daemon is down, provided it ran once.
+// works while the daemon is down, provided it ran once. A run dir that
+// another user could have made (neither root's nor this user's, or
+// writable by others) is refused.
 func Open(runDir string) (*Client, error) {
+	if err := trustRunDir(runDir); err != nil {
+		return nil, fmt.Errorf("open genid: %w", err)
+	}
 	pg, err := page.Open(filepath.Join(runDir, PageFile))
 	if err != nil {
 		return nil, fmt.Errorf("open genid page: %w", err)
@@ -85,16 +90,6 @@ func (c *Client) Close() error {
 	return c.page.release()
 }
 
-// Bump asks the daemon to move the generation to max(current+1, min), giving
-// reason for the record. It needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN.
-func (c *Client) Bump(ctx context.Context, min uint32, reason string) (uint32, error) {
-	f, err := c.s.call(ctx, wire.OpBump, wire.Bump{Min: min, Reason: reason}.Encode(), false)
-	if err != nil {
-		return 0, err
-	}
-	return wire.ParseU32(f.Payload)
-}
-
 // MinAvoiding returns the min of a bump whose result must be greater than n.
 func MinAvoiding(n uint32) (uint32, error) {
 	if n == math.MaxUint32 {
@@ -116,7 +111,8 @@ func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) error 
 	return waitWatchers(ctx, c.s, timeout)
 }
 
-// Status returns the daemon's state.
+// Status returns the state of the client's scope: its generation, counts
+// and last bump (who the watchers are is for an administrator: Admin).
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	f, err := c.s.call(ctx, wire.OpStatus, nil, true)
 	if err != nil {
@@ -139,14 +135,19 @@ func outdated(ctx context.Context, s *session) (int, error) {
 }
 
 func waitWatchers(ctx context.Context, s *session, timeout time.Duration) error {
-	// A timeout that has passed already is the shortest the protocol has,
-	// not a wrap-around to 49 days.
+	_, err := s.call(ctx, wire.OpWaitWatchers, wire.U32(waitMillis(timeout)), true)
+	return err
+}
+
+// waitMillis is a wait-watchers timeout as the protocol takes it: a timeout
+// that has passed already is the shortest the protocol has (1 ms), not a
+// wrap-around to 49 days; 0 is none.
+func waitMillis(timeout time.Duration) uint32 {
 	ms := uint32(min(max(timeout, 0).Milliseconds(), math.MaxUint32))
 	if timeout != 0 && ms == 0 {
 		ms = 1
 	}
-	_, err := s.call(ctx, wire.OpWaitWatchers, wire.U32(ms), true)
-	return err
+	return ms
 }
 
 // Watcher is a registration with the daemon: it learns of every new

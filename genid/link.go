@@ -9,11 +9,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/wire"
 )
-
-// ErrUnreachable wraps failures to reach the daemon's socket.
-var ErrUnreachable = errors.New("genid daemon unreachable")
 
 // errLinkDown means the connection broke while a call was in flight.
 var errLinkDown = errors.New("genid: connection to the daemon lost")
@@ -55,6 +52,10 @@ func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*l
 	for start := time.Now(); errors.Is(err, syscall.ECONNREFUSED) && time.Since(start) < connectRetry && ctx.Err() == nil; {
 		time.Sleep(time.Millisecond)
 		c, err = d.DialContext(ctx, "unix", path)
+	}
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		// The socket is there, but not for this user (the admin socket).
+		return nil, &Error{Code: CodePermission, Msg: fmt.Sprintf("permission denied: %s is not for this user (uid %d): %v", path, syscall.Getuid(), err)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, path, err)
@@ -179,7 +180,7 @@ func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame
 	select {
 	case f := <-pc.reply:
 		if f.Status != wire.StatusOK {
-			return f, &Error{Code: f.Status, Msg: string(f.Payload)}
+			return f, &Error{Code: Code(f.Status), Msg: string(f.Payload)}
 		}
 		return f, nil
 	case <-l.done:

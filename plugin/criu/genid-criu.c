@@ -1,39 +1,56 @@
 // SPDX-License-Identifier: MIT
 /*
- * genid-criu.so - CRIU plugin that keeps genid's generation safe across
+ * genid-criu.so - CRIU plugin that keeps genid's generations safe across
  * checkpoint/restore.
  *
- * Dump: records the generation and, for every socket of the dumped tasks that
- * is connected to the genid daemon, whether it is a watcher and what it
- * acked, in IMAGES_DIR/genid.json. The socket's queue is not dumped. The
- * recorded generation is read again once the tasks are frozen, so it is at
- * least any generation they can have seen.
+ * A container has a genid scope of its own: a directory RUN_DIR/scopes/NAME
+ * of the host (its page "generation" and its socket "genid.sock") that
+ * genid's OCI hook bind-mounts into it, at /run/genid and /dev/sysgenid.
+ * The runtime does not know those mounts; this plugin owns them.
  *
- * Restore: before any task resumes, bumps the generation past the recorded
- * one (reason "criu-restore"), then gives every recorded socket a new
- * connection, attached as "restored" with the recorded acked generation, so
- * a restored watcher is outdated and readable the moment it resumes. A record
- * that cannot be read back whole fails the restore; so does a socket that
- * cannot be given its new connection.
+ * Dump: records, in IMAGES_DIR/genid.record, each scope the tasks use and
+ * its generation once they are frozen: a container's scope from its mounts
+ * (DUMP_EXT_MOUNT), and the host's scope when a task is connected to it or
+ * when the dump has no container scope (host processes). For every socket
+ * of the tasks connected to the daemon it records whether it is a watcher,
+ * what it acked, and its scope. The sockets' queues are not dumped.
  *
- * All policy lives in the daemon; this file only carries state across.
+ * Restore: before any task resumes, each recorded scope is bumped past its
+ * recorded generation (reason "criu-restore"): the host's at init; a
+ * container's when CRIU restores its mounts (RESTORE_EXT_MOUNT, in the
+ * restored tasks' root), where the daemon gives the restored tasks a scope
+ * of their own (the one the runtime's hook made for them, or a new one) and
+ * the plugin mounts it in place of the old. Then every recorded socket gets
+ * a new connection to its scope, attached as "restored" with the recorded
+ * acked generation, so a restored watcher is outdated and readable the
+ * moment it resumes. A record that cannot be read back whole fails the
+ * restore; so does a socket that cannot be given its new connection.
+ *
+ * The plugin asks the daemon through its admin socket, as criu's root. All
+ * policy lives in the daemon; this file only carries state across.
  * Settings come from the environment of criu (runc passes its own on):
- *   GENID_RUN_DIR           the daemon's run dir (default /run/genid)
+ *   GENID_RUN_DIR           the daemon's run dir (default /run/genid; at
+ *                           dump, the run dir of the daemon the tasks'
+ *                           sockets and mounts lead to)
  *   GENID_CRIU_BEST_EFFORT  "1": restore even when the daemon is unreachable,
  *                           with a warning; restored sockets then see EOF and
  *                           their clients reconnect by themselves
  */
+#define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,14 +59,18 @@
 
 #include "genid.h"
 
-#define RECORD_NAME	"genid.json"
-#define RECORD_VERSION	1
-#define RECORD_MAX	(64 << 20)	/* 65536 watchers take about 10 MB */
+#define RECORD_NAME	"genid.record"
+#define OLD_RECORD_NAME	"genid.json"	/* genid before scopes */
+#define RECORD_MAGIC	"GENIDREC"
+#define RECORD_VERSION	2
+#define RECORD_MAX	(64 << 20)	/* 65536 watchers take about 5 MB */
+#define RECORD_PATH_MAX	4096
 #define PAGE_LEN	4096
 #define REASON		"criu-restore"
 /*
- * Set in criu's environment once a restore is bumped, to the generation: the
- * action scripts criu runs inherit it (genidctl's then does not bump again).
+ * Set in criu's environment once the host scope is bumped in a restore, to
+ * the generation: the action scripts criu runs inherit it (genidctl's then
+ * does not bump again).
  */
 #define RESTORED_ENV	"GENID_CRIU_RESTORED"
 
@@ -86,41 +107,121 @@ extern void print_on_level(unsigned int loglevel, const char *format, ...)
 		pr_err("restore refused: " fmt, ##__VA_ARGS__);		\
 	} while (0)
 
-struct sk_record {
+/* A mount of a scope in the container: its directory, or its page alone. */
+struct rmount {
+	uint32_t id;		/* its mount id at dump */
+	int file;
+	char path[RECORD_PATH_MAX + 1];	/* in the container */
+};
+
+struct rscope {
+	char name[GENID_MAX_NAME + 1];	/* "" for the host scope */
+	int have_gen;
+	uint32_t gen;
+	struct rmount *mounts;
+	size_t nr_mounts;
+	char host_dir[PATH_MAX];	/* dump: its directory, on this host */
+	/* restore: the scope the daemon gave the restored tasks */
+	int restored;
+	char new_name[GENID_MAX_NAME + 1];
+	uint32_t new_gen;
+};
+
+struct rsock {
 	uint32_t ino;		/* inode of the task's socket at dump */
 	uint32_t flags;		/* GENID_FLAG_WATCHER */
 	uint32_t acked;
 	int nonblock;
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char scope[GENID_MAX_NAME + 1];
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
 };
 
 static struct {
-	char sock[PATH_MAX];	/* configured socket path */
-	char page[PATH_MAX];	/* configured generation page */
+	char rundir[PATH_MAX];	/* the daemon's run dir */
+	int rundir_chosen;	/* set by GENID_RUN_DIR, or by the first socket or mount at dump */
+	char admin[PATH_MAX];
+	char sock[PATH_MAX];
+	char page[PATH_MAX];
 	int best_effort;
 
-	int have_gen;		/* generation known at dump / found in the record */
-	uint32_t gen;
-	int page_seen;		/* dump: the configured page was read at init */
-	int recorded;		/* dump: genid.json was written */
+	/*
+	 * The connection to the admin socket, open from its first use to the
+	 * plugin's exit: at restore the daemon's restore lasts as long. The
+	 * restored tasks' root inherits it (it is forked from criu) and uses
+	 * it in RESTORE_EXT_MOUNT; CRIU closes it there before any task's own
+	 * files are restored.
+	 */
+	struct genid_conn ac;
+	int ac_open;
 
-	struct sk_record *sks;
-	size_t nr_sks, cap_sks;
+	/* The record. */
+	int64_t time;
+	char writer[256];
+	char rec_rundir[RECORD_PATH_MAX + 1];
+	struct rscope *scopes;
+	size_t nr_scopes;
+	struct rsock *sks;
+	size_t nr_sks;
 
-	int daemon_ok;		/* restore: the bump went through */
-	uint32_t restored_gen;
+	int host_page_seen;	/* dump: the host page was read at init */
+	int host_socket;	/* dump: a task is connected to the host scope */
+	int recorded;		/* dump: the record was written */
+	int daemon_ok;		/* restore: the daemon took the restore */
 } g;
+
+static void set_rundir(const char *dir)
+{
+	snprintf(g.rundir, sizeof(g.rundir), "%s", dir);
+	snprintf(g.admin, sizeof(g.admin), "%s/%s", dir, GENID_ADMIN_SOCKET_NAME);
+	snprintf(g.sock, sizeof(g.sock), "%s/%s", dir, GENID_SOCKET_NAME);
+	snprintf(g.page, sizeof(g.page), "%s/%s", dir, GENID_PAGE_NAME);
+}
 
 static void load_config(void)
 {
 	const char *dir = getenv("GENID_RUN_DIR");
 	const char *be = getenv("GENID_CRIU_BEST_EFFORT");
 
-	if (!dir || !*dir)
-		dir = GENID_DEFAULT_RUN_DIR;
-	snprintf(g.sock, sizeof(g.sock), "%s/%s", dir, GENID_SOCKET_NAME);
-	snprintf(g.page, sizeof(g.page), "%s/%s", dir, GENID_PAGE_NAME);
+	g.rundir_chosen = dir && *dir;
+	set_rundir(g.rundir_chosen ? dir : GENID_DEFAULT_RUN_DIR);
 	g.best_effort = be && (!strcmp(be, "1") || !strcmp(be, "yes") || !strcmp(be, "true"));
+}
+
+/*
+ * choose_rundir makes dir the dump's daemon: the first socket or mount
+ * decides, unless GENID_RUN_DIR did; a second daemon is refused.
+ */
+static int choose_rundir(const char *dir)
+{
+	if (!g.rundir_chosen) {
+		set_rundir(dir);
+		g.rundir_chosen = 1;
+		return 0;
+	}
+	if (strcmp(dir, g.rundir)) {
+		pr_err("the tasks use two genid daemons, of %s and of %s: one at a time\n", g.rundir, dir);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * fmt formats into buf, and fails (logged) if it does not fit: a path cut
+ * short names another file.
+ */
+static int __attribute__((format(printf, 3, 4))) fmt(char *buf, size_t cap, const char *f, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, f);
+	n = vsnprintf(buf, cap, f, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= cap) {
+		pr_err("a path longer than %zu bytes: %.64s...\n", cap - 1, buf);
+		return -1;
+	}
+	return 0;
 }
 
 /* conn_err says why an exchange with the daemon failed. */
@@ -133,72 +234,157 @@ static const char *conn_err(const struct genid_conn *c, int ret)
 	return strerror(-ret);
 }
 
-/* note_gen raises the recorded generation to gen; 1 if it rose. */
-static int note_gen(uint32_t gen)
+/* admin opens the connection to the admin socket, once. */
+static int admin(void)
 {
-	if (g.have_gen && gen <= g.gen)
+	int ret;
+
+	if (g.ac_open)
 		return 0;
-	g.gen = gen;
-	g.have_gen = 1;
-	return 1;
+	ret = genid_open_timeout(&g.ac, g.admin, IO_TIMEOUT_MS);
+	if (ret < 0)
+		return ret;
+	g.ac_open = 1;
+	return 0;
 }
 
-static int add_sk(const struct sk_record *r)
+static void admin_close(void)
 {
-	struct sk_record *sks;
-	size_t cap;
+	if (g.ac_open)
+		genid_close(&g.ac);
+	g.ac_open = 0;
+}
 
-	if (g.nr_sks == g.cap_sks) {
-		cap = g.cap_sks ? 2 * g.cap_sks : 16;
-		sks = realloc(g.sks, cap * sizeof(*sks));
-		if (!sks)
-			return -ENOMEM;
-		g.sks = sks;
-		g.cap_sks = cap;
-	}
+/*
+ * grow makes room for element n (0-based) of an array of n: capacities are
+ * powers of two, so an array of n has room unless n is one (or 0).
+ */
+static void *grow(void *p, size_t n, size_t size)
+{
+	if (n & (n - 1))
+		return p;
+	return realloc(p, (n ? 2 * n : 1) * size);
+}
+
+/* find_scope returns the record of scope name, or NULL. */
+static struct rscope *find_scope(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < g.nr_scopes; i++)
+		if (!strcmp(g.scopes[i].name, name))
+			return &g.scopes[i];
+	return NULL;
+}
+
+/* add_scope returns the record of scope name, adding it if need be. */
+static struct rscope *add_scope(const char *name)
+{
+	struct rscope *s = find_scope(name), *n;
+
+	if (s)
+		return s;
+	if (strlen(name) > GENID_MAX_NAME)
+		return NULL;
+	n = grow(g.scopes, g.nr_scopes, sizeof(*n));
+	if (!n)
+		return NULL;
+	g.scopes = n;
+	s = &g.scopes[g.nr_scopes++];
+	memset(s, 0, sizeof(*s));
+	strcpy(s->name, name);
+	return s;
+}
+
+static void drop_scope(struct rscope *s)
+{
+	free(s->mounts);
+	memmove(s, s + 1, (g.scopes + g.nr_scopes - (s + 1)) * sizeof(*s));
+	g.nr_scopes--;
+}
+
+/* note_gen raises a scope's recorded generation to gen. */
+static void note_gen(struct rscope *s, uint32_t gen)
+{
+	if (!s->have_gen || gen > s->gen)
+		s->gen = gen;
+	s->have_gen = 1;
+}
+
+static int add_mount(struct rscope *s, const struct rmount *m)
+{
+	struct rmount *n = grow(s->mounts, s->nr_mounts, sizeof(*n));
+
+	if (!n)
+		return -ENOMEM;
+	s->mounts = n;
+	s->mounts[s->nr_mounts++] = *m;
+	return 0;
+}
+
+static int add_sk(const struct rsock *r)
+{
+	struct rsock *n = grow(g.sks, g.nr_sks, sizeof(*n));
+
+	if (!n)
+		return -ENOMEM;
+	g.sks = n;
 	g.sks[g.nr_sks++] = *r;
 	return 0;
 }
 
+static void free_record(void)
+{
+	size_t i;
+
+	for (i = 0; i < g.nr_scopes; i++)
+		free(g.scopes[i].mounts);
+	free(g.scopes);
+	free(g.sks);
+	g.scopes = NULL;
+	g.sks = NULL;
+	g.nr_scopes = g.nr_sks = 0;
+}
+
 /*
- * read_page reads the generation from the configured page, as any process
- * may. It returns -ENOENT when there is no page, and logs any other error:
- * a page too short to hold the generation would raise SIGBUS in criu.
+ * read_page reads the generation from a page, as any process may. It
+ * returns -ENOENT when there is none, and logs any other error: a page too
+ * short to hold the generation would raise SIGBUS in criu.
  */
-static int read_page(uint32_t *gen)
+static int read_page(const char *path, uint32_t *gen)
 {
 	struct stat st;
 	void *mem;
 	int fd, ret;
 
-	fd = open(g.page, O_RDONLY | O_CLOEXEC);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
 		ret = -errno;
 		if (ret != -ENOENT)
-			pr_err("open %s: %s\n", g.page, strerror(-ret));
+			pr_err("open %s: %s\n", path, strerror(-ret));
 		return ret;
 	}
 	if (fstat(fd, &st) < 0) {
 		ret = -errno;
-		pr_err("stat %s: %s\n", g.page, strerror(-ret));
+		pr_err("stat %s: %s\n", path, strerror(-ret));
 		close(fd);
 		return ret;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		pr_err("%s is not a regular file: not a generation page\n", g.page);
+		pr_err("%s is not a regular file: not a generation page\n", path);
 		close(fd);
 		return -EINVAL;
 	}
 	if (st.st_size < (off_t)sizeof(uint32_t)) {
 		pr_err("%s is %lld bytes, too short for a generation page (the daemon makes it %d)\n",
-		       g.page, (long long)st.st_size, PAGE_LEN);
+		       path, (long long)st.st_size, PAGE_LEN);
 		close(fd);
 		return -EINVAL;
 	}
 	mem = mmap(NULL, PAGE_LEN, PROT_READ, MAP_SHARED, fd, 0);
 	if (mem == MAP_FAILED) {
 		ret = -errno;
-		pr_err("mmap %s: %s\n", g.page, strerror(-ret));
+		pr_err("mmap %s: %s\n", path, strerror(-ret));
 		close(fd);
 		return ret;
 	}
@@ -209,69 +395,135 @@ static int read_page(uint32_t *gen)
 }
 
 /*
- * put_str writes s as a JSON string: quotes, backslashes and control
- * characters of a path would otherwise break the record.
+ * The record's layout (checkpoint/record.go has the table): little-endian,
+ * strings with a u8 (names) or u16 (paths) length first.
  */
-static void put_str(FILE *f, const char *s)
-{
-	const unsigned char *p;
+struct wbuf {
+	unsigned char *p;
+	size_t len, cap;
+	int err;
+};
 
-	fputc('"', f);
-	for (p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
+static void put(struct wbuf *b, const void *v, size_t n)
+{
+	unsigned char *np;
+	size_t cap;
+
+	if (b->err)
+		return;
+	if (b->len + n > b->cap) {
+		cap = b->cap ? 2 * b->cap : 4096;
+		while (cap < b->len + n)
+			cap *= 2;
+		np = realloc(b->p, cap);
+		if (!np) {
+			b->err = ENOMEM;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
 	}
-	fputc('"', f);
+	memcpy(b->p + b->len, v, n);
+	b->len += n;
 }
 
-/* write_record rewrites IMAGES_DIR/genid.json with what is known so far. */
+static void put_u8(struct wbuf *b, uint8_t v) { put(b, &v, 1); }
+static void put_u16(struct wbuf *b, uint16_t v) { v = htole16(v); put(b, &v, 2); }
+static void put_u32(struct wbuf *b, uint32_t v) { v = htole32(v); put(b, &v, 4); }
+static void put_i64(struct wbuf *b, int64_t v) { uint64_t u = htole64((uint64_t)v); put(b, &u, 8); }
+
+static void put_str8(struct wbuf *b, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n > 255) {
+		b->err = ENAMETOOLONG;
+		return;
+	}
+	put_u8(b, n);
+	put(b, s, n);
+}
+
+static void put_str16(struct wbuf *b, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n > RECORD_PATH_MAX) {
+		b->err = ENAMETOOLONG;
+		return;
+	}
+	put_u16(b, n);
+	put(b, s, n);
+}
+
+/* write_record rewrites IMAGES_DIR/genid.record with what is known so far. */
 static int write_record(void)
 {
 	char tmp[] = RECORD_NAME ".tmp";
 	int dir = criu_get_image_dir();
-	time_t now = time(NULL);
-	char stamp[32];
-	struct tm tm;
-	size_t i;
-	FILE *f;
-	int fd, err;
+	struct wbuf b = { 0 };
+	unsigned char head[16] = RECORD_MAGIC;
+	size_t i, j, off;
+	ssize_t n;
+	int fd, err = 0;
 
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
-	fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	put_i64(&b, (int64_t)time(NULL));
+	put_str8(&b, "");	/* writer: the C plugin */
+	put_str16(&b, g.rundir);
+	put_u16(&b, g.nr_scopes);
+	for (i = 0; i < g.nr_scopes; i++) {
+		struct rscope *s = &g.scopes[i];
+
+		put_str8(&b, s->name);
+		put_u8(&b, s->have_gen);
+		put_u32(&b, s->gen);
+		put_u16(&b, s->nr_mounts);
+		for (j = 0; j < s->nr_mounts; j++) {
+			put_u32(&b, s->mounts[j].id);
+			put_u8(&b, s->mounts[j].file);
+			put_str16(&b, s->mounts[j].path);
+		}
+	}
+	put_u32(&b, g.nr_sks);
+	for (i = 0; i < g.nr_sks; i++) {
+		struct rsock *r = &g.sks[i];
+
+		put_u32(&b, r->ino);
+		put_u8(&b, (r->flags & GENID_FLAG_WATCHER ? 1 : 0) | (r->nonblock ? 2 : 0));
+		put_u32(&b, r->acked);
+		put_str8(&b, r->scope);
+		put_str16(&b, r->path);
+	}
+	if (b.err) {
+		pr_err("record: %s\n", strerror(b.err));
+		free(b.p);
+		return -1;
+	}
+	head[8] = RECORD_VERSION;
+	head[12] = b.len & 0xff;
+	head[13] = b.len >> 8 & 0xff;
+	head[14] = b.len >> 16 & 0xff;
+	head[15] = b.len >> 24 & 0xff;
+
+	fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0) {
 		pr_err("create %s: %s\n", tmp, strerror(errno));
+		free(b.p);
 		return -1;
 	}
-	f = fdopen(fd, "w");
-	if (!f) {
-		pr_err("fdopen %s: %s\n", tmp, strerror(errno));
-		close(fd);
-		unlinkat(dir, tmp, 0);
-		return -1;
+	if (write(fd, head, sizeof(head)) != (ssize_t)sizeof(head))
+		err = errno ? errno : EIO;
+	for (off = 0; !err && off < b.len; off += n) {
+		n = write(fd, b.p + off, b.len - off);
+		if (n < 0 && errno == EINTR) {
+			n = 0;
+			continue;
+		}
+		if (n <= 0)
+			err = n < 0 ? errno : EIO;
 	}
-	fprintf(f, "{\n  \"version\": %d,\n", RECORD_VERSION);
-	if (g.have_gen)
-		fprintf(f, "  \"generation\": %" PRIu32 ",\n", g.gen);
-	fprintf(f, "  \"socket\": ");
-	put_str(f, g.sock);
-	fprintf(f, ",\n  \"time\": \"%s\",\n  \"sockets\": [", stamp);
-	for (i = 0; i < g.nr_sks; i++) {
-		struct sk_record *r = &g.sks[i];
-
-		fprintf(f, "%s\n    {\"inode\": %" PRIu32 ", \"watcher\": %s, \"acked\": %" PRIu32
-			", \"nonblock\": %s, \"path\": ", i ? "," : "", r->ino,
-			r->flags & GENID_FLAG_WATCHER ? "true" : "false", r->acked,
-			r->nonblock ? "true" : "false");
-		put_str(f, r->path);
-		fputc('}', f);
-	}
-	fprintf(f, "%s]\n}\n", g.nr_sks ? "\n  " : "");
-	err = ferror(f) ? EIO : 0;
-	if (fclose(f) && !err)
+	free(b.p);
+	if (close(fd) && !err)
 		err = errno;
 	if (err) {
 		pr_err("write %s: %s\n", tmp, strerror(err));
@@ -287,496 +539,144 @@ static int write_record(void)
 	return 0;
 }
 
-/*
- * A JSON reader, enough for the record: what the plugin writes and what
- * plugin/record.go's encoding/json writes (any layout, unknown keys skipped,
- * keys matched without regard to case as encoding/json does). Whatever is
- * not valid JSON, or not the record's shape, is an error: a restore must not
- * go on with half a record.
- */
-struct jp {
-	const char *buf, *p, *end;
-	const char *err;	/* the first error */
-	char msg[64];		/* room for an error with a value in it */
-	int depth;
+/* A reader of the record: the first error sticks, every read after it fails. */
+struct rbuf {
+	const unsigned char *p, *end;
+	const char *err;
 };
 
-#define JP_MAX_DEPTH	32
-
-static int jp_fail(struct jp *j, const char *why)
+static int take(struct rbuf *r, void *v, size_t n)
 {
-	if (!j->err)
-		j->err = why;
-	return -1;
-}
-
-static void jp_ws(struct jp *j)
-{
-	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-		j->p++;
-}
-
-/* jp_peek returns the next significant character, or 0 at the end. */
-static char jp_peek(struct jp *j)
-{
-	jp_ws(j);
-	return j->p < j->end ? *j->p : 0;
-}
-
-static int jp_expect(struct jp *j, char c, const char *why)
-{
-	if (jp_peek(j) != c)
-		return jp_fail(j, j->p < j->end ? why : "cut short");
-	j->p++;
-	return 0;
-}
-
-static int jp_word(struct jp *j, const char *w)
-{
-	size_t n = strlen(w);
-
-	if ((size_t)(j->end - j->p) < n)
-		return jp_fail(j, "cut short");
-	if (memcmp(j->p, w, n))
-		return jp_fail(j, "invalid literal");
-	j->p += n;
-	return 0;
-}
-
-static int jp_hex4(struct jp *j, uint32_t *v)
-{
-	int i;
-
-	*v = 0;
-	if (j->end - j->p < 4)
-		return jp_fail(j, "cut short");
-	for (i = 0; i < 4; i++) {
-		char c = *j->p++;
-
-		*v <<= 4;
-		if (c >= '0' && c <= '9')
-			*v |= c - '0';
-		else if (c >= 'a' && c <= 'f')
-			*v |= c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			*v |= c - 'A' + 10;
-		else
-			return jp_fail(j, "invalid \\u escape");
-	}
-	return 0;
-}
-
-/* jp_utf8 puts code point cp in out (room for 4), returns its length. */
-static size_t jp_utf8(uint32_t cp, char *out)
-{
-	if (cp < 0x80) {
-		out[0] = cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		out[0] = 0xc0 | cp >> 6;
-		out[1] = 0x80 | (cp & 0x3f);
-		return 2;
-	}
-	if (cp < 0x10000) {
-		out[0] = 0xe0 | cp >> 12;
-		out[1] = 0x80 | (cp >> 6 & 0x3f);
-		out[2] = 0x80 | (cp & 0x3f);
-		return 3;
-	}
-	out[0] = 0xf0 | cp >> 18;
-	out[1] = 0x80 | (cp >> 12 & 0x3f);
-	out[2] = 0x80 | (cp >> 6 & 0x3f);
-	out[3] = 0x80 | (cp & 0x3f);
-	return 4;
-}
-
-/* jp_escape decodes the escape after a backslash into out (room for 4). */
-static int jp_escape(struct jp *j, char *out, size_t *n)
-{
-	uint32_t cp, lo;
-	char c;
-
-	if (j->p >= j->end)
-		return jp_fail(j, "cut short");
-	c = *j->p++;
-	*n = 1;
-	switch (c) {
-	case '"': case '\\': case '/':
-		out[0] = c;
-		return 0;
-	case 'b': out[0] = '\b'; return 0;
-	case 'f': out[0] = '\f'; return 0;
-	case 'n': out[0] = '\n'; return 0;
-	case 'r': out[0] = '\r'; return 0;
-	case 't': out[0] = '\t'; return 0;
-	case 'u':
-		break;
-	default:
-		return jp_fail(j, "invalid escape");
-	}
-	if (jp_hex4(j, &cp))
+	if (r->err)
 		return -1;
-	if (cp >= 0xdc00 && cp <= 0xdfff)
-		cp = 0xfffd;		/* a lone low surrogate, as encoding/json reads it */
-	else if (cp >= 0xd800 && cp <= 0xdbff) {
-		if (j->end - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u') {
-			j->p += 2;
-			if (jp_hex4(j, &lo))
-				return -1;
-			if (lo < 0xdc00 || lo > 0xdfff)
-				return jp_fail(j, "invalid surrogate pair");
-			cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-		} else {
-			cp = 0xfffd;
+	if ((size_t)(r->end - r->p) < n) {
+		r->err = "cut short";
+		return -1;
+	}
+	memcpy(v, r->p, n);
+	r->p += n;
+	return 0;
+}
+
+static uint8_t get_u8(struct rbuf *r) { uint8_t v = 0; take(r, &v, 1); return v; }
+static uint16_t get_u16(struct rbuf *r) { uint16_t v = 0; take(r, &v, 2); return le16toh(v); }
+static uint32_t get_u32(struct rbuf *r) { uint32_t v = 0; take(r, &v, 4); return le32toh(v); }
+static int64_t get_i64(struct rbuf *r) { uint64_t v = 0; take(r, &v, 8); return (int64_t)le64toh(v); }
+
+/* get_str reads n bytes into out (cap bytes, NUL-terminated): no NUL inside. */
+static void get_str(struct rbuf *r, size_t n, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (n >= cap) {
+		if (!r->err)
+			r->err = "a string too long";
+		return;
+	}
+	if (take(r, out, n))
+		return;
+	out[n] = '\0';
+	if (strlen(out) != n)
+		r->err = "a NUL byte in a string";
+}
+
+/* get_name reads a scope's name: empty, or letters, digits, '_', '.', '-'. */
+static void get_name(struct rbuf *r, char *out)
+{
+	const char *c;
+
+	get_str(r, get_u8(r), out, GENID_MAX_NAME + 1);
+	for (c = out; *c; c++)
+		if (!(('a' <= *c && *c <= 'z') || ('A' <= *c && *c <= 'Z') || ('0' <= *c && *c <= '9') ||
+		      *c == '_' || *c == '.' || *c == '-') || (c == out && (*c == '.' || *c == '-'))) {
+			if (!r->err)
+				r->err = "a scope name that is not one";
+			return;
+		}
+}
+
+/* parse_record reads the whole record into g, or sets r->err. */
+static void parse_record(struct rbuf *r)
+{
+	unsigned char head[16];
+	uint32_t nr, i, j;
+	uint16_t ns, nm;
+
+	if (take(r, head, sizeof(head)) || memcmp(head, RECORD_MAGIC, 8)) {
+		r->err = "not a genid record (no magic)";
+		return;
+	}
+	if (head[8] != RECORD_VERSION || head[9] || head[10] || head[11]) {
+		r->err = "a version this plugin does not know";
+		return;
+	}
+	nr = head[12] | head[13] << 8 | head[14] << 16 | (uint32_t)head[15] << 24;
+	if (nr != (size_t)(r->end - r->p)) {
+		r->err = "its length is not what follows its header: cut short or padded";
+		return;
+	}
+	g.time = get_i64(r);
+	get_str(r, get_u8(r), g.writer, sizeof(g.writer));
+	get_str(r, get_u16(r), g.rec_rundir, sizeof(g.rec_rundir));
+	ns = get_u16(r);
+	for (i = 0; i < ns && !r->err; i++) {
+		char name[GENID_MAX_NAME + 1];
+		struct rscope *s;
+		uint8_t flags;
+
+		get_name(r, name);
+		if (r->err)
+			return;
+		if (find_scope(name)) {
+			r->err = "a scope twice";
+			return;
+		}
+		s = add_scope(name);
+		if (!s) {
+			r->err = "out of memory";
+			return;
+		}
+		flags = get_u8(r);
+		s->gen = get_u32(r);
+		s->have_gen = flags & 1;
+		if (flags & ~1)
+			r->err = "unknown scope flags";
+		nm = get_u16(r);
+		for (j = 0; j < nm && !r->err; j++) {
+			struct rmount m = { 0 };
+
+			m.id = get_u32(r);
+			flags = get_u8(r);
+			m.file = flags & 1;
+			if (flags & ~1)
+				r->err = "unknown mount flags";
+			get_str(r, get_u16(r), m.path, sizeof(m.path));
+			if (!r->err && add_mount(s, &m))
+				r->err = "out of memory";
 		}
 	}
-	if (cp == 0)
-		return jp_fail(j, "NUL in a string");
-	*n = jp_utf8(cp, out);
-	return 0;
-}
+	nr = get_u32(r);
+	if (!r->err && (uint64_t)nr * 14 > (uint64_t)(r->end - r->p))
+		r->err = "more sockets than the record could hold";
+	for (i = 0; i < nr && !r->err; i++) {
+		struct rsock k = { 0 };
+		uint8_t flags;
 
-/*
- * jp_string reads a string into out (cap bytes with the NUL), or checks and
- * skips it when out is NULL. A string longer than out is an error, unless
- * long is given: it is then set, and out holds the start of the string.
- */
-static int jp_string_long(struct jp *j, char *out, size_t cap, int *long_)
-{
-	size_t len = 0, n;
-	char tmp[4];
-
-	if (jp_expect(j, '"', "string expected"))
-		return -1;
-	for (;;) {
-		unsigned char c;
-
-		if (j->p >= j->end)
-			return jp_fail(j, "cut short");
-		c = *j->p++;
-		if (c == '"')
-			break;
-		if (c < 0x20)
-			return jp_fail(j, "control character in a string");
-		if (c == '\\') {
-			if (jp_escape(j, tmp, &n))
-				return -1;
-		} else {
-			tmp[0] = c;
-			n = 1;
-		}
-		if (!out)
-			continue;
-		if (len + n >= cap) {
-			if (!long_)
-				return jp_fail(j, "string too long");
-			*long_ = 1;
-			continue;
-		}
-		memcpy(out + len, tmp, n);
-		len += n;
+		k.ino = get_u32(r);
+		flags = get_u8(r);
+		k.flags = flags & 1 ? GENID_FLAG_WATCHER : 0;
+		k.nonblock = !!(flags & 2);
+		if (flags & ~3)
+			r->err = "unknown socket flags";
+		k.acked = get_u32(r);
+		get_name(r, k.scope);
+		get_str(r, get_u16(r), k.path, sizeof(k.path));
+		if (!r->err && !find_scope(k.scope))
+			r->err = "a socket of a scope the record does not list";
+		if (!r->err && add_sk(&k))
+			r->err = "out of memory";
 	}
-	if (out)
-		out[len] = '\0';
-	return 0;
-}
-
-static int jp_string(struct jp *j, char *out, size_t cap)
-{
-	return jp_string_long(j, out, cap, NULL);
-}
-
-/* jp_u32 reads an unsigned integer that fits in 32 bits, and nothing else. */
-static int jp_u32(struct jp *j, uint32_t *v)
-{
-	uint64_t x = 0;
-	const char *start;
-
-	jp_ws(j);
-	start = j->p;
-	if (j->p < j->end && *j->p == '-')
-		return jp_fail(j, "negative number");
-	while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
-		x = x * 10 + (*j->p++ - '0');
-		if (x > UINT32_MAX)
-			return jp_fail(j, "number out of range");
-	}
-	if (j->p == start)
-		return jp_fail(j, j->p < j->end ? "number expected" : "cut short");
-	if (*start == '0' && j->p - start > 1)
-		return jp_fail(j, "leading zero");
-	if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E'))
-		return jp_fail(j, "not an integer");
-	*v = x;
-	return 0;
-}
-
-static int jp_bool(struct jp *j, int *v)
-{
-	char c = jp_peek(j);
-
-	if (c == 't') {
-		*v = 1;
-		return jp_word(j, "true");
-	}
-	if (c == 'f') {
-		*v = 0;
-		return jp_word(j, "false");
-	}
-	return jp_fail(j, j->p < j->end ? "true or false expected" : "cut short");
-}
-
-/* jp_null takes a null if one comes next. */
-static int jp_null(struct jp *j)
-{
-	if (jp_peek(j) != 'n')
-		return 0;
-	return jp_word(j, "null") ? -1 : 1;
-}
-
-static int jp_skip_number(struct jp *j)
-{
-	const char *d;
-
-	if (j->p < j->end && *j->p == '-')
-		j->p++;
-	d = j->p;
-	while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-		j->p++;
-	if (j->p == d || (*d == '0' && j->p - d > 1))
-		return jp_fail(j, "invalid number");
-	if (j->p < j->end && *j->p == '.') {
-		d = ++j->p;
-		while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-			j->p++;
-		if (j->p == d)
-			return jp_fail(j, "invalid number");
-	}
-	if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-		j->p++;
-		if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
-			j->p++;
-		d = j->p;
-		while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
-			j->p++;
-		if (j->p == d)
-			return jp_fail(j, "invalid number");
-	}
-	return 0;
-}
-
-/*
- * jp_next steps over the ',' between members or elements: 1 when another
- * one follows, 0 at the closing character.
- */
-static int jp_next(struct jp *j, char close, int first)
-{
-	char c = jp_peek(j);
-
-	if (c == close) {
-		j->p++;
-		return 0;
-	}
-	if (first)
-		return 1;
-	if (c != ',')
-		return jp_fail(j, c ? "',' expected" : "cut short");
-	j->p++;
-	return 1;
-}
-
-/* jp_skip checks and skips one value of any kind. */
-static int jp_skip(struct jp *j)
-{
-	char c = jp_peek(j);
-	int more, first;
-
-	switch (c) {
-	case '"':
-		return jp_string(j, NULL, 0);
-	case 't':
-		return jp_word(j, "true");
-	case 'f':
-		return jp_word(j, "false");
-	case 'n':
-		return jp_word(j, "null");
-	case '{':
-	case '[':
-		break;
-	case 0:
-		return jp_fail(j, "cut short");
-	default:
-		if (c == '-' || (c >= '0' && c <= '9'))
-			return jp_skip_number(j);
-		return jp_fail(j, "value expected");
-	}
-	if (++j->depth > JP_MAX_DEPTH)
-		return jp_fail(j, "nested too deep");
-	j->p++;
-	for (first = 1; (more = jp_next(j, c == '{' ? '}' : ']', first)) > 0; first = 0) {
-		if (c == '{' && (jp_string(j, NULL, 0) || jp_expect(j, ':', "':' expected")))
-			return -1;
-		if (jp_skip(j))
-			return -1;
-	}
-	j->depth--;
-	return more;
-}
-
-/*
- * jp_key reads a member's key into key and the ':' after it. seen has one
- * bit per known key of names[]: a known key twice is an error, since its
- * two values may disagree. It returns the key's index in names, or -1 for
- * an unknown key (and sets j->err on an error).
- */
-#define JP_UNKNOWN	(-2)
-
-static int jp_key(struct jp *j, const char *const *names, unsigned int *seen)
-{
-	char key[32];
-	int i, long_ = 0;
-
-	if (jp_string_long(j, key, sizeof(key), &long_) || jp_expect(j, ':', "':' expected"))
-		return -1;
-	if (long_)
-		return JP_UNKNOWN;
-	for (i = 0; names[i]; i++) {
-		if (strcasecmp(key, names[i]))
-			continue;
-		if (*seen & 1u << i) {
-			jp_fail(j, "duplicate key");
-			return -1;
-		}
-		*seen |= 1u << i;
-		return i;
-	}
-	return JP_UNKNOWN;
-}
-
-enum { SK_INODE, SK_WATCHER, SK_ACKED, SK_NONBLOCK, SK_PATH };
-static const char *const sk_keys[] = { "inode", "watcher", "acked", "nonblock", "path", NULL };
-#define SK_REQUIRED	(1u << SK_INODE | 1u << SK_WATCHER | 1u << SK_ACKED)
-
-static int jp_socket(struct jp *j)
-{
-	struct sk_record r = { 0 };
-	unsigned int seen = 0;
-	int more, first, k, b, ret = 0;
-
-	if (jp_expect(j, '{', "socket entry expected"))
-		return -1;
-	for (first = 1; (more = jp_next(j, '}', first)) > 0; first = 0) {
-		k = jp_key(j, sk_keys, &seen);
-		switch (k) {
-		case SK_INODE:
-			ret = jp_u32(j, &r.ino);
-			break;
-		case SK_WATCHER:
-			ret = jp_bool(j, &b);
-			r.flags = b ? GENID_FLAG_WATCHER : 0;
-			break;
-		case SK_ACKED:
-			ret = jp_u32(j, &r.acked);
-			break;
-		case SK_NONBLOCK:
-			ret = jp_bool(j, &r.nonblock);
-			break;
-		case SK_PATH:
-			ret = jp_string(j, r.path, sizeof(r.path));
-			break;
-		case JP_UNKNOWN:
-			ret = jp_skip(j);
-			break;
-		default:
-			return -1;
-		}
-		if (ret)
-			return -1;
-	}
-	if (more < 0)
-		return -1;
-	if ((seen & SK_REQUIRED) != SK_REQUIRED)
-		return jp_fail(j, "socket entry without inode, watcher or acked");
-	if (add_sk(&r))
-		return jp_fail(j, "out of memory");
-	return 0;
-}
-
-static int jp_sockets(struct jp *j)
-{
-	int more, first;
-
-	if (jp_null(j))
-		return j->err ? -1 : 0;
-	if (jp_expect(j, '[', "array of sockets expected"))
-		return -1;
-	for (first = 1; (more = jp_next(j, ']', first)) > 0; first = 0)
-		if (jp_socket(j))
-			return -1;
-	return more;
-}
-
-enum { R_VERSION, R_GENERATION, R_SOCKETS, R_SOCKET, R_TIME, R_WRITER };
-static const char *const record_keys[] = {
-	"version", "generation", "sockets", "socket", "time", "writer", NULL
-};
-
-/* parse_record fills g from the record in buf; j->err says what is wrong. */
-static int parse_record(struct jp *j)
-{
-	unsigned int seen = 0;
-	uint32_t version = 0;
-	int more, first, k, ret = 0;
-
-	if (jp_expect(j, '{', "not a JSON object"))
-		return -1;
-	for (first = 1; (more = jp_next(j, '}', first)) > 0; first = 0) {
-		k = jp_key(j, record_keys, &seen);
-		switch (k) {
-		case R_VERSION:
-			ret = jp_u32(j, &version);
-			break;
-		case R_GENERATION:
-			ret = jp_null(j);
-			if (ret == 0) {
-				ret = jp_u32(j, &g.gen);
-				g.have_gen = !ret;
-			}
-			ret = ret < 0 ? -1 : 0;
-			break;
-		case R_SOCKETS:
-			ret = jp_sockets(j);
-			break;
-		case R_SOCKET:
-		case R_TIME:
-		case R_WRITER:
-			ret = jp_null(j);
-			if (ret == 0)
-				ret = jp_string(j, NULL, 0);
-			ret = ret < 0 ? -1 : 0;
-			break;
-		case JP_UNKNOWN:
-			ret = jp_skip(j);
-			break;
-		default:
-			return -1;
-		}
-		if (ret)
-			return -1;
-	}
-	if (more < 0)
-		return -1;
-	jp_ws(j);
-	if (j->p < j->end)
-		return jp_fail(j, "data after the record");
-	if (!(seen & 1u << R_VERSION))
-		return jp_fail(j, "no version");
-	if (version != RECORD_VERSION) {
-		snprintf(j->msg, sizeof(j->msg), "unsupported version %" PRIu32, version);
-		return jp_fail(j, j->msg);
-	}
-	return 0;
+	if (!r->err && r->p != r->end)
+		r->err = "data after the record";
 }
 
 /*
@@ -786,16 +686,23 @@ static int parse_record(struct jp *j)
  */
 static int read_record(void)
 {
-	int fd = openat(criu_get_image_dir(), RECORD_NAME, O_RDONLY | O_CLOEXEC);
-	struct jp j = { 0 };
-	size_t len = 0, cap = 0;
+	int fd = openat(criu_get_image_dir(), RECORD_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct rbuf r = { 0 };
+	unsigned char *buf = NULL;
 	struct stat st;
-	char *buf = NULL, *nbuf;
+	size_t len = 0;
 	ssize_t n;
 
+	if (fd < 0 && errno == ENOENT) {
+		if (!faccessat(criu_get_image_dir(), OLD_RECORD_NAME, F_OK, 0)) {
+			pr_refuse("the checkpoint has a %s of genid before scopes, which this genid does not "
+				  "restore: restore it with the genid that took it (see genid's README, CRIU)\n",
+				  OLD_RECORD_NAME);
+			return -1;
+		}
+		return 0;
+	}
 	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0;
 		pr_refuse("open %s: %s\n", RECORD_NAME, strerror(errno));
 		return -1;
 	}
@@ -804,71 +711,44 @@ static int read_record(void)
 		close(fd);
 		return -1;
 	}
+	if (st.st_size > RECORD_MAX) {
+		pr_refuse("%s: larger than %d bytes\n", RECORD_NAME, RECORD_MAX);
+		close(fd);
+		return -1;
+	}
+	buf = malloc(st.st_size + 1);
+	if (!buf) {
+		pr_refuse("%s: out of memory\n", RECORD_NAME);
+		close(fd);
+		return -1;
+	}
 	/* Read to the end, however large: one read() may return less. */
-	for (;;) {
-		if (len == cap) {
-			cap = cap ? 2 * cap : (size_t)st.st_size + 1;
-			if (cap > RECORD_MAX) {
-				pr_refuse("%s: larger than %d bytes\n", RECORD_NAME, RECORD_MAX);
-				goto err;
-			}
-			nbuf = realloc(buf, cap);
-			if (!nbuf) {
-				pr_refuse("%s: out of memory\n", RECORD_NAME);
-				goto err;
-			}
-			buf = nbuf;
-		}
-		n = read(fd, buf + len, cap - len);
+	while ((n = read(fd, buf + len, st.st_size + 1 - len)) != 0) {
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0) {
-			pr_refuse("read %s: %s\n", RECORD_NAME, strerror(errno));
-			goto err;
+		if (n < 0 || len + n > (size_t)st.st_size) {
+			pr_refuse("read %s: %s\n", RECORD_NAME, n < 0 ? strerror(errno) : "it grew");
+			close(fd);
+			free(buf);
+			return -1;
 		}
-		if (n == 0)
-			break;
 		len += n;
 	}
 	close(fd);
-	fd = -1;
-
-	j.buf = j.p = buf;
-	j.end = buf + len;
+	r.p = buf;
+	r.end = buf + len;
 	if (len == 0)
-		jp_fail(&j, "empty");
+		r.err = "empty";
 	else
-		parse_record(&j);
-	if (j.err) {
+		parse_record(&r);
+	if (r.err) {
 		pr_refuse("%s is corrupt: %s at byte %zu of %zu: a restore needs the record of its checkpoint whole\n",
-			  RECORD_NAME, j.err, (size_t)(j.p - j.buf), len);
-		goto err;
+			  RECORD_NAME, r.err, (size_t)(r.p - buf), len);
+		free(buf);
+		return -1;
 	}
 	free(buf);
 	return 1;
-err:
-	if (fd >= 0)
-		close(fd);
-	free(buf);
-	return -1;
-}
-
-static int dump_init(void)
-{
-	int ret = read_page(&g.gen);
-
-	if (ret == -ENOENT) {
-		pr_info("no generation page at %s: nothing to record yet\n", g.page);
-		return 0;
-	}
-	if (ret) {
-		pr_err("cannot read the generation at %s: refusing to dump\n", g.page);
-		return -1;
-	}
-	g.have_gen = 1;
-	g.page_seen = 1;
-	pr_info("generation at checkpoint: %" PRIu32 "\n", g.gen);
-	return write_record();
 }
 
 /*
@@ -879,7 +759,7 @@ static int dump_init(void)
 static void poison_record(void)
 {
 	int fd = openat(criu_get_image_dir(), RECORD_NAME,
-			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 
 	if (fd >= 0)
 		close(fd);
@@ -889,81 +769,167 @@ static void poison_record(void)
 }
 
 /*
+ * dump_init records the host scope's generation as it is before the tasks
+ * freeze: a dump of host processes, which may read the host page, must never
+ * lack it (an action script after the dump may copy the images before
+ * dump_fini). A dump that turns out to be a container's drops it again.
+ */
+static int dump_init(void)
+{
+	struct rscope *host;
+	uint32_t gen;
+	int ret = read_page(g.page, &gen);
+
+	if (ret == -ENOENT) {
+		pr_info("no generation page at %s: nothing to record yet\n", g.page);
+		return 0;
+	}
+	if (ret) {
+		pr_err("cannot read the generation at %s: refusing to dump\n", g.page);
+		return -1;
+	}
+	host = add_scope("");
+	if (!host)
+		return -1;
+	note_gen(host, gen);
+	g.host_page_seen = 1;
+	pr_info("host scope's generation at checkpoint: %" PRIu32 "\n", gen);
+	return write_record();
+}
+
+/*
  * dump_fini runs in cr_dump_finish (cr-dump.c) after the images are written
- * and before the tasks are thawed or killed: the generation now is at least
- * any the tasks saw, though the page was read at init, before they froze.
+ * and before the tasks are thawed or killed: each scope's generation now is
+ * at least any the tasks saw, though the pages were read before they froze.
  * It runs after the post-dump action script, though: a script that copies
- * the images away takes the record as the socket hooks left it.
+ * the images away takes the record as the hooks left it.
  */
 static void dump_fini(void)
 {
+	struct rscope *host = find_scope("");
+	int containers = g.nr_scopes - (host != NULL), changed = 0;
+	char path[PATH_MAX];
 	uint32_t gen;
-	int ret = read_page(&gen);
+	size_t i;
 
 	/*
-	 * No page at init: the tasks can have read none but one a daemon
-	 * started meanwhile, which starts at 0 (and is empty for a moment).
+	 * A container's dump: its tasks use their scope, and the host's only
+	 * through a socket. No page at init: the tasks can have read none but
+	 * one a daemon started meanwhile, which starts at 0.
 	 */
-	if (ret && !g.page_seen)
-		return;
-	if (ret) {
-		poison_record();
-		return;
+	if (host && containers > 0 && !g.host_socket) {
+		pr_info("a container's dump: the host scope is not recorded\n");
+		drop_scope(host);
+		changed = 1;
 	}
-	if (!note_gen(gen) && g.recorded)
+	for (i = 0; i < g.nr_scopes; i++) {
+		struct rscope *s = &g.scopes[i];
+		int ret;
+
+		if (!s->name[0]) {
+			if (!g.host_page_seen)
+				continue;
+			snprintf(path, sizeof(path), "%s", g.page);
+		} else if (fmt(path, sizeof(path), "%s/%s", s->host_dir, GENID_PAGE_NAME)) {
+			poison_record();
+			return;
+		}
+		ret = read_page(path, &gen);
+		if (ret) {
+			poison_record();
+			return;
+		}
+		if (!s->have_gen || gen > s->gen) {
+			note_gen(s, gen);
+			changed = 1;
+		}
+	}
+	if (!changed && g.recorded)
 		return;
-	pr_info("generation %" PRIu32 " once the tasks were frozen: recording it\n", g.gen);
+	pr_info("generations once the tasks were frozen: recording them\n");
 	if (write_record())
 		poison_record();
 }
 
+/*
+ * restored_pid is this process's pid as the daemon sees it: the host's /proc
+ * is still mounted where CRIU restores mounts.
+ */
+static uint32_t restored_pid(void)
+{
+	char buf[32];
+	ssize_t n = readlink("/proc/self", buf, sizeof(buf) - 1);
+
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	return (uint32_t)strtoul(buf, NULL, 10);
+}
+
 static int restore_init(void)
 {
-	struct genid_conn c;
-	char val[16];
-	uint32_t min = 0;
+	char val[16], name[GENID_MAX_NAME + 1];
+	struct rscope *host;
 	int ret;
 
 	unsetenv(RESTORED_ENV);	/* one inherited by criu is not this restore's */
 	ret = read_record();
 	if (ret < 0)
 		return -1;
-	if (ret == 0)
-		pr_warn("no %s in the images (checkpoint taken without the plugin): bumping by one\n",
+	if (ret == 0) {
+		pr_warn("no %s in the images (checkpoint taken without the plugin): bumping the host scope by one\n",
 			RECORD_NAME);
-	if (g.have_gen) {
-		if (g.gen == UINT32_MAX) {
-			pr_refuse("recorded generation %" PRIu32 " cannot be bumped past\n", g.gen);
+		if (!add_scope(""))
 			return -1;
-		}
-		min = g.gen + 1;
+	}
+	host = find_scope("");
+	if (host && host->have_gen && host->gen == UINT32_MAX) {
+		pr_refuse("recorded generation %" PRIu32 " cannot be bumped past\n", host->gen);
+		return -1;
 	}
 
-	ret = genid_open_timeout(&c, g.sock, IO_TIMEOUT_MS);
+	ret = admin();
 	if (ret < 0) {
 		if (g.best_effort) {
 			fprintf(stderr, "genid: WARNING: genid daemon unreachable at %s: %s; "
 				"restoring anyway (GENID_CRIU_BEST_EFFORT): processes are not told of this restore\n",
-				g.sock, conn_err(&c, ret));
+				g.admin, conn_err(&g.ac, ret));
 			pr_warn("daemon unreachable at %s: %s; best effort: restoring anyway\n",
-				g.sock, conn_err(&c, ret));
+				g.admin, conn_err(&g.ac, ret));
 			return 0;
 		}
 		pr_refuse("genid daemon unreachable at %s: %s "
 			  "(start it, or set GENID_CRIU_BEST_EFFORT=1 to restore without it)\n",
-			  g.sock, conn_err(&c, ret));
+			  g.admin, conn_err(&g.ac, ret));
 		return -1;
 	}
-	ret = genid_bump(&c, min, REASON, &g.restored_gen);
-	genid_close(&c);
-	if (ret) {
-		pr_refuse("bump at %s failed: %s\n", g.sock, conn_err(&c, ret));
-		return -1;
+	/*
+	 * Containers' scopes are restored with their mounts, by the restored
+	 * tasks' root, which may be in a user namespace: the restore it asks
+	 * for is begun here, as criu's root.
+	 */
+	if (g.nr_scopes - (host != NULL) > 0) {
+		uint32_t none;
+
+		ret = genid_admin_restore(&g.ac, GENID_FLAG_BEGIN, NULL, 0, 0, &none, name, sizeof(name));
+		if (ret) {
+			pr_refuse("restore at %s refused: %s\n", g.admin, conn_err(&g.ac, ret));
+			return -1;
+		}
 	}
 	g.daemon_ok = 1;
-	pr_info("generation bumped to %" PRIu32 " (checkpoint had %s%" PRIu32 ")\n",
-		g.restored_gen, g.have_gen ? "" : "none, ", g.gen);
-	snprintf(val, sizeof(val), "%" PRIu32, g.restored_gen);
+	if (!host)
+		return 0;
+	ret = genid_admin_restore(&g.ac, host->have_gen ? GENID_FLAG_AVOID : 0, NULL, host->gen, 0,
+				  &host->new_gen, name, sizeof(name));
+	if (ret) {
+		pr_refuse("restore of the host scope at %s failed: %s\n", g.admin, conn_err(&g.ac, ret));
+		return -1;
+	}
+	host->restored = 1;
+	pr_info("host scope bumped to %" PRIu32 " (checkpoint had %s%" PRIu32 ")\n",
+		host->new_gen, host->have_gen ? "" : "none, ", host->gen);
+	snprintf(val, sizeof(val), "%" PRIu32, host->new_gen);
 	if (setenv(RESTORED_ENV, val, 1))
 		pr_warn("setenv %s: %s: an action script may bump again\n", RESTORED_ENV, strerror(errno));
 	return 0;
@@ -985,13 +951,34 @@ static void genid_plugin_exit(int stage, int ret)
 {
 	if (stage == CR_PLUGIN_STAGE__DUMP && ret == 0)
 		dump_fini();
-	free(g.sks);
-	g.sks = NULL;
-	g.nr_sks = 0;
-	g.cap_sks = 0;
+	admin_close();	/* at restore, this ends the restore the daemon knows of */
+	free_record();
 }
 
 CR_PLUGIN_REGISTER("genid", genid_plugin_init, genid_plugin_exit)
+
+/*
+ * rundir_of_socket derives a daemon's run dir from the path its socket is
+ * bound to: RUN_DIR/genid.sock (the host scope) or
+ * RUN_DIR/scopes/NAME/genid.sock (a container's).
+ */
+static void rundir_of_socket(const char *path, char *out, size_t cap)
+{
+	char *slash;
+	size_t n;
+
+	snprintf(out, cap, "%s", path);
+	slash = strrchr(out, '/');
+	*slash = '\0';			/* the socket's directory */
+	slash = strrchr(out, '/');
+	if (!slash)
+		return;
+	n = slash - out;
+	if (n >= strlen("/" GENID_SCOPES_DIR) &&
+	    !strncmp(slash - strlen("/" GENID_SCOPES_DIR), "/" GENID_SCOPES_DIR, strlen("/" GENID_SCOPES_DIR))) {
+		slash[-strlen("/" GENID_SCOPES_DIR)] = '\0';
+	}
+}
 
 /*
  * DUMP_UNIX_SK runs in the main criu process with a copy of the task's
@@ -1007,9 +994,10 @@ static int genid_dump_unix_sk(int fd, int id)
 	} a;
 	struct sockaddr_un *addr = &a.un;
 	socklen_t len = sizeof(a.un);
-	struct sk_record r = { .ino = (uint32_t)id };
+	struct rsock r = { .ino = (uint32_t)id };
+	char dir[PATH_MAX];
+	struct rscope *s;
 	const char *base;
-	struct genid_conn c;
 	uint32_t gen;
 	int ret, fl;
 
@@ -1022,41 +1010,281 @@ static int genid_dump_unix_sk(int fd, int id)
 	if (!base || strcmp(base + 1, GENID_SOCKET_NAME))
 		return -ENOTSUP;
 
-	/* The peer's bound path, as criu (in the daemon's mount namespace) sees it. */
-	ret = genid_open_timeout(&c, addr->sun_path, IO_TIMEOUT_MS);
+	rundir_of_socket(addr->sun_path, dir, sizeof(dir));
+	if (!g.ac_open && choose_rundir(dir))
+		return -1;
+	if (strcmp(dir, g.rundir))
+		return -ENOTSUP;	/* not the dump's daemon (see choose_rundir) */
+	ret = admin();
 	if (ret < 0) {
-		pr_err("socket %" PRIu32 " is connected to %s, which does not answer: %s\n",
-		       r.ino, addr->sun_path, conn_err(&c, ret));
+		pr_err("socket %" PRIu32 " is connected to %s, but the daemon's %s does not answer: %s\n",
+		       r.ino, addr->sun_path, g.admin, conn_err(&g.ac, ret));
 		return -1;
 	}
-	ret = genid_query_peer(&c, r.ino, &r.flags, &r.acked);
+	ret = genid_admin_query_peer(&g.ac, r.ino, &r.flags, &r.acked, r.scope, sizeof(r.scope));
 	/*
-	 * The tasks are frozen: this daemon's generation now is at least any
+	 * The tasks are frozen: the scope's generation now is at least any
 	 * its clients saw, and that the page was read at init does not matter.
 	 */
 	if (!ret)
-		ret = genid_get(&c, &gen);
-	genid_close(&c);
+		ret = genid_admin_get(&g.ac, r.scope, &gen);
 	if (ret == GENID_ST_NOT_FOUND)
 		return -ENOTSUP;	/* a socket named genid.sock, but not ours */
 	if (ret) {
-		pr_err("query of socket %" PRIu32 " at %s failed: %s\n", r.ino, addr->sun_path,
-		       conn_err(&c, ret));
+		pr_err("query of socket %" PRIu32 " at %s failed: %s\n", r.ino, g.admin,
+		       conn_err(&g.ac, ret));
 		return -1;
 	}
-	note_gen(gen);
-	note_gen(r.acked);
+	s = add_scope(r.scope);
+	if (!s)
+		return -ENOMEM;
+	if (!r.scope[0])
+		g.host_socket = 1;
+	else if (!s->host_dir[0] &&
+		 fmt(s->host_dir, sizeof(s->host_dir), "%s/%s/%s", g.rundir, GENID_SCOPES_DIR, r.scope))
+		return -1;
+	note_gen(s, gen);
+	note_gen(s, r.acked);
 
 	fl = fcntl(fd, F_GETFL);
 	r.nonblock = fl >= 0 && (fl & O_NONBLOCK);
 	snprintf(r.path, sizeof(r.path), "%s", addr->sun_path);
 	if (add_sk(&r))
 		return -ENOMEM;
-	pr_info("socket %" PRIu32 ": %s, acked %" PRIu32 "; generation %" PRIu32 "\n", r.ino,
-		r.flags & GENID_FLAG_WATCHER ? "watcher" : "client", r.acked, gen);
+	pr_info("socket %" PRIu32 ": %s of scope \"%s\", acked %" PRIu32 "; generation %" PRIu32 "\n", r.ino,
+		r.flags & GENID_FLAG_WATCHER ? "watcher" : "client", r.scope, r.acked, gen);
 	return write_record() ? -1 : 0;
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__DUMP_UNIX_SK, genid_dump_unix_sk)
+
+/*
+ * find_mount looks for mount id in the mountinfo of every process (the
+ * dumped tasks' mount namespace is not criu's): it fills the pid whose
+ * mountinfo has it, the device, and the mount's root within its
+ * filesystem. 0 if found.
+ */
+static int find_mount(int id, pid_t *pid, dev_t *dev, char *root, size_t cap)
+{
+	char path[300], line[PATH_MAX + 256], scan[64];
+	struct dirent *de;
+	unsigned int maj, min;
+	int mid, found = -1;
+	DIR *proc;
+	FILE *f;
+
+	proc = opendir("/proc");
+	if (!proc)
+		return -1;
+	snprintf(scan, sizeof(scan), "%%d %%*d %%u:%%u %%%zus", cap - 1);
+	while (found && (de = readdir(proc))) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/mountinfo", de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, scan, &mid, &maj, &min, root) == 4 && mid == id) {
+				*pid = atoi(de->d_name);
+				*dev = makedev(maj, min);
+				found = 0;
+				break;
+			}
+		fclose(f);
+	}
+	closedir(proc);
+	return found;
+}
+
+/*
+ * host_path turns a mount's root within its filesystem (dev, root) into a
+ * path in criu's mount namespace: through the mount of that filesystem here
+ * whose root is the longest prefix of it. 0 if found.
+ */
+static int host_path(dev_t dev, const char *root, char *out, size_t cap)
+{
+	char line[2 * PATH_MAX + 256], r[PATH_MAX], mp[PATH_MAX];
+	unsigned int maj, min;
+	size_t best = 0, n;
+	int found = -1;
+	FILE *f;
+
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%*d %*d %u:%u %4095s %4095s", &maj, &min, r, mp) != 4 ||
+		    makedev(maj, min) != dev)
+			continue;
+		n = strlen(r);
+		if (!strcmp(r, "/"))
+			n = 0;
+		else if (strncmp(root, r, n) || (root[n] != '/' && root[n] != '\0'))
+			continue;
+		if (found == 0 && n < best)
+			continue;
+		best = n;
+		snprintf(out, cap, "%s%s", strcmp(mp, "/") ? mp : "", root + n);
+		if (!out[0])
+			snprintf(out, cap, "/");
+		found = 0;
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * DUMP_EXT_MOUNT runs in the main criu process for a mount of the dumped
+ * tasks that neither the runtime declared nor CRIU can place: the plugin
+ * takes those of a genid scope, the directory (at /run/genid) or the page
+ * (at /dev/sysgenid) that genid's OCI hook bind-mounted.
+ */
+static int genid_dump_ext_mount(char *mountpoint, int id)
+{
+	char root[PATH_MAX], host[PATH_MAX], dir[PATH_MAX], name[PATH_MAX], page[PATH_MAX + 16];
+	char inside[PATH_MAX + 64];
+	struct rmount m = { .id = (uint32_t)id };
+	struct stat a, b;
+	struct rscope *s;
+	const char *mp = mountpoint;
+	char *slash;
+	dev_t dev;
+	pid_t pid;
+	uint32_t gen;
+
+	if (find_mount(id, &pid, &dev, root, sizeof(root)) || host_path(dev, root, host, sizeof(host)))
+		return -ENOTSUP;
+	snprintf(dir, sizeof(dir), "%s", host);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		return -ENOTSUP;
+	if (!strcmp(slash + 1, GENID_PAGE_NAME)) {
+		m.file = 1;
+		*slash = '\0';
+		slash = strrchr(dir, '/');
+		if (!slash)
+			return -ENOTSUP;
+	}
+	/* dir is RUN_DIR/scopes/NAME */
+	snprintf(name, sizeof(name), "%s", slash + 1);
+	*slash = '\0';
+	slash = strrchr(dir, '/');
+	if (!slash || strcmp(slash + 1, GENID_SCOPES_DIR) || strlen(name) > GENID_MAX_NAME || !name[0])
+		return -ENOTSUP;
+	*slash = '\0';
+
+	/* The very file the tasks have mounted, not one of the same name. */
+	while (mp[0] == '.' && mp[1] == '/')
+		mp++;
+	snprintf(inside, sizeof(inside), "/proc/%d/root%s", pid, mp);
+	if (stat(inside, &a) || stat(host, &b) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		return -ENOTSUP;
+	if (choose_rundir(dir))
+		return -1;
+
+	if (fmt(page, sizeof(page), "%s/%s/%s/%s", g.rundir, GENID_SCOPES_DIR, name, GENID_PAGE_NAME))
+		return -1;
+	if (read_page(page, &gen)) {
+		pr_err("mount %d (%s): scope %s has no readable page at %s\n", id, mp, name, page);
+		return -1;
+	}
+	s = add_scope(name);
+	if (!s)
+		return -ENOMEM;
+	if (fmt(s->host_dir, sizeof(s->host_dir), "%s/%s/%s", g.rundir, GENID_SCOPES_DIR, name))
+		return -1;
+	note_gen(s, gen);
+	snprintf(m.path, sizeof(m.path), "%s", mp);
+	if (add_mount(s, &m))
+		return -ENOMEM;
+	pr_info("mount %d at %s: scope %s's %s, generation %" PRIu32 "\n", id, m.path, name,
+		m.file ? "page" : "directory", gen);
+	return write_record() ? -1 : 0;
+}
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__DUMP_EXT_MOUNT, genid_dump_ext_mount)
+
+/* find_recorded_mount returns the scope of recorded mount id, and the mount. */
+static struct rscope *find_recorded_mount(uint32_t id, struct rmount **mp)
+{
+	size_t i, j;
+
+	for (i = 0; i < g.nr_scopes; i++)
+		for (j = 0; j < g.scopes[i].nr_mounts; j++)
+			if (g.scopes[i].mounts[j].id == id) {
+				*mp = &g.scopes[i].mounts[j];
+				return &g.scopes[i];
+			}
+	return NULL;
+}
+
+/*
+ * restore_scope asks the daemon for the restored tasks' scope, once per
+ * recorded scope: the one this process (their root) belongs to, or a new
+ * one, past the recorded generation.
+ */
+static int restore_scope(struct rscope *s)
+{
+	uint32_t pid;
+	int ret;
+
+	if (s->restored)
+		return 0;
+	pid = restored_pid();
+	if (!pid) {
+		pr_err("scope %s: cannot tell the restored tasks' pid: %s\n", s->name, strerror(errno));
+		return -1;
+	}
+	if (!g.daemon_ok) {
+		/* Best effort without a daemon: the recorded scope, if it is here. */
+		snprintf(s->new_name, sizeof(s->new_name), "%s", s->name);
+		s->restored = 1;
+		pr_warn("scope %s: daemon unreachable: mounting the scope of that name, if any\n", s->name);
+		return 0;
+	}
+	ret = genid_admin_restore(&g.ac, s->have_gen ? GENID_FLAG_AVOID : 0, s->name, s->gen, pid,
+				  &s->new_gen, s->new_name, sizeof(s->new_name));
+	if (ret) {
+		pr_err("restore of scope %s for the restored tasks (pid %" PRIu32 ") failed: %s\n", s->name, pid,
+		       conn_err(&g.ac, ret));
+		return -1;
+	}
+	s->restored = 1;
+	pr_info("scope %s restored as %s, generation %" PRIu32 " (checkpoint had %s%" PRIu32 ")\n", s->name,
+		s->new_name, s->new_gen, s->have_gen ? "" : "none, ", s->gen);
+	return 0;
+}
+
+/*
+ * RESTORE_EXT_MOUNT runs in the restored tasks' root, in their new mount
+ * namespace (and user namespace, if any) before it is pivoted into: the
+ * host's run dir is still in sight. It mounts the scope the daemon gives the
+ * restored tasks where the old one was, read-only as the hook mounted it.
+ */
+static int genid_restore_ext_mount(int id, char *mountpoint, char *old_root, int *is_file)
+{
+	unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	char src[PATH_MAX];
+	struct rmount *m;
+	struct rscope *s;
+
+	s = find_recorded_mount((uint32_t)id, &m);
+	if (!s)
+		return -ENOTSUP;
+	if (restore_scope(s))
+		return -1;
+	if (fmt(src, sizeof(src), "%s/%s/%s%s", g.rundir, GENID_SCOPES_DIR, s->new_name,
+		m->file ? "/" GENID_PAGE_NAME : ""))
+		return -1;
+	if (mount(src, mountpoint, NULL, MS_BIND, NULL)) {
+		pr_err("mount %d: bind %s on %s: %s\n", id, src, mountpoint, strerror(errno));
+		return -1;
+	}
+	if (mount(NULL, mountpoint, NULL, flags, NULL))
+		pr_warn("mount %d: %s read-only: %s\n", id, mountpoint, strerror(errno));
+	pr_info("mount %d at %s: scope %s's %s\n", id, m->path, s->new_name, m->file ? "page" : "directory");
+	return 0;
+}
+CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESTORE_EXT_MOUNT, genid_restore_ext_mount)
 
 /* dead_socket stands in for a connection the daemon could not take. */
 static int dead_socket(void)
@@ -1072,18 +1300,22 @@ static int dead_socket(void)
 }
 
 /*
- * RESTORE_UNIX_SK runs inside the restoring task, in its namespaces: the
- * connection is made from there, so the daemon sees the task's pid. The
+ * RESTORE_UNIX_SK runs inside the restoring task, in its namespaces, at its
+ * container's root: the connection is made from there, so the daemon sees
+ * the task's pid. A container's socket connects to its scope where the
+ * container has it mounted; a host process's to the host's socket. The
  * daemon's reply to attach is read here; the event that follows it (flag
  * "restored") is left for the task. Every failure returns FAIL_FD.
  */
 static int genid_restore_unix_sk(int id)
 {
+	char inside[RECORD_PATH_MAX + 64];
 	const char *paths[3];
-	struct sk_record *r = NULL;
+	struct rsock *r = NULL;
+	struct rscope *s;
 	struct genid_conn c;
 	uint32_t gen;
-	size_t i;
+	size_t i, n = 0;
 	int ret = -ENOENT, fd;
 
 	for (i = 0; i < g.nr_sks && !r; i++)
@@ -1096,16 +1328,31 @@ static int genid_restore_unix_sk(int id)
 		pr_warn("socket %" PRIu32 ": daemon unreachable, restoring a closed connection\n", r->ino);
 		return dead_socket();
 	}
-
-	/*
-	 * The daemon that was just bumped, as seen from the task: the configured
-	 * path, then the one the task used at dump (both the host's paths), then
-	 * the one a container has the host's run dir mounted at.
-	 */
-	paths[0] = g.sock;
-	paths[1] = r->path;
-	paths[2] = GENID_DEFAULT_RUN_DIR "/" GENID_SOCKET_NAME;
-	for (i = 0; i < 3; i++) {
+	s = find_scope(r->scope);
+	if (r->scope[0]) {
+		/* The scope's directory where the container has it. */
+		for (i = 0; s && i < s->nr_mounts && !n; i++)
+			if (!s->mounts[i].file) {
+				snprintf(inside, sizeof(inside), "%s/%s", s->mounts[i].path, GENID_SOCKET_NAME);
+				paths[n++] = inside;
+			}
+		if (!n) {
+			pr_err("socket %" PRIu32 " of scope %s: the container has no mount of the scope's "
+			       "directory to reach it by: failing the restore\n", r->ino, r->scope);
+			return FAIL_FD;
+		}
+	} else {
+		/*
+		 * The host scope's socket, as seen from the task: the
+		 * configured path, then the one the task used at dump (both
+		 * the host's paths), then where a container that has the
+		 * host's run dir mounted sees it.
+		 */
+		paths[n++] = g.sock;
+		paths[n++] = r->path;
+		paths[n++] = GENID_DEFAULT_RUN_DIR "/" GENID_SOCKET_NAME;
+	}
+	for (i = 0; i < n; i++) {
 		ret = genid_open_timeout(&c, paths[i], IO_TIMEOUT_MS);
 		if (ret == 0)
 			break;
@@ -1139,8 +1386,8 @@ static int genid_restore_unix_sk(int id)
 	}
 	/* The task's fd was not close-on-exec unless CRIU restores it so. */
 	fcntl(fd, F_SETFD, 0);
-	pr_info("socket %" PRIu32 ": reattached as %s, acked %" PRIu32 ", generation %" PRIu32 "\n",
-		r->ino, r->flags & GENID_FLAG_WATCHER ? "watcher" : "client", r->acked, gen);
+	pr_info("socket %" PRIu32 ": reattached to scope \"%s\" as %s, acked %" PRIu32 ", generation %" PRIu32 "\n",
+		r->ino, r->scope, r->flags & GENID_FLAG_WATCHER ? "watcher" : "client", r->acked, gen);
 	return fd;
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESTORE_UNIX_SK, genid_restore_unix_sk)

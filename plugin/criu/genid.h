@@ -34,11 +34,14 @@
 
 #define GENID_DEFAULT_RUN_DIR	"/run/genid"
 #define GENID_SOCKET_NAME	"genid.sock"
+#define GENID_ADMIN_SOCKET_NAME	"admin.sock"
 #define GENID_PAGE_NAME		"generation"
+#define GENID_SCOPES_DIR	"scopes"
 
 #define GENID_VERSION		1
 #define GENID_HDR_SIZE		16
 #define GENID_MAX_REASON	256
+#define GENID_MAX_NAME		64	/* a scope's name */
 
 enum genid_op {
 	GENID_OP_GET		= 1,
@@ -50,12 +53,18 @@ enum genid_op {
 	GENID_OP_STATUS		= 7,
 	GENID_OP_ATTACH		= 8,
 	GENID_OP_QUERY_PEER	= 9,
+	GENID_OP_SCOPE_CREATE	= 10,
+	GENID_OP_SCOPE_REMOVE	= 11,
+	GENID_OP_SCOPES		= 12,
+	GENID_OP_RESTORE	= 13,
 	GENID_OP_EVENT		= 0x80,
 };
 
 #define GENID_FLAG_WATCHER	(1u << 0)
 #define GENID_FLAG_RESTORED	(1u << 1)
 #define GENID_FLAG_QUIET	(1u << 2)	/* ack: reply only to refuse */
+#define GENID_FLAG_AVOID	(1u << 0)	/* restore: past the recorded generation */
+#define GENID_FLAG_BEGIN	(1u << 1)	/* restore: open the restore only */
 
 enum genid_status {
 	GENID_ST_OK		= 0,
@@ -71,6 +80,7 @@ enum genid_status {
 	GENID_ST_NOT_WATCHER	= 10,
 	GENID_ST_NOT_FOUND	= 11,
 	GENID_ST_INTERNAL	= 12,
+	GENID_ST_EXISTS		= 13,
 };
 
 struct genid_hdr {
@@ -111,6 +121,7 @@ static inline const char *genid_strstatus(int st)
 	case GENID_ST_NOT_WATCHER:	return "not a watcher";
 	case GENID_ST_NOT_FOUND:	return "not found";
 	case GENID_ST_INTERNAL:		return "internal error";
+	case GENID_ST_EXISTS:		return "exists";
 	}
 	return "unknown status";
 }
@@ -262,8 +273,11 @@ static inline void genid_close(struct genid_conn *c)
 	c->fd = -1;
 }
 
-/* GENID_MAX_REQ is the largest request payload genid.h sends (a bump). */
-#define GENID_MAX_REQ		(8 + GENID_MAX_REASON)
+/*
+ * GENID_MAX_REQ is the largest request payload genid.h sends: a bump on the
+ * admin socket (the scope's name, min, flags, reason).
+ */
+#define GENID_MAX_REQ		(1 + GENID_MAX_NAME + 8 + GENID_MAX_REASON)
 
 /*
  * genid_timed_out turns the EAGAIN of a timed connection's blocking socket
@@ -389,6 +403,50 @@ static inline int genid_call(struct genid_conn *c, uint8_t op,
 	}
 }
 
+/*
+ * genid_call_var is genid_call for a reply of varying length: up to repcap
+ * bytes land in rep, and *replen says how long it was.
+ */
+static inline int genid_call_var(struct genid_conn *c, uint8_t op,
+				 const void *req, uint32_t reqlen,
+				 void *rep, uint32_t repcap, uint32_t *replen)
+{
+	unsigned char buf[512];
+	struct genid_hdr h;
+	uint32_t id = ++c->next_id;
+	int ret;
+
+	ret = genid_send(c, op, id, req, reqlen);
+	if (ret)
+		return ret;
+	for (;;) {
+		ret = genid_recv(c, &h, buf, sizeof(buf));
+		if (ret)
+			return ret;
+		if (h.op == GENID_OP_EVENT) {
+			if (h.len >= 8)
+				genid_note_event(c, buf);
+			continue;
+		}
+		if (h.id != id)
+			continue;
+		if (h.status) {
+			uint32_t n = h.len < sizeof(buf) ? h.len : sizeof(buf);
+
+			if (n >= sizeof(c->msg))
+				n = sizeof(c->msg) - 1;
+			memcpy(c->msg, buf, n);
+			c->msg[n] = '\0';
+			return h.status;
+		}
+		if (h.len > sizeof(buf))
+			return -EPROTO;
+		*replen = h.len;
+		memcpy(rep, buf, h.len < repcap ? h.len : repcap);
+		return 0;
+	}
+}
+
 static inline int genid_call_u32(struct genid_conn *c, uint8_t op, const void *req,
 				 uint32_t reqlen, uint32_t *out)
 {
@@ -449,20 +507,88 @@ static inline int genid_wait_watchers(struct genid_conn *c, uint32_t timeout_ms)
 	return genid_call(c, GENID_OP_WAIT_WATCHERS, req, sizeof(req), NULL, 0);
 }
 
-/* genid_bump: new = max(current + 1, min). Needs CAP_CHECKPOINT_RESTORE. */
-static inline int genid_bump(struct genid_conn *c, uint32_t min, const char *reason,
-			     uint32_t *gen)
+/*
+ * genid_put_name writes a scope's name as the admin socket's requests begin
+ * ("" or NULL: the host scope) and returns the bytes it took, or 0 if the
+ * name is longer than GENID_MAX_NAME.
+ */
+static inline size_t genid_put_name(unsigned char *p, const char *scope)
+{
+	size_t n = scope ? strlen(scope) : 0;
+
+	if (n > GENID_MAX_NAME)
+		return 0;
+	p[0] = (unsigned char)n;
+	if (n)
+		memcpy(p + 1, scope, n);
+	return 1 + n;
+}
+
+/*
+ * genid_get_name reads a scope's name at the front of a reply of len bytes
+ * into out (of cap bytes, NUL-terminated); it returns the bytes it took, or
+ * 0 if the reply is too short or the name does not fit.
+ */
+static inline size_t genid_get_name(const unsigned char *p, uint32_t len, char *out, size_t cap)
+{
+	if (len < 1 || len < 1u + p[0] || (size_t)p[0] >= cap)
+		return 0;
+	memcpy(out, p + 1, p[0]);
+	out[p[0]] = '\0';
+	return 1 + p[0];
+}
+
+/*
+ * genid_admin_bump, on the admin socket: scope's new generation is
+ * max(current + 1, min). Only an administrator may.
+ */
+static inline int genid_admin_bump(struct genid_conn *c, const char *scope, uint32_t min,
+				   const char *reason, uint32_t *gen)
 {
 	unsigned char req[GENID_MAX_REQ];
-	size_t n = reason ? strlen(reason) : 0;
+	size_t o = genid_put_name(req, scope), n = reason ? strlen(reason) : 0;
 
+	if (!o)
+		return -ENAMETOOLONG;
 	if (n > GENID_MAX_REASON)
 		n = GENID_MAX_REASON;
-	genid_put_le32(req, min);
-	genid_put_le32(req + 4, 0);
+	genid_put_le32(req + o, min);
+	genid_put_le32(req + o + 4, 0);
 	if (n)
-		memcpy(req + 8, reason, n);
-	return genid_call_u32(c, GENID_OP_BUMP, req, 8 + n, gen);
+		memcpy(req + o + 8, reason, n);
+	return genid_call_u32(c, GENID_OP_BUMP, req, o + 8 + n, gen);
+}
+
+/*
+ * genid_admin_restore, on the admin socket: with GENID_FLAG_BEGIN, opens a
+ * restore on the connection (an administrator's request), after which its
+ * restore requests need none. Otherwise it gives restored tasks their scope,
+ * past avoid with GENID_FLAG_AVOID: the scope pid (the tasks' root, as the
+ * daemon sees it) belongs to, or a new one named after scope if that name is
+ * free; with pid 0, the host scope (scope NULL). *gen and out (cap bytes)
+ * receive its generation and name.
+ */
+static inline int genid_admin_restore(struct genid_conn *c, uint32_t flags, const char *scope,
+				      uint32_t avoid, uint32_t pid, uint32_t *gen,
+				      char *out, size_t cap)
+{
+	unsigned char req[1 + GENID_MAX_NAME + 12], rep[4 + 1 + GENID_MAX_NAME];
+	size_t o = genid_put_name(req, scope);
+	uint32_t len;
+	int ret;
+
+	if (!o)
+		return -ENAMETOOLONG;
+	genid_put_le32(req + o, flags);
+	genid_put_le32(req + o + 4, avoid);
+	genid_put_le32(req + o + 8, pid);
+	ret = genid_call_var(c, GENID_OP_RESTORE, req, o + 12, rep, sizeof(rep), &len);
+	if (ret)
+		return ret;
+	if (len < 4 || len > sizeof(rep) || genid_get_name(rep + 4, len - 4, out, cap) != len - 4)
+		return -EPROTO;
+	*gen = genid_le32(rep);
+	return 0;
 }
 
 /* genid_attach registers the connection in place of an earlier one. */
@@ -476,21 +602,55 @@ static inline int genid_attach(struct genid_conn *c, uint32_t flags, uint32_t ac
 	return genid_call_u32(c, GENID_OP_ATTACH, req, sizeof(req), gen);
 }
 
-/* genid_query_peer: the state of the connection whose client end has inode ino. */
-static inline int genid_query_peer(struct genid_conn *c, uint64_t ino,
-				   uint32_t *flags, uint32_t *acked)
+/*
+ * genid_admin_query_peer, on the admin socket: the state of the connection
+ * whose client end has inode ino, and its scope's name (into scope, of cap
+ * bytes). Only an administrator may.
+ */
+static inline int genid_admin_query_peer(struct genid_conn *c, uint64_t ino, uint32_t *flags,
+					 uint32_t *acked, char *scope, size_t cap)
 {
-	unsigned char req[8], rep[8];
+	unsigned char req[1 + 8], rep[8 + 1 + GENID_MAX_NAME];
 	uint64_t le = htole64(ino);
+	uint32_t len;
 	int ret;
 
-	memcpy(req, &le, sizeof(le));
-	ret = genid_call(c, GENID_OP_QUERY_PEER, req, sizeof(req), rep, sizeof(rep));
+	req[0] = 0;	/* the scope's name: any */
+	memcpy(req + 1, &le, sizeof(le));
+	ret = genid_call_var(c, GENID_OP_QUERY_PEER, req, sizeof(req), rep, sizeof(rep), &len);
 	if (ret)
 		return ret;
+	if (len < 8 || len > sizeof(rep) || genid_get_name(rep + 8, len - 8, scope, cap) != len - 8)
+		return -EPROTO;
 	*flags = genid_le32(rep);
 	*acked = genid_le32(rep + 4);
 	return 0;
+}
+
+/*
+ * genid_admin_wait_watchers, on the admin socket: waits until no watcher of
+ * scope is outdated; timeout in ms, 0 = none.
+ */
+static inline int genid_admin_wait_watchers(struct genid_conn *c, const char *scope, uint32_t timeout_ms)
+{
+	unsigned char req[1 + GENID_MAX_NAME + 4];
+	size_t o = genid_put_name(req, scope);
+
+	if (!o)
+		return -ENAMETOOLONG;
+	genid_put_le32(req + o, timeout_ms);
+	return genid_call(c, GENID_OP_WAIT_WATCHERS, req, o + 4, NULL, 0);
+}
+
+/* genid_admin_get, on the admin socket: scope's generation. */
+static inline int genid_admin_get(struct genid_conn *c, const char *scope, uint32_t *gen)
+{
+	unsigned char req[1 + GENID_MAX_NAME];
+	size_t o = genid_put_name(req, scope);
+
+	if (!o)
+		return -ENAMETOOLONG;
+	return genid_call_u32(c, GENID_OP_GET, req, o, gen);
 }
 
 /*

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // barrierGenid: N watchers that ack the moment they read the event; a
@@ -17,8 +17,8 @@ func barrierGenid(b *bench, d *daemon, n int, switches *[]float64) (*arena, erro
 	if err != nil {
 		return nil, err
 	}
-	bump := wire.Bump{Reason: "bench"}.Encode()
-	wait := wire.U32(60_000) // ms
+	bump := hostScope(wire.Bump{Reason: "bench"}.Encode())
+	wait := hostScope(wire.U32(60_000)) // ms
 	id := uint32(0)
 	a := &arena{h: h, close: func() { unix.Close(ctl) }}
 	a.round = func() (int64, error) {

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // daemon is a `genidctl daemon` process on a run dir of its own.
@@ -59,8 +59,14 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 }
 
 func (d *daemon) sock() string { return filepath.Join(d.dir, "genid.sock") }
-func (d *daemon) page() string { return filepath.Join(d.dir, "generation") }
-func (d *daemon) pid() int     { return d.cmd.Process.Pid }
+
+// adminSock is where bumps and waits on watchers are asked for.
+func (d *daemon) adminSock() string { return filepath.Join(d.dir, "admin.sock") }
+
+// hostScope prefixes an admin request's payload with the host scope's name.
+func hostScope(p []byte) []byte { return append(wire.AppendName(nil, ""), p...) }
+func (d *daemon) page() string  { return filepath.Join(d.dir, "generation") }
+func (d *daemon) pid() int      { return d.cmd.Process.Pid }
 
 func (d *daemon) stop() {
 	d.cmd.Process.Signal(syscall.SIGTERM)

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // arena is one mechanism set up for N watcher threads: the helper holds the
@@ -77,7 +77,7 @@ func genidWatchers(b *bench, d *daemon, n int, kind string) (*helper, int, error
 	if err != nil {
 		return nil, -1, err
 	}
-	ctl, err := dialRaw(d.sock())
+	ctl, err := dialRaw(d.adminSock())
 	if err != nil {
 		closeAll(fds)
 		return nil, -1, err
@@ -96,7 +96,7 @@ func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
 	if err != nil {
 		return nil, err
 	}
-	bump := wire.Bump{Reason: "bench"}.Encode()
+	bump := hostScope(wire.Bump{Reason: "bench"}.Encode())
 	id := uint32(0)
 	a := &arena{h: h, close: func() { unix.Close(ctl) }}
 	a.round = func() (int64, error) {
@@ -242,13 +242,13 @@ func mmapInotifyEvents(d *daemon) (int, error) {
 	if _, err := unix.InotifyAddWatch(fd, d.page(), unix.IN_MODIFY|unix.IN_ATTRIB|unix.IN_CLOSE_WRITE); err != nil {
 		return 0, err
 	}
-	ctl, err := dialRaw(d.sock())
+	ctl, err := dialRaw(d.adminSock())
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(ctl)
 	before := d.gen()
-	if _, err := rawCall(ctl, wire.OpBump, 1, wire.Bump{Reason: "inotify check"}.Encode()); err != nil {
+	if _, err := rawCall(ctl, wire.OpBump, 1, hostScope(wire.Bump{Reason: "inotify check"}.Encode())); err != nil {
 		return 0, err
 	}
 	if d.gen() == before {

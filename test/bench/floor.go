@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/genid-project/genid/genid/wire"
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // The AF_UNIX floor: what a watcher on a unix stream socket costs before

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/genid-project/genid/plugin"
+	"github.com/genid-project/genid/checkpoint"
 )
 
 const pluginPath = "/usr/lib/criu/genid-criu.so"
@@ -221,8 +221,20 @@ func mustCriu(t *testing.T, env []string, verb, images string, args ...string) {
 	out, err := runCriu(t, env, append([]string{verb, "-D", images, "-v4", "-o", log}, args...)...)
 	if err != nil {
 		b, _ := os.ReadFile(filepath.Join(images, log))
-		t.Fatalf("criu %s: %v\n%s\n--- %s (tail):\n%s\n(criu mode: %s)", verb, err, out, log, tail(string(b), 40), criuMode())
+		t.Fatalf("criu %s: %v\n%s\n--- %s:\n%s\n(criu mode: %s)", verb, err, out, log, logSummary(string(b), 20), criuMode())
 	}
+}
+
+// logSummary is what a failure shows of a criu log: its errors and
+// genid's lines, then its last lines.
+func logSummary(log string, n int) string {
+	var b strings.Builder
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "Error") || strings.Contains(l, "genid") || strings.Contains(l, "WARN") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String() + "--- last lines:\n" + tail(log, n)
 }
 
 func tail(s string, n int) string {
@@ -281,27 +293,24 @@ func imagesDir(t *testing.T) string {
 	return d
 }
 
+// record is what a test looks at in a checkpoint's record: the host
+// scope's generation, and the sockets.
 type record struct {
-	Generation *uint32 `json:"generation"`
-	Writer     string  `json:"writer"`
-	Sockets    []struct {
-		Inode   uint32 `json:"inode"`
-		Watcher bool   `json:"watcher"`
-		Acked   uint32 `json:"acked"`
-	} `json:"sockets"`
+	*checkpoint.Record
+	Generation *uint32
 }
 
 func readRecord(t *testing.T, images string) record {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(images, "genid.json"))
+	r, err := checkpoint.ReadRecord(images)
 	if err != nil {
-		t.Fatalf("no record in the checkpoint: %v", err)
+		t.Fatalf("the checkpoint's record: %v", err)
 	}
-	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("genid.json: %v\n%s", err, b)
+	out := record{Record: r}
+	if h := r.Scope(""); h != nil {
+		out.Generation = h.Generation
 	}
-	return r
+	return out
 }
 
 // checkpointWatcher runs `genidctl watch` under a daemon at generation 5 and
@@ -321,7 +330,7 @@ func checkpointWatcher(t *testing.T, h *host) (string, int, string) {
 	if r.Generation == nil || *r.Generation != 5 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Acked != 5 {
 		t.Fatalf("record %+v", r)
 	}
-	if info := h.mustCtl("image-info", images); !strings.Contains(info, "generation: 5") || !strings.Contains(info, "watcher, acked 5") {
+	if info := h.mustCtl("image-info", images); !strings.Contains(info, "scope (host): generation 5") || !strings.Contains(info, "watcher, acked 5") {
 		t.Fatalf("image-info:\n%s", info)
 	}
 	waitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
@@ -397,7 +406,7 @@ func TestRestoreWithoutDaemon(t *testing.T) {
 	h := newHost(t, "down")
 	images, pid, _ := checkpointWatcher(t, h)
 	h.stop()
-	sock := filepath.Join(h.dir, "genid.sock")
+	sock := filepath.Join(h.dir, "admin.sock") // what the plugin asks
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	out, err := runCriu(t, env, "restore", "-D", images, "-d", "-v4", "-o", "restore-refused.log")
 	if err == nil {
@@ -607,28 +616,36 @@ func alive(pid int) bool {
 func TestCorruptRecord(t *testing.T) {
 	h := newHost(t, "corrupt")
 	images, pid, out := checkpointWatcher(t, h)
-	rec := filepath.Join(images, "genid.json")
+	rec := filepath.Join(images, checkpoint.RecordName)
 	orig, err := os.ReadFile(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.start(0)
-	cut := bytes.Index(orig, []byte(`"path": "`)) + 12
+	with := func(i int, b byte) string {
+		c := append([]byte{}, orig...)
+		c[i] = b
+		return string(c)
+	}
+	sock := bytes.LastIndex(orig, []byte("/run/genid-corrupt"))
 	cases := []struct{ name, record, why string }{
 		{"empty", "", "empty"},
-		{"cut in a socket entry", string(orig[:cut]), "cut short"},
-		{"cut before the end", string(orig[:bytes.LastIndexByte(orig, '}')-1]), "cut short"},
-		{"generation not a number", strings.Replace(string(orig), `"generation": 5`, `"generation": banana`, 1), "number expected"},
-		{"generation past u32", strings.Replace(string(orig), `"generation": 5`, `"generation": 4294967296`, 1), "number out of range"},
-		{"generation negative", strings.Replace(string(orig), `"generation": 5`, `"generation": -5`, 1), "negative number"},
-		{"generation fraction", strings.Replace(string(orig), `"generation": 5`, `"generation": 5.5`, 1), "not an integer"},
-		{"version 2", strings.Replace(string(orig), `"version": 1`, `"version": 2`, 1), "unsupported version 2"},
-		{"no version", strings.Replace(string(orig), `"version": 1,`, ``, 1), "no version"},
-		{"two generations", strings.Replace(string(orig), `"generation": 5`, `"generation": 5, "generation": 9`, 1), "duplicate key"},
-		{"acked not a number", strings.Replace(string(orig), `"acked": 5`, `"acked": "5"`, 1), "number expected"},
-		{"trailing data", string(orig) + "}", "data after the record"},
-		{"a NUL after the record", string(orig) + "\x00garbage", "data after the record"},
-		{"not JSON", "generation 5\n", "not a JSON object"},
+		{"not a record", "generation 5\n", "not a genid record (no magic)"},
+		{"cut in a socket's path", string(orig[:sock+3]), "its length is not what follows its header: cut short or padded"},
+		{"cut, its length too", func() string {
+			c := append([]byte{}, orig[:len(orig)-3]...)
+			c[12] -= 3
+			return string(c)
+		}(), "cut short"},
+		{"version 3", with(8, 3), "a version this plugin does not know"},
+		{"trailing data", string(orig) + "x", "its length is not what follows its header: cut short or padded"},
+		{"data after the record", func() string {
+			c := append(append([]byte{}, orig...), 0)
+			c[12]++
+			return string(c)
+		}(), "data after the record"},
+		{"a NUL in a path", with(sock+2, 0), "a NUL byte in a string"},
+		{"unknown scope flags", with(bytes.Index(orig, []byte("\x01\x05\x00\x00\x00\x00")), 7), "unknown scope flags"},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -637,7 +654,7 @@ func TestCorruptRecord(t *testing.T) {
 			}
 			env := []string{"GENID_RUN_DIR=" + h.dir}
 			stderr, log := criuFails(t, env, "restore", images, fmt.Sprintf("restore-corrupt-%d.log", i), "-d")
-			want := "genid: restore refused: genid.json is corrupt: " + c.why + " at byte "
+			want := "genid: restore refused: genid.record is corrupt: " + c.why + " at byte "
 			if !strings.Contains(log, want) || !strings.Contains(stderr, want) {
 				t.Fatalf("want %q in the log and on stderr\nstderr:\n%s\nlog (tail):\n%s", want, stderr, tail(log, 20))
 			}
@@ -650,6 +667,16 @@ func TestCorruptRecord(t *testing.T) {
 			}
 		})
 	}
+	// A record of genid before scopes is refused with what to do.
+	os.Remove(rec)
+	if err := os.WriteFile(filepath.Join(images, checkpoint.OldRecordName), []byte(`{"version": 1, "generation": 5}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stderr, _ := criuFails(t, []string{"GENID_RUN_DIR=" + h.dir}, "restore", images, "restore-old.log", "-d")
+	if !strings.Contains(stderr, "genid.json of genid before scopes") || !strings.Contains(stderr, "restore it with the genid that took it") {
+		t.Fatalf("an old record's refusal:\n%s", stderr)
+	}
+	os.Remove(filepath.Join(images, checkpoint.OldRecordName))
 	// The same checkpoint with its record whole restores.
 	if err := os.WriteFile(rec, orig, 0o644); err != nil {
 		t.Fatal(err)
@@ -657,27 +684,25 @@ func TestCorruptRecord(t *testing.T) {
 	restoreOn(t, h, images, pid, out)
 }
 
-// A record is read whole however long it is: here 700 sockets (over 64 KB),
-// the real one last. The Go layout of plugin.WriteRecord is read as well.
+// A record is read whole however long it is: here 700 sockets, the real
+// one last, written by checkpoint.WriteRecord (Go), read by the plugin (C).
 func TestRecordLayouts(t *testing.T) {
 	h := newHost(t, "layouts")
 	images, pid, out := checkpointWatcher(t, h)
-	rec := filepath.Join(images, "genid.json")
-	orig, err := os.ReadFile(rec)
+	r, err := checkpoint.ReadRecord(images)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	var fake strings.Builder
-	for i := 0; i < 699; i++ {
-		fmt.Fprintf(&fake, "\n    {\"inode\": %d, \"watcher\": true, \"acked\": 5, \"nonblock\": false, \"path\": \"/run/genid-elsewhere/genid.sock\"},", 1000000+i)
+	var fake []checkpoint.Socket
+	for i := range 699 {
+		fake = append(fake, checkpoint.Socket{Inode: uint32(1000000 + i), Watcher: true, Acked: 5, Path: "/run/genid-elsewhere/genid.sock"})
 	}
-	big := strings.Replace(string(orig), `"sockets": [`, `"sockets": [`+fake.String(), 1)
-	if len(big) < 70000 {
-		t.Fatalf("record of %d bytes: not large enough", len(big))
-	}
-	if err := os.WriteFile(rec, []byte(big), 0o644); err != nil {
+	r.Sockets = append(fake, r.Sockets...)
+	if err := checkpoint.WriteRecord(images, r); err != nil {
 		t.Fatal(err)
+	}
+	if st, _ := os.Stat(filepath.Join(images, checkpoint.RecordName)); st.Size() < 30000 {
+		t.Fatalf("record of %d bytes: not large enough", st.Size())
 	}
 	if r := readRecord(t, images); len(r.Sockets) != 700 {
 		t.Fatalf("%d sockets in the large record", len(r.Sockets))
@@ -686,18 +711,6 @@ func TestRecordLayouts(t *testing.T) {
 	g1 := restoreOn(t, h, images, pid, out)
 	syscall.Kill(pid, syscall.SIGKILL)
 	waitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
-
-	r, err := plugin.ReadRecord(images)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Sockets = r.Sockets[699:]
-	if err := plugin.WriteRecord(images, r); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(rec); bytes.Contains(b, []byte(`{"inode": `)) {
-		t.Fatalf("not the Go layout:\n%s", b)
-	}
 	if g2 := restoreOn(t, h, images, pid, out); g2 != g1+1 {
 		t.Fatalf("second restore gave %d after %d", g2, g1)
 	}
@@ -737,7 +750,7 @@ static int racer_init(int stage)
 		fprintf(stderr, "racer: connect\n");
 		return -1;
 	}
-	if (genid_bump(&c, 0, "racer", &gen) || genid_wait_watchers(&c, 10000)) {
+	if (genid_admin_bump(&c, NULL, 0, "racer", &gen) || genid_admin_wait_watchers(&c, NULL, 10000)) {
 		fprintf(stderr, "racer: bump or wait-watchers failed: %s\n", c.msg);
 		return -1;
 	}
@@ -796,7 +809,7 @@ func TestBumpBeforeFreeze(t *testing.T) {
 		p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
 		waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
 		images := imagesDir(t)
-		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "genid.sock")}
+		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "admin.sock")}
 		mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
 		waitLine(t, out, "6") // the watcher did see 6 before the dump
 		r := readRecord(t, images)
@@ -822,7 +835,7 @@ func TestBumpBeforeFreeze(t *testing.T) {
 		h.start(5)
 		p := spawn(t, filepath.Join(t.TempDir(), "out"), nil, "sh", "-c", "while :; do sleep 0.1; done")
 		images := imagesDir(t)
-		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "genid.sock")}
+		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "admin.sock")}
 		mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
 		if g := h.gen(); g != 6 {
 			t.Fatalf("the racer did not bump: %d", g)
@@ -847,15 +860,15 @@ func TestRecordUnconfirmed(t *testing.T) {
 	env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_TRUNCATE=" + page}
 	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
 	log, _ := os.ReadFile(filepath.Join(images, "dump.log"))
-	if !strings.Contains(string(log), "genid.json emptied, a restore of this checkpoint will be refused") {
+	if !strings.Contains(string(log), "genid.record emptied, a restore of this checkpoint will be refused") {
 		t.Fatalf("dump log:\n%s", tail(string(log), 20))
 	}
-	if b, err := os.ReadFile(filepath.Join(images, "genid.json")); err != nil || len(b) != 0 {
+	if b, err := os.ReadFile(filepath.Join(images, checkpoint.RecordName)); err != nil || len(b) != 0 {
 		t.Fatalf("record after the dump: %v: %q", err, b)
 	}
 	h.start(5)
 	_, rlog := criuFails(t, []string{"GENID_RUN_DIR=" + h.dir}, "restore", images, "restore.log", "-d")
-	if !strings.Contains(rlog, "genid.json is corrupt: empty") {
+	if !strings.Contains(rlog, "genid.record is corrupt: empty") {
 		t.Fatalf("restore log:\n%s", tail(rlog, 20))
 	}
 	if alive(p.Pid) {
@@ -972,8 +985,8 @@ func TestWedgedDaemon(t *testing.T) {
 	})
 }
 
-// 6. Paths with quotes, backslashes and control characters are recorded as
-// valid JSON, read back by Go and by the plugin at restore.
+// 6. Paths with quotes, backslashes and control characters are recorded,
+// and read back by Go and by the plugin at restore.
 func TestRecordEscapes(t *testing.T) {
 	h := newHost(t, "esc\"q\\b\tt")
 	h.start(0)
@@ -985,12 +998,11 @@ func TestRecordEscapes(t *testing.T) {
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid))
 	sock := filepath.Join(h.dir, "genid.sock")
-	r, err := plugin.ReadRecord(images)
+	r, err := checkpoint.ReadRecord(images)
 	if err != nil {
-		b, _ := os.ReadFile(filepath.Join(images, "genid.json"))
-		t.Fatalf("%v\n%s", err, b)
+		t.Fatal(err)
 	}
-	if r.Socket != sock || len(r.Sockets) != 1 || r.Sockets[0].Path != sock {
+	if r.RunDir != h.dir || len(r.Sockets) != 1 || r.Sockets[0].Path != sock {
 		t.Fatalf("record %+v: want %q", r, sock)
 	}
 	waitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/genid-project/genid/plugin"
+	"github.com/genid-project/genid/checkpoint"
 )
 
 // 6. A Go program drives dump and restore through go-criu with the plugin
@@ -33,7 +33,7 @@ func TestGoCriuNotify(t *testing.T) {
 	dirFd := openDir(t, images)
 
 	c := criu.MakeCriu()
-	dumpNfy := plugin.NewNotify(nil, images, h.dir)
+	dumpNfy := checkpoint.NewNotify(nil, images, h.dir)
 	err := bounded(commandTimeout, func() error {
 		return c.Dump(&rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dirFd)),
@@ -50,7 +50,7 @@ func TestGoCriuNotify(t *testing.T) {
 	}
 
 	h.start(1)
-	rstNfy := plugin.NewNotify(nil, images, h.dir)
+	rstNfy := checkpoint.NewNotify(nil, images, h.dir)
 	err = bounded(commandTimeout, func() error {
 		return c.Restore(&rpc.CriuOpts{
 			ImagesDirFd: proto.Int32(int32(dirFd)),

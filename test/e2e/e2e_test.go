@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/checkpoint"
 )
 
 func genidctl(t *testing.T) string {
@@ -44,6 +46,18 @@ func genidctl(t *testing.T) string {
 // runDir makes a run dir that nobody may enter, as /run/genid is.
 func runDir(t *testing.T) string {
 	d, err := os.MkdirTemp("", "genid-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(d, 0o755)
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// shortRunDir is a run dir with a short path: a 64-byte scope name leaves
+// only 31 bytes of a socket path for it.
+func shortRunDir(t *testing.T) string {
+	d, err := os.MkdirTemp("/tmp", "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,34 +436,84 @@ func TestWatchExecAndOnce(t *testing.T) {
 	mustCtl(t, bin, dir, "wait-watchers", "--timeout", "5s")
 }
 
-func TestBumpRefusedToUnprivileged(t *testing.T) {
+// What only an administrator may do is refused to everyone else, and the
+// rest is open to everyone: an unprivileged user, and that user as root of
+// a user namespace of its own (its uid there maps to its own).
+func TestAdminRefusedToUnprivileged(t *testing.T) {
 	bin := genidctl(t)
 	dir := runDir(t)
 	startDaemon(t, bin, dir)
+	mustCtl(t, bin, dir, "scope", "create", "c1")
 
 	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
-	r := ctlAs(t, nobody, bin, dir, "bump")
-	if r.code != 4 || !strings.Contains(r.err, "permission denied") || !strings.Contains(r.err, "CAP_CHECKPOINT_RESTORE") {
-		t.Fatalf("bump as nobody: %+v", r)
+	for _, args := range [][]string{
+		{"bump"},
+		{"bump", "--all-scopes"},
+		{"bump", "--scope", "c1"},
+		{"scope", "create", "mine"},
+		{"scope", "remove", "c1"},
+		{"scope", "list"},
+		{"status", "--scope", "c1"},
+		{"wait-watchers", "--scope", "c1", "--timeout", "1s"},
+		{"outdated", "--scope", "c1"},
+	} {
+		r := ctlAs(t, nobody, bin, dir, args...)
+		if r.code != 4 || !strings.Contains(r.err, "permission denied") {
+			t.Errorf("%v as nobody: %+v, want exit 4", args, r)
+		}
 	}
-	// Root of a nested user namespace has every capability, but not in ours.
+	// Root of a user namespace that nobody made is nobody to the daemon.
 	cmd := exec.Command("unshare", "--user", "--map-root-user", bin, "--run-dir", dir, "bump")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
 	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 4 || !strings.Contains(string(out), "user namespace") {
-		t.Fatalf("bump as root of a user namespace: %v: %s", err, out)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 4 || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("bump as root of nobody's user namespace: %v: %s", err, out)
+	}
+	// A container's scope is not reachable by its host path.
+	if r := ctlAs(t, nobody, bin, dir, "get", "--scope", "c1"); r.code == 0 {
+		t.Errorf("get --scope c1 as nobody: %+v", r)
 	}
 	if g := mustCtl(t, bin, dir, "get"); g != "0" {
 		t.Fatalf("a refused bump moved the generation to %s", g)
 	}
-	// Everything but bump is open to everyone.
+	// The host scope is everyone's, without the processes behind it.
 	if r := ctlAs(t, nobody, bin, dir, "get"); r.code != 0 || r.out != "0" {
 		t.Fatalf("get as nobody: %+v", r)
 	}
-	if r := ctlAs(t, nobody, bin, dir, "status"); r.code != 0 {
+	w := startWatch(t, bin, dir)
+	waitRegistered(t, bin, dir, 1)
+	r := ctlAs(t, nobody, bin, dir, "status", "--json")
+	if r.code != 0 || strings.Contains(r.out, "watcher_list") || strings.Contains(r.out, `"pid"`) || !strings.Contains(r.out, `"watchers": 1`) {
 		t.Fatalf("status as nobody: %+v", r)
+	}
+	if st := getStatus(t, bin, dir); len(st.WatcherList) != 1 {
+		t.Fatalf("root's status %+v: want the watcher's process", st)
 	}
 	if g := mustCtl(t, bin, dir, "bump"); g != "1" {
 		t.Fatalf("root bump: %s", g)
+	}
+	if l := w.next(t); l != "1" {
+		t.Fatalf("watch printed %q, want 1", l)
+	}
+}
+
+// With --admin-group, its members are administrators: the admin socket is
+// theirs, and their requests are served; everyone else is still refused.
+func TestAdminGroup(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	const group = 4242 // no group needs to exist: a number will do
+	startDaemon(t, bin, dir, "--admin-group", strconv.Itoa(group))
+	member := &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{group}}
+	if r := ctlAs(t, member, bin, dir, "bump", "--reason", "member"); r.code != 0 || r.out != "1" {
+		t.Fatalf("bump by a member of the admin group: %+v", r)
+	}
+	if r := ctlAs(t, &syscall.Credential{Uid: 65534, Gid: 65534}, bin, dir, "bump"); r.code != 4 {
+		t.Fatalf("bump by a non-member: %+v", r)
+	}
+	st, err := os.Stat(filepath.Join(dir, "admin.sock"))
+	if err != nil || st.Mode().Perm() != 0o660 || st.Sys().(*syscall.Stat_t).Gid != group {
+		t.Fatalf("admin socket %v %v: want 0660, group %d", st.Mode(), err, group)
 	}
 }
 
@@ -471,8 +535,8 @@ func TestCrashRestart(t *testing.T) {
 	if g := mustCtl(t, bin, dir, "get"); g != "42" {
 		t.Fatalf("page after kill -9: %s", g)
 	}
-	if r := ctl(t, bin, dir, "status"); r.code != 3 || !strings.Contains(r.err, filepath.Join(dir, "genid.sock")) {
-		t.Fatalf("status with the daemon down must name the socket: %+v", r)
+	if r := ctl(t, bin, dir, "status"); r.code != 3 || !strings.Contains(r.err, filepath.Join(dir, "admin.sock")) {
+		t.Fatalf("status (root's: on the admin socket) with the daemon down must name the socket: %+v", r)
 	}
 	startDaemon(t, bin, dir)
 	if g := mustCtl(t, bin, dir, "get"); g != "42" {
@@ -764,7 +828,7 @@ func TestFlagValidation(t *testing.T) {
 		{[]string{"--frame-timeout", "0s"}, "--frame-timeout 0s"},
 		{[]string{"--max-frame", "0"}, "--max-frame 0"},
 		{[]string{"--max-frame", "7"}, "--max-frame 7"},
-		{[]string{"--max-frame", "263"}, "--max-frame 263"},
+		{[]string{"--max-frame", "328"}, "--max-frame 328"},
 		{[]string{"--max-frame", "1048577"}, "--max-frame 1048577"},
 		{[]string{"extra"}, "no arguments"},
 	} {
@@ -778,24 +842,25 @@ func TestFlagValidation(t *testing.T) {
 			t.Errorf("daemon %v made a page: %v", tc.args, err)
 		}
 	}
-	// The smallest --max-frame takes the largest request: a bump with the
-	// longest reason.
-	small := runDir(t)
-	startDaemon(t, bin, small, "--max-frame", "264")
-	if r := ctl(t, bin, small, "bump", "--reason", strings.Repeat("r", 256)); r.code != 0 || r.out != "1" {
-		t.Fatalf("bump with a 256-byte reason at --max-frame 264: %+v", r)
+	// The smallest --max-frame takes the largest request: a bump of a scope
+	// with the longest name, with the longest reason.
+	small := shortRunDir(t) // a scope's socket path must fit a sockaddr_un
+	startDaemon(t, bin, small, "--max-frame", "329")
+	long := strings.Repeat("s", 64)
+	mustCtl(t, bin, small, "scope", "create", long)
+	if r := ctl(t, bin, small, "bump", "--scope", long, "--reason", strings.Repeat("r", 256)); r.code != 0 || r.out != "1" {
+		t.Fatalf("bump with a 256-byte reason of a scope with a 64-byte name at --max-frame 329: %+v", r)
 	}
 }
 
-// cPluginRecord is a record as the C plugin writes it: no "writer".
-const cPluginRecord = `{
-  "version": 1,
-  "generation": %d,
-  "socket": "/run/genid/genid.sock",
-  "time": "2026-11-22T18:00:00Z",
-  "sockets": []
+// writePluginRecord writes a record as the C plugin does (no writer) of a
+// host process's checkpoint at generation gen.
+func writePluginRecord(t *testing.T, images string, gen uint32) {
+	t.Helper()
+	if err := checkpoint.WriteRecord(images, &checkpoint.Record{RunDir: "/run/genid", Scopes: []checkpoint.ScopeRecord{{Generation: &gen}}}); err != nil {
+		t.Fatal(err)
+	}
 }
-`
 
 // hook runs genidctl as CRIU runs an action script: without arguments.
 func hook(t *testing.T, bin, dir, action, images string, env ...string) result {
@@ -814,7 +879,7 @@ func TestActionScriptAfterPluginRecord(t *testing.T) {
 	d := startDaemon(t, bin, dir)
 	mustCtl(t, bin, dir, "bump", "--min", "3")
 	images := t.TempDir()
-	os.WriteFile(filepath.Join(images, "genid.json"), []byte(fmt.Sprintf(cPluginRecord, 5)), 0o644)
+	writePluginRecord(t, images, 5)
 
 	// No plugin ran: the page (3) is behind the record (5).
 	r := hook(t, bin, dir, "post-restore", images)
@@ -844,7 +909,7 @@ func TestActionScriptAfterPluginRecord(t *testing.T) {
 	// With the daemon down, a restore that needs a bump fails, unless best
 	// effort is asked for, as the plugin's restore would be.
 	d.kill(syscall.SIGTERM)
-	os.WriteFile(filepath.Join(images, "genid.json"), []byte(fmt.Sprintf(cPluginRecord, 6)), 0o644)
+	writePluginRecord(t, images, 6)
 	if r := hook(t, bin, dir, "post-restore", images); r.code != 3 || !strings.Contains(r.err, "unreachable") {
 		t.Fatalf("post-restore with the daemon down: %+v", r)
 	}

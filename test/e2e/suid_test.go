@@ -1,64 +1,80 @@
 package e2e
 
 import (
-	"bufio"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 )
 
-// TestBumpNotLentBySetuidExec: a process that connected unprivileged and
-// then exec'd a set-user-ID root program has every capability, but its
-// connection stays unprivileged: a child that kept the socket cannot bump
-// through it.
-func TestBumpNotLentBySetuidExec(t *testing.T) {
+// A privileged program run by an unprivileged user gets through the admin
+// socket's permissions, but its requests are still refused: the daemon
+// judges each on the real user that sent it (SCM_CREDENTIALS), which a
+// set-user-ID program or one with file capabilities does not change. The
+// same program run by root is served.
+func TestAdminNotLentByPrivilegedPrograms(t *testing.T) {
 	bin := genidctl(t)
 	dir := runDir(t)
 	startDaemon(t, bin, dir)
 	exe := buildC(t, dir, "suidbump")
+	sock := filepath.Join(dir, "admin.sock")
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 
-	// A set-user-ID root copy of sleep, standing for passwd or su waiting
-	// at their prompt.
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
+	copyExe := func(name string) string {
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	b, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	suid := filepath.Join(dir, "suid-sleep")
-	if err := os.WriteFile(suid, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	suid := copyExe("suidbump-setuid")
 	if err := os.Chmod(suid, os.ModeSetuid|0o755); err != nil {
 		t.Fatal(err)
 	}
-
-	cmd := exec.Command(exe, filepath.Join(dir, "genid.sock"), suid)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
+	fcap := copyExe("suidbump-filecap")
+	caps, err := cap.FromText("cap_dac_override,cap_sys_admin,cap_checkpoint_restore=ep")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	if err := caps.SetFile(fcap); err != nil {
+		t.Fatalf("file capabilities on %s: %v", fcap, err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(stdout)
-	if !sc.Scan() {
-		t.Fatalf("suidbump printed nothing: %v", sc.Err())
+
+	run := func(path string, attr *syscall.SysProcAttr) string {
+		t.Helper()
+		cmd := exec.Command(path, sock)
+		cmd.SysProcAttr = attr
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", filepath.Base(path), err, out)
+		}
+		return strings.TrimSpace(string(out))
 	}
-	// The exec'd parent keeps the pipe open: read only the one line.
-	go io.Copy(io.Discard, stdout)
-	if l := sc.Text(); l != "status 4" {
-		t.Fatalf("suidbump: %q, want status 4 (permission)", l)
+	for _, path := range []string{suid, fcap} {
+		if out := run(path, nobody); !strings.HasPrefix(out, "status 4:") || !strings.Contains(out, "not an administrator") {
+			t.Errorf("%s run by nobody: %q, want status 4 (permission)", filepath.Base(path), out)
+		}
 	}
 	if g := mustCtl(t, bin, dir, "get"); g != "0" {
 		t.Fatalf("the generation moved to %s", g)
+	}
+	// Plain, run by nobody: the socket's permissions stop it first.
+	cmd := exec.Command(exe, sock)
+	cmd.SysProcAttr = nobody
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
+		t.Errorf("suidbump run by nobody: %v: %s, want connect refused", err, out)
+	}
+	// The same program run by root is served: the refusals are the
+	// daemon's judgement, not a broken client.
+	if out := run(exe, nil); !strings.HasPrefix(out, "status 0:") {
+		t.Fatalf("suidbump run by root: %q", out)
 	}
 }

@@ -66,7 +66,12 @@ int main(int argc, char **argv)
 		printf("event %u\n", gen);
 		fflush(stdout);
 	}
-	ret = genid_bump(&c, 0, "from C", &gen);
+	/* A bump on a scope's socket, not the admin socket: refused to anyone. */
+	{
+		unsigned char req[8] = { 0 };
+
+		ret = genid_call_u32(&c, GENID_OP_BUMP, req, sizeof(req), &gen);
+	}
 	printf("bump %s\n", ret ? genid_strstatus(ret) : "ok");
 	genid_close(&c);
 	return 0;

@@ -1,18 +1,16 @@
 // SPDX-License-Identifier: MIT
 /*
- * suidbump - an unprivileged process tries to borrow a set-user-ID
- * program's capabilities for a bump.
+ * suidbump - a privileged program, run by an unprivileged user, asks for a
+ * bump on the admin socket.
  *
- * usage: suidbump SOCKET SUID_PROGRAM
+ * usage: suidbump ADMIN_SOCKET
  *
- * It connects to the daemon and forks. The parent execs SUID_PROGRAM (given
- * the argument "30", as sleep takes it), so the pid that connected now runs
- * as root with every capability. The child, still unprivileged, waits for
- * that, then sends a bump on the inherited connection and prints the reply's
- * status: "status N".
+ * Installed set-user-ID root, or with file capabilities that let it connect
+ * to the root-only socket, it gets through the socket's permissions; the
+ * daemon must still refuse it: it judges each request on its sender's real
+ * user, which stays the unprivileged one. Prints "status N" (0: bumped).
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,35 +18,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* parent_is_root tells whether the parent's effective uid is 0 yet. */
-static int parent_is_root(pid_t ppid)
-{
-	char path[64], line[256];
-	unsigned int ruid, euid;
-	FILE *f;
-	int root = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", ppid);
-	f = fopen(path, "r");
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Uid: %u %u", &ruid, &euid) == 2)
-			root = euid == 0;
-	fclose(f);
-	return root;
-}
-
 int main(int argc, char **argv)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	uint8_t req[16 + 8] = { 1, 6 };	/* version 1, op bump */
+	/* version 1, op bump, id 1, payload 9: name "" (host), min 0, flags 0 */
+	uint8_t req[16 + 9] = { 1, 6, 0, 0, 1, 0, 0, 0, 9 };
 	uint8_t rep[16 + 1024];
-	pid_t ppid;
-	int fd, i;
+	ssize_t n;
+	int fd;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: suidbump SOCKET SUID_PROGRAM\n");
+	if (argc != 2) {
+		fprintf(stderr, "usage: suidbump ADMIN_SOCKET\n");
 		return 2;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -61,36 +41,15 @@ int main(int argc, char **argv)
 		perror("connect");
 		return 1;
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	ppid = getpid();
-	switch (fork()) {
-	case -1:
-		perror("fork");
-		return 1;
-	case 0:
-		break;
-	default:
-		execl(argv[2], argv[2], "30", (char *)NULL);
-		perror("exec");
-		return 1;
-	}
-
-	for (i = 0; i < 500 && !parent_is_root(ppid); i++)
-		usleep(10000);
-	if (!parent_is_root(ppid)) {
-		printf("parent never ran as root\n");
-		return 1;
-	}
-	req[4] = 1;	/* id */
-	req[8] = 8;	/* payload: u32 min 0, u32 flags 0 */
 	if (write(fd, req, sizeof(req)) != sizeof(req)) {
 		perror("write");
 		return 1;
 	}
-	if (read(fd, rep, sizeof(rep)) < 16) {
+	n = read(fd, rep, sizeof(rep));
+	if (n < 16) {
 		perror("read");
 		return 1;
 	}
-	printf("status %d\n", rep[2] | rep[3] << 8);
+	printf("status %d: %.*s\n", rep[2] | rep[3] << 8, (int)(n - 16), (char *)rep + 16);
 	return 0;
 }

@@ -1,0 +1,475 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/scope"
+	"github.com/genid-project/genid/internal/wire"
+)
+
+// The run directory (see docs/scopes.md):
+//
+//	RUN_DIR/generation, genid.sock     the host scope: page and socket
+//	RUN_DIR/admin.sock                 the administrators' socket
+//	RUN_DIR/scopes/         (0700)     reachable by root only...
+//	RUN_DIR/scopes/NAME/    (0755)     ...and a container sees only this,
+//	    generation, genid.sock         bind-mounted at /run/genid
+//	RUN_DIR/state/NAME.json (0700 dir) who a scope belongs to
+const (
+	scopesDir = "scopes"
+	stateDir  = "state"
+)
+
+// scopeState is one scope as the daemon serves it: the state machine, its
+// page, its socket, and the process it belongs to.
+type scopeState struct {
+	name  string // "" for the host scope
+	dir   string
+	dirfd int
+	core  *scope.Scope[*conn]
+	page  *page.Writer
+	sock  string
+	lfd   int
+	use   usage
+
+	meta    scopeMeta
+	pidfd   int // of meta.PID, -1 if none
+	removed bool
+
+	restorer     *conn // the admin connection restoring it, if any
+	restoreTimer timer
+}
+
+// scopeMeta is what the daemon keeps of a scope besides its page, across
+// its own restarts.
+type scopeMeta struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	// PID, if not 0, is the process the scope belongs to (a container's
+	// init): the scope goes when it ends. PIDStart (its start time, from
+	// /proc/PID/stat) tells it from a later process with the same pid.
+	PID      int    `json:"pid,omitempty"`
+	PIDStart uint64 `json:"pid_start,omitempty"`
+	// Restored is set on a scope a restore created.
+	Restored bool `json:"restored,omitempty"`
+}
+
+// label names a scope in logs.
+func (st *scopeState) label() string {
+	if st.name == "" {
+		return "host"
+	}
+	return st.name
+}
+
+func (st *scopeState) restoring() bool { return st.restorer != nil }
+
+// openPage opens (creating it if missing) the page of a scope whose
+// directory is open as dirfd, resuming from its value. Its lock proves that
+// no other daemon serves the scope.
+func (s *Server) openPage(name, dir string, dirfd int) (*scopeState, error) {
+	st := &scopeState{name: name, dir: dir, dirfd: dirfd, lfd: -1, pidfd: -1,
+		sock: filepath.Join(dir, genid.SocketFile)}
+	st.restoreTimer = newTimer(timerRestore, nil, st)
+	pg, err := page.CreateAt(dirfd, genid.PageFile, filepath.Join(dir, genid.PageFile))
+	if err != nil {
+		return nil, err
+	}
+	st.page = pg
+	st.core = scope.New[*conn](pg.Load())
+	return st, nil
+}
+
+// listenScope binds a scope's socket. The page's lock proves no other
+// daemon serves the scope, so a socket left by a crashed daemon can go.
+func (s *Server) listenScope(st *scopeState) error {
+	if err := unix.Unlinkat(st.dirfd, genid.SocketFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("stale socket %s: %w", st.sock, err)
+	}
+	var err error
+	if st.lfd, err = listen(st.sock, 0o666, -1, false); err != nil {
+		return fmt.Errorf("listen %s: %w", st.sock, err)
+	}
+	return nil
+}
+
+// openScope opens a scope's page and binds its socket.
+func (s *Server) openScope(name, dir string, dirfd int) (*scopeState, error) {
+	st, err := s.openPage(name, dir, dirfd)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.listenScope(st); err != nil {
+		st.page.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// serveScope adds a scope's socket (and its process) to the loop.
+func (s *Server) serveScope(st *scopeState) error {
+	if err := s.loop.watch(st.lfd, special{kind: specialListen, scope: st}); err != nil {
+		return err
+	}
+	if st.pidfd >= 0 {
+		if err := s.loop.watch(st.pidfd, special{kind: specialPidfd, scope: st}); err != nil {
+			s.loop.unwatch(st.lfd)
+			return err
+		}
+	}
+	s.scopes[st.name] = st
+	return nil
+}
+
+// loadScopes serves the scopes a previous daemon left. One whose process
+// ended meanwhile is removed.
+func (s *Server) loadScopes() error {
+	ents, err := os.ReadDir(filepath.Join(s.cfg.RunDir, scopesDir))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if wire.CheckName(name) != nil || !e.IsDir() {
+			s.log.Warn("not a scope: left alone", "path", filepath.Join(s.cfg.RunDir, scopesDir, name))
+			continue
+		}
+		meta, err := s.readMeta(name)
+		if err != nil {
+			s.log.Warn("scope without its state: served without an owner", "scope", name, "err", err)
+			meta = scopeMeta{Name: name, Created: time.Now()}
+		}
+		st, err := s.openScopeDir(name, meta)
+		if err != nil {
+			return fmt.Errorf("scope %s: %w", name, err)
+		}
+		if meta.PID != 0 && st.pidfd < 0 {
+			s.log.Info("scope's process ended while no daemon ran", "scope", name, "pid", meta.PID)
+			s.destroy(st)
+			continue
+		}
+		if err := s.serveScope(st); err != nil {
+			s.destroy(st)
+			return err
+		}
+		s.log.Info("scope resumed", "scope", name, "generation", st.core.Generation(), "pid", meta.PID)
+	}
+	return nil
+}
+
+// openScopeDir opens scope name's directory (creating it) and the scope,
+// and its process's pidfd if it is still the same process.
+func (s *Server) openScopeDir(name string, meta scopeMeta) (*scopeState, error) {
+	dir := filepath.Join(s.cfg.RunDir, scopesDir, name)
+	dirfd, err := openDir(s.scopesfd, name, 0o755)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	st, err := s.openScope(name, dir, dirfd)
+	if err != nil {
+		unix.Close(dirfd)
+		return nil, err
+	}
+	st.meta = meta
+	if meta.PID != 0 {
+		st.pidfd = openOwner(meta.PID, meta.PIDStart)
+	}
+	return st, nil
+}
+
+// createScope creates a scope: 0 or the given start, and if pid is given,
+// the process it belongs to.
+func (s *Server) createScope(name string, req wire.ScopeCreate) (uint32, error) {
+	if name == "" {
+		return 0, fmt.Errorf("the host scope always exists: %w", errExists)
+	}
+	if old := s.scopes[name]; old != nil && old.meta.PID != 0 && !ownerAlive(old) {
+		// Its container ended, and the daemon has not seen it yet: a
+		// container of the same name (a runc restore) takes the name.
+		s.removeScope(old, fmt.Sprintf("its process %d ended", old.meta.PID))
+	}
+	if old := s.scopes[name]; old != nil {
+		if req.Flags&wire.FlagExistOK == 0 {
+			return 0, errExists
+		}
+		if req.PID != 0 && old.meta.PID != 0 && old.meta.PID != int(req.PID) {
+			return 0, fmt.Errorf("it belongs to process %d, not %d: %w", old.meta.PID, req.PID, errExists)
+		}
+		if req.PID != 0 && old.meta.PID == 0 {
+			if err := s.bindOwner(old, int(req.PID)); err != nil {
+				return 0, err
+			}
+		}
+		return old.core.Generation(), nil
+	}
+	if len(s.scopes)-1 >= s.cfg.MaxScopes {
+		return 0, fmt.Errorf("%d scopes: %w", s.cfg.MaxScopes, errLimit)
+	}
+	start := uint32(0)
+	if req.Flags&wire.FlagStart != 0 {
+		if req.Start > scope.Max {
+			return 0, fmt.Errorf("start %d: above %d, where no restore could bump it: %w", req.Start, uint32(scope.Max), scope.ErrOverflow)
+		}
+		start = req.Start
+	}
+	st, err := s.newScope(name, int(req.PID), false)
+	if err != nil {
+		return 0, err
+	}
+	if start > 0 {
+		st.page.Store(start)
+		st.core = scope.New[*conn](start)
+	}
+	s.log.Info("scope created", "scope", name, "generation", start, "pid", req.PID)
+	return start, nil
+}
+
+// newScope makes a new scope at generation 0 and serves it. A leftover of
+// the same name on disk (a daemon that crashed while removing it) is
+// removed first.
+func (s *Server) newScope(name string, pid int, restored bool) (*scopeState, error) {
+	meta := scopeMeta{Name: name, Created: s.clock(), PID: pid, Restored: restored}
+	var pidfd int = -1
+	if pid != 0 {
+		start, err := procStart(pid)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: %v: %w", pid, err, errNotFound)
+		}
+		meta.PIDStart = start
+		if pidfd = openOwner(pid, start); pidfd < 0 {
+			return nil, fmt.Errorf("process %d ended: %w", pid, errNotFound)
+		}
+	}
+	s.removeLeftover(name)
+	st, err := s.openScopeDir(name, scopeMeta{})
+	if err != nil {
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		s.removeLeftover(name) // a new scope leaves nothing behind
+		return nil, err
+	}
+	st.core = scope.New[*conn](0)
+	st.page.Store(0)
+	st.meta, st.pidfd = meta, pidfd
+	if err := s.writeMeta(meta); err != nil {
+		s.destroy(st)
+		return nil, err
+	}
+	if err := s.serveScope(st); err != nil {
+		s.destroy(st)
+		return nil, err
+	}
+	return st, nil
+}
+
+// bindOwner makes a scope belong to process pid: it goes when pid ends.
+func (s *Server) bindOwner(st *scopeState, pid int) error {
+	start, err := procStart(pid)
+	if err != nil {
+		return fmt.Errorf("process %d: %v: %w", pid, err, errNotFound)
+	}
+	fd := openOwner(pid, start)
+	if fd < 0 {
+		return fmt.Errorf("process %d ended: %w", pid, errNotFound)
+	}
+	meta := st.meta
+	meta.PID, meta.PIDStart = pid, start
+	if err := s.writeMeta(meta); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if err := s.loop.watch(fd, special{kind: specialPidfd, scope: st}); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	st.meta, st.pidfd = meta, fd
+	return nil
+}
+
+// ownerAlive tells whether the process a scope belongs to still runs: its
+// pidfd is readable once it has ended.
+func ownerAlive(st *scopeState) bool {
+	if st.pidfd < 0 {
+		return false
+	}
+	fds := []unix.PollFd{{Fd: int32(st.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n == 0
+}
+
+// removeScope ends a scope: its members are disconnected, waits on it are
+// answered, its files go. The host scope cannot be removed.
+func (s *Server) removeScope(st *scopeState, why string) error {
+	if st == s.root {
+		return fmt.Errorf("the host scope cannot be removed: %w", errPermission)
+	}
+	st.removed = true
+	for _, c := range s.loop.conns() {
+		switch {
+		case c.scope == st:
+			s.loop.closeConn(c)
+		case c.wait != nil && c.wait.scope == st:
+			h := c.wait.h
+			s.dropWait(c)
+			c.replyErr(h, fmt.Errorf("wait-watchers: scope %s removed: %w", st.name, errNotFound))
+		}
+	}
+	s.loop.unwatch(st.lfd)
+	if st.pidfd >= 0 {
+		s.loop.unwatch(st.pidfd)
+	}
+	delete(s.scopes, st.name)
+	s.destroy(st)
+	s.log.Info("scope removed", "scope", st.name, "why", why, "generation", st.core.Generation())
+	return nil
+}
+
+// destroy closes a scope's files and removes them.
+func (s *Server) destroy(st *scopeState) {
+	s.loop.timers.stop(&st.restoreTimer)
+	if st.restorer != nil {
+		st.restorer.restore.drop(st)
+		st.restorer = nil
+	}
+	if st.lfd >= 0 {
+		unix.Close(st.lfd)
+	}
+	if st.pidfd >= 0 {
+		unix.Close(st.pidfd)
+	}
+	st.page.Close()
+	unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
+	unix.Unlinkat(st.dirfd, genid.PageFile, 0)
+	unix.Close(st.dirfd)
+	if err := unix.Unlinkat(s.scopesfd, st.name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		s.log.Warn("scope directory left", "scope", st.name, "err", err)
+	}
+	unix.Unlinkat(s.statefd, st.name+".json", 0)
+}
+
+// removeLeftover removes what a scope of that name left on disk.
+func (s *Server) removeLeftover(name string) {
+	if dfd, err := unix.Openat(s.scopesfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		unix.Unlinkat(dfd, genid.SocketFile, 0)
+		unix.Unlinkat(dfd, genid.PageFile, 0)
+		unix.Close(dfd)
+		unix.Unlinkat(s.scopesfd, name, unix.AT_REMOVEDIR)
+	}
+	unix.Unlinkat(s.statefd, name+".json", 0)
+}
+
+// scopeOwnerGone removes a scope whose process ended.
+func (s *Server) scopeOwnerGone(st *scopeState) {
+	if st.restoring() {
+		// The restored tasks died in the middle of their restore: the
+		// scope goes when the restore ends (endRestore), not under it.
+		s.loop.unwatch(st.pidfd)
+		unix.Close(st.pidfd)
+		st.pidfd = -1
+		return
+	}
+	s.removeScope(st, fmt.Sprintf("its process %d ended", st.meta.PID))
+}
+
+// scopeOrder lists the scopes, the host's first, then by name.
+func (s *Server) scopeOrder() []*scopeState {
+	out := []*scopeState{s.root}
+	names := make([]string, 0, len(s.scopes))
+	for n := range s.scopes {
+		if n != "" {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		out = append(out, s.scopes[n])
+	}
+	return out
+}
+
+func (s *Server) writeMeta(m scopeMeta) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	tmp := m.Name + ".json.tmp"
+	fd, err := unix.Openat(s.statefd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("scope state: %w", err)
+	}
+	_, err = unix.Write(fd, append(b, '\n'))
+	unix.Close(fd)
+	if err == nil {
+		err = unix.Renameat(s.statefd, tmp, s.statefd, m.Name+".json")
+	}
+	if err != nil {
+		return fmt.Errorf("scope state: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) readMeta(name string) (scopeMeta, error) {
+	fd, err := unix.Openat(s.statefd, name+".json", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return scopeMeta{}, err
+	}
+	f := os.NewFile(uintptr(fd), name+".json")
+	defer f.Close()
+	var m scopeMeta
+	if err := json.NewDecoder(f).Decode(&m); err != nil {
+		return scopeMeta{}, err
+	}
+	if m.Name != name {
+		return scopeMeta{}, fmt.Errorf("state of %q in %s.json", m.Name, name)
+	}
+	return m, nil
+}
+
+// openOwner opens a pidfd of pid if it is still the process that started
+// at start (so a pid reused since is not taken for it); -1 if not.
+func openOwner(pid int, start uint64) int {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return -1
+	}
+	// Checked after the pidfd is open: it pins the process, so the start
+	// time read now is the pidfd's process's.
+	if now, err := procStart(pid); err != nil || now != start {
+		unix.Close(fd)
+		return -1
+	}
+	return fd
+}
+
+// procStart reads a process's start time, in clock ticks since boot: the
+// 22nd field of /proc/PID/stat.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("stat: no comm")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, errors.New("stat: short")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}

@@ -1,0 +1,420 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/wire"
+)
+
+func (d *daemon) admin(t *testing.T) *genid.Admin {
+	t.Helper()
+	a, err := genid.OpenAdmin(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// dialScope connects to a scope's own socket, as a member of it does
+// through its mount.
+func (d *daemon) dialScope(t *testing.T, name string) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(d.dir, "scopes", name, "genid.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// A scope is a counter of its own: its page, its socket, its watchers, its
+// barrier. Bumping it moves nothing else; a VM restore (bump all) moves
+// every scope.
+func TestScopeIsolation(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	for _, n := range []string{"c1", "c2"} {
+		if g, err := a.CreateScope(ctx(t), n, genid.ScopeOptions{}); err != nil || g != 0 {
+			t.Fatalf("create %s: %d %v", n, g, err)
+		}
+	}
+	if _, err := a.CreateScope(ctx(t), "c1", genid.ScopeOptions{}); !errors.Is(err, genid.ErrExists) {
+		t.Fatalf("create c1 twice: %v", err)
+	}
+	if g, err := a.CreateScope(ctx(t), "c1", genid.ScopeOptions{ExistOK: true}); err != nil || g != 0 {
+		t.Fatalf("create c1 again, exist-ok: %d %v", g, err)
+	}
+	if g, err := a.CreateScope(ctx(t), "c3", genid.ScopeOptions{Start: 40}); err != nil || g != 40 {
+		t.Fatalf("create c3 at 40: %d %v", g, err)
+	}
+	st, err := os.Stat(filepath.Join(d.dir, "scopes"))
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("scopes dir %v %v: want 0700, reachable by root only", st.Mode(), err)
+	}
+
+	// A watcher on each scope and on the host.
+	watch := func(c net.Conn) {
+		send(t, c, wire.OpWatch, 1, nil)
+		if f := recv(t, c); f.Status != wire.StatusOK {
+			t.Fatalf("watch: %+v", f.Header)
+		}
+	}
+	w1, w2, wh := d.dialScope(t, "c1"), d.dialScope(t, "c2"), d.dial(t)
+	for _, c := range []net.Conn{w1, w2, wh} {
+		watch(c)
+	}
+	if g, err := a.Bump(ctx(t), "c1", 7, "restore of c1"); err != nil || g != 7 {
+		t.Fatalf("bump c1: %d %v", g, err)
+	}
+	if f := recv(t, w1); f.Op != wire.OpEvent || binary.LittleEndian.Uint32(f.Payload) != 7 {
+		t.Fatalf("c1's watcher: %+v %x", f.Header, f.Payload)
+	}
+	for name, c := range map[string]net.Conn{"c2": w2, "host": wh} {
+		send(t, c, wire.OpGet, 2, nil)
+		if f := recv(t, c); f.Op != wire.OpGet || binary.LittleEndian.Uint32(f.Payload) != 0 {
+			t.Fatalf("%s after c1's bump: %+v %x (an event, or not 0)", name, f.Header, f.Payload)
+		}
+	}
+	page := func(name string) uint32 {
+		b, err := os.ReadFile(filepath.Join(d.dir, "scopes", name, "generation"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return binary.NativeEndian.Uint32(b)
+	}
+	if page("c1") != 7 || page("c2") != 0 || d.status(t).Generation != 0 {
+		t.Fatalf("pages c1 %d c2 %d host %d", page("c1"), page("c2"), d.status(t).Generation)
+	}
+	// c1's barrier is c1's: c2's and the host's watchers are not in it.
+	if err := a.WaitWatchers(ctx(t), "c1", time.Second); !errors.Is(err, genid.ErrTimeout) {
+		t.Fatalf("c1's barrier with its watcher outdated: %v", err)
+	}
+	send(t, w1, wire.OpAck, 3, wire.U32(7))
+	recv(t, w1)
+	if err := a.WaitWatchers(ctx(t), "c1", 5*time.Second); err != nil {
+		t.Fatalf("c1's barrier, its watcher acked: %v", err)
+	}
+	// A member sees its own scope, without the processes behind it.
+	send(t, w2, wire.OpStatus, 4, nil)
+	f := recv(t, w2)
+	if f.Status != wire.StatusOK || !bytes.Contains(f.Payload, []byte(`"scope":"c2"`)) || bytes.Contains(f.Payload, []byte("pid")) || bytes.Contains(f.Payload, []byte("backends")) {
+		t.Fatalf("c2's member status: %s", f.Payload)
+	}
+
+	// A VM restore bumps every scope.
+	if _, err := a.BumpAll(ctx(t), "vmgenid"); err != nil {
+		t.Fatal(err)
+	}
+	if page("c1") != 8 || page("c2") != 1 || page("c3") != 41 || d.status(t).Generation != 1 {
+		t.Fatalf("after bump all: c1 %d c2 %d c3 %d host %d", page("c1"), page("c2"), page("c3"), d.status(t).Generation)
+	}
+	list, err := a.Scopes(ctx(t))
+	if err != nil || len(list) != 4 || list[0].Scope != "" || list[1].Scope != "c1" || list[1].Dir != filepath.Join(d.dir, "scopes", "c1") {
+		t.Fatalf("scopes %+v %v", list, err)
+	}
+
+	// Removing a scope disconnects its members and removes its files.
+	if err := a.RemoveScope(ctx(t), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, w2)
+	if _, err := os.Stat(filepath.Join(d.dir, "scopes", "c2")); !os.IsNotExist(err) {
+		t.Fatalf("c2's directory after removal: %v", err)
+	}
+	if err := a.RemoveScope(ctx(t), "c2"); !errors.Is(err, genid.ErrNotFound) {
+		t.Fatalf("removing c2 again: %v", err)
+	}
+	if err := a.RemoveScope(ctx(t), ""); err == nil {
+		t.Fatal("the host scope was removed")
+	}
+}
+
+// Scopes outlive a daemon restart, with their generations; one whose
+// process ended meanwhile does not, and one goes when its process ends.
+func TestScopesAcrossRestart(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	owner, gone := exec.Command("sleep", "1000"), exec.Command("sleep", "1000")
+	for _, c := range []*exec.Cmd{owner, gone} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Process.Kill()
+	}
+	a.CreateScope(ctx(t), "kept", genid.ScopeOptions{Start: 3})
+	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid})
+	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
+	a.Bump(ctx(t), "kept", 0, "t")
+	d.stop()
+	a.Close()
+	gone.Process.Kill() // while no daemon runs
+	gone.Wait()
+
+	d2 := start(t, d.dir, server.Config{})
+	a2 := d2.admin(t)
+	if g, err := a2.Generation(ctx(t), "kept"); err != nil || g != 4 {
+		t.Fatalf("kept after restart: %d %v", g, err)
+	}
+	if _, err := a2.Generation(ctx(t), "owned"); err != nil {
+		t.Fatalf("owned after restart: %v", err)
+	}
+	if _, err := a2.Generation(ctx(t), "orphan"); !errors.Is(err, genid.ErrNotFound) {
+		t.Fatalf("orphan, whose process ended while no daemon ran: %v", err)
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	waitFor(t, func() bool {
+		_, err := a2.Generation(ctx(t), "owned")
+		return errors.Is(err, genid.ErrNotFound)
+	})
+	if _, err := os.Stat(filepath.Join(d.dir, "scopes", "owned")); !os.IsNotExist(err) {
+		t.Fatalf("owned's directory: %v", err)
+	}
+}
+
+// A restore gives the restored tasks their own scope: the one their root
+// belongs to (a runtime's hook made it), else a new one named after the
+// recorded scope (or, taken, a free variant), bumped past the recorded
+// generation; the host scope without a pid. It never moves a scope the
+// record merely names.
+func TestRestoreScopes(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	root1 := exec.Command("sleep", "1000")
+	root2 := exec.Command("sleep", "1000")
+	for _, c := range []*exec.Cmd{root1, root2} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Process.Kill()
+	}
+	a.CreateScope(ctx(t), "victim", genid.ScopeOptions{Start: 100})
+	avoid := uint32(20)
+
+	// No scope for root1 yet: a new one, named after the record.
+	g, name, err := a.Restore(ctx(t), "c1", &avoid, root1.Process.Pid)
+	if err != nil || g != 21 || name != "c1" {
+		t.Fatalf("restore of c1 for a new root: %d %q %v", g, name, err)
+	}
+	// A second restore of the same checkpoint (a clone): its own scope.
+	g, name, err = a.Restore(ctx(t), "c1", &avoid, root2.Process.Pid)
+	if err != nil || g != 21 || name != "c1-2" {
+		t.Fatalf("a clone's restore: %d %q %v", g, name, err)
+	}
+	// A crafted record naming another scope gets a scope of its own.
+	g, name, err = a.Restore(ctx(t), "victim", &avoid, root2.Process.Pid)
+	if err != nil || name != "c1-2" || g != 22 {
+		t.Fatalf("a restore naming victim for root2: %d %q %v", g, name, err)
+	}
+	if v, _ := a.Generation(ctx(t), "victim"); v != 100 {
+		t.Fatalf("victim moved to %d", v)
+	}
+	// The host scope: no pid, no name.
+	g, name, err = a.Restore(ctx(t), "", &avoid, 0)
+	if err != nil || g != 21 || name != "" {
+		t.Fatalf("restore of the host scope: %d %q %v", g, name, err)
+	}
+	// The maximum cannot be avoided.
+	max := ^uint32(0)
+	if _, _, err := a.Restore(ctx(t), "", &max, 0); !errors.Is(err, genid.ErrOverflow) {
+		t.Fatalf("avoid the maximum: %v", err)
+	}
+	// A scope a hook made for the restored root is the one restored.
+	root3 := exec.Command("sleep", "1000")
+	root3.Start()
+	defer root3.Process.Kill()
+	a.CreateScope(ctx(t), "hooked", genid.ScopeOptions{PID: root3.Process.Pid})
+	g, name, err = a.Restore(ctx(t), "old-name", &avoid, root3.Process.Pid)
+	if err != nil || name != "hooked" || g != 21 {
+		t.Fatalf("restore into the hook's scope: %d %q %v", g, name, err)
+	}
+	// A restore's scope goes with its process, once the restore ended.
+	a.Close()
+	root1.Process.Kill()
+	root1.Wait()
+	a2 := d.admin(t)
+	waitFor(t, func() bool {
+		_, err := a2.Generation(ctx(t), "c1")
+		return errors.Is(err, genid.ErrNotFound)
+	})
+}
+
+// Restored watchers may attach only to a scope a restore is restoring, and
+// only while it lasts.
+func TestRestoredAttachNeedsRestore(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	root := exec.Command("sleep", "1000")
+	root.Start()
+	defer root.Process.Kill()
+	attach := func(name string) wire.Status {
+		c := d.dialScope(t, name)
+		send(t, c, wire.OpAttach, 1, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 3))
+		return recv(t, c).Status
+	}
+	a.CreateScope(ctx(t), "idle", genid.ScopeOptions{})
+	if st := attach("idle"); st != wire.StatusPermission {
+		t.Fatalf("restored attach with no restore: %v", st)
+	}
+	_, name, err := a.Restore(ctx(t), "r", nil, root.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := attach(name); st != wire.StatusOK {
+		t.Fatalf("restored attach during the restore: %v", st)
+	}
+	if st := attach("idle"); st != wire.StatusPermission {
+		t.Fatalf("restored attach to another scope during the restore: %v", st)
+	}
+	a.Close() // the restore ends with its connection
+	waitFor(t, func() bool { return attach(name) == wire.StatusPermission })
+}
+
+// The admin socket's restore steps after the first need no administrator:
+// the restored tasks' root may be in a user namespace by then. The first
+// does; the session is its connection's.
+func TestRestoreBegin(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dialAdmin(t)
+	send(t, c, wire.OpRestore, 1, named("", wire.Restore{Flags: wire.FlagBegin}.Encode()))
+	if f := recv(t, c); f.Status != wire.StatusOK {
+		t.Fatalf("begin: %+v %q", f.Header, f.Payload)
+	}
+	send(t, c, wire.OpRestore, 2, named("x", wire.Restore{Flags: wire.FlagBegin}.Encode()))
+	if f := recv(t, c); f.Status != wire.StatusBadRequest {
+		t.Fatalf("begin with a name: %+v %q", f.Header, f.Payload)
+	}
+}
+
+// Limits: a user cannot take more than its share, nor a scope, and the
+// reserve keeps root on the host's socket and restores served when
+// everyone else has taken all they may.
+func TestScopeLimits(t *testing.T) {
+	d := start(t, "", server.Config{MaxConns: 40, MaxWatchers: 20, ReserveConns: 5, ReserveWatchers: 5,
+		MaxConnsPerScope: 10, MaxWatchersPerScope: 4})
+	a := d.admin(t)
+	a.CreateScope(ctx(t), "busy", genid.ScopeOptions{})
+	a.CreateScope(ctx(t), "calm", genid.ScopeOptions{})
+	watch := func(c net.Conn) wire.Status {
+		send(t, c, wire.OpWatch, 1, nil)
+		return recv(t, c).Status
+	}
+	// A scope's members take at most its share of watchers...
+	for i := range 5 {
+		st := watch(d.dialScope(t, "busy"))
+		if want := wire.StatusOK; i >= 4 {
+			if st != wire.StatusLimit {
+				t.Fatalf("watcher %d of busy: %v, want limit", i, st)
+			}
+		} else if st != want {
+			t.Fatalf("watcher %d of busy: %v", i, st)
+		}
+	}
+	// ...and of connections.
+	served := 0
+	for range 12 {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(d.dir, "scopes", "busy", "genid.sock"), Net: "unix"})
+		if err != nil {
+			continue
+		}
+		defer c.Close()
+		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil)) // fails on those hung up on
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := wire.ReadFrame(c, 64); err == nil {
+			served++
+		}
+	}
+	if served != 5 { // 10 per scope, 5 taken by the watchers
+		t.Fatalf("%d more connections of busy served, want 5", served)
+	}
+	// Another scope is not held back by it.
+	if st := watch(d.dialScope(t, "calm")); st != wire.StatusOK {
+		t.Fatalf("a watcher of calm: %v", st)
+	}
+	if err := a.RemoveScope(ctx(t), "busy"); err != nil {
+		t.Fatal(err)
+	}
+	// Everyone else but root takes everything it may: watchers up to the
+	// reserve...
+	a.CreateScope(ctx(t), "f1", genid.ScopeOptions{})
+	a.CreateScope(ctx(t), "f2", genid.ScopeOptions{})
+	a.CreateScope(ctx(t), "f3", genid.ScopeOptions{})
+	a.CreateScope(ctx(t), "f4", genid.ScopeOptions{})
+	taken := 1 // calm's
+	for _, s := range []string{"f1", "f2", "f3", "f4"} {
+		for range 4 {
+			if watch(d.dialScope(t, s)) == wire.StatusOK {
+				taken++
+			}
+		}
+	}
+	if taken != 15 {
+		t.Fatalf("%d watchers taken outside the reserve, want 15 (20 - 5)", taken)
+	}
+	// ...yet root on the host's socket is served, from the reserve (this
+	// test's process: root in CI; as another user, it is that user's
+	// daemon, and the reserve is its).
+	if os.Geteuid() == 0 {
+		if st := watch(d.dial(t)); st != wire.StatusOK {
+			t.Fatalf("root's watcher on the host socket: %v", st)
+		}
+	}
+	// A restored watcher too.
+	root := exec.Command("sleep", "1000")
+	root.Start()
+	defer root.Process.Kill()
+	_, name, err := a.Restore(ctx(t), "r", nil, root.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := d.dialScope(t, name)
+	send(t, c, wire.OpAttach, 1, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 0))
+	if f := recv(t, c); f.Status != wire.StatusOK {
+		t.Fatalf("a restored watcher with only the reserve left: %+v %q", f.Header, f.Payload)
+	}
+	// And the admin socket has its own pool.
+	if _, err := a.Bump(ctx(t), "", 0, "still served"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Names must be names; a socket path must fit.
+func TestScopeNames(t *testing.T) {
+	d := start(t, "", server.Config{})
+	c := d.dialAdmin(t)
+	for i, name := range []string{".hidden", "-x", "a/b", "a b", strings.Repeat("x", 65)} {
+		send(t, c, wire.OpScopeCreate, uint32(i+1), append(append([]byte{byte(len(name))}, name...), wire.ScopeCreate{}.Encode()...))
+		if f := recv(t, c); f.Status != wire.StatusBadRequest {
+			t.Errorf("create %q: %+v %q", name, f.Header, f.Payload)
+		}
+	}
+	// A run dir deep enough leaves no room for a long name's socket.
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 40))
+	d2 := start(t, long, server.Config{})
+	a := d2.admin(t)
+	if _, err := a.CreateScope(ctx(t), strings.Repeat("n", 64), genid.ScopeOptions{}); err == nil || !strings.Contains(err.Error(), "longer than a unix socket") {
+		t.Fatalf("a socket path too long: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(long, "scopes", strings.Repeat("n", 64))); !os.IsNotExist(err) {
+		t.Fatalf("the refused scope left its directory: %v", err)
+	}
+}
