@@ -68,6 +68,7 @@ func newApp() *cli.App {
 		imageInfoCommand(),
 		criuHookCommand(),
 		ociCommand(),
+		ociHookCommand(),
 	}
 	var each func([]*cli.Command)
 	each = func(cmds []*cli.Command) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -122,6 +123,10 @@ func scopeCommand() *cli.Command {
 
 // scopeArg is the one NAME argument of a scope subcommand, checked.
 func scopeArg(c *cli.Context) (string, error) {
+	if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
+		return "", usageError{fmt.Errorf("scope %s: the flags go before NAME: genidctl scope %s %s %s",
+			c.Command.Name, c.Command.Name, strings.Join(c.Args().Tail(), " "), c.Args().First())}
+	}
 	if c.NArg() != 1 {
 		return "", usageError{errors.New("scope " + c.Command.Name + " needs one scope NAME")}
 	}

@@ -82,6 +82,20 @@ func (h *host) start(gen uint32) {
 	h.startKeep()
 }
 
+// fresh runs a daemon on an emptied run dir at generation gen: a second
+// host, with no scope of its own yet.
+func (h *host) fresh(gen uint32) {
+	h.t.Helper()
+	h.stop()
+	if err := os.RemoveAll(h.dir); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.MkdirAll(h.dir, 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	h.start(gen)
+}
+
 // syncBuffer is a daemon's log: written by exec's copying goroutine, read
 // by a test's cleanup while the daemon may still run.
 type syncBuffer struct {
@@ -230,7 +244,7 @@ func mustCriu(t *testing.T, env []string, verb, images string, args ...string) {
 func logSummary(log string, n int) string {
 	var b strings.Builder
 	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, "Error") || strings.Contains(l, "genid") || strings.Contains(l, "WARN") {
+		if strings.Contains(l, "Error") || strings.Contains(l, ") genid: ") || strings.Contains(l, "WARN") {
 			b.WriteString(l + "\n")
 		}
 	}

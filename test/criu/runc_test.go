@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +30,11 @@ const commandTimeout = time.Minute
 // runHelper is the test binary's second life, inside a container: it maps
 // /dev/sysgenid as AWS-LC does and writes every value it sees to OUT.
 func runHelper(name string) int {
-	if name != "mmap-reader" {
+	switch name {
+	case "mmap-reader":
+	case "flood":
+		return flood(os.Getenv("SOCK"))
+	default:
 		fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
 		return 2
 	}
@@ -60,74 +66,212 @@ func runHelper(name string) int {
 	}
 }
 
-// 4. A busybox container runs a watcher and a process that maps
-// /dev/sysgenid; unmodified `runc checkpoint` and `runc restore` (the plugin
-// is in CRIU's default dir) bump, and both processes see the new generation.
-func TestRunc(t *testing.T) {
-	h := newHost(t, "runc")
-	h.start(0)
-	h.mustCtl("bump", "--min", "5", "--reason", "setup")
+// container is a runc container of a busybox bundle, given a genid scope by
+// genidctl oci-config, that runs a watcher of its scope and a process that
+// maps /dev/sysgenid, each writing what it sees to a file of out.
+type container struct {
+	t      *testing.T
+	h      *host
+	id     string
+	bundle string
+	out    string // seen as /out inside
+	env    []string
+	saved  map[string][]byte // the output files at checkpoint
+}
 
-	bundle := t.TempDir()
-	rootfs := filepath.Join(bundle, "rootfs")
-	outDir := filepath.Join(bundle, "out") // seen as /out inside
-	for _, d := range []string{"bin", "tmp", "out"} {
+func newContainer(t *testing.T, h *host) *container {
+	t.Helper()
+	c := &container{t: t, h: h, id: containerID(), bundle: t.TempDir(), env: []string{"GENID_RUN_DIR=" + h.dir}}
+	rootfs := filepath.Join(c.bundle, "rootfs")
+	c.out = filepath.Join(c.bundle, "out")
+	for _, d := range []string{"bin", "tmp"} {
 		os.MkdirAll(filepath.Join(rootfs, d), 0o755)
 	}
-	os.MkdirAll(outDir, 0o777)
+	os.MkdirAll(c.out, 0o777)
 	copyFile(t, "/usr/bin/busybox", filepath.Join(rootfs, "bin/busybox"))
-	for _, a := range []string{"sh", "sleep", "cat"} {
+	for _, a := range []string{"sh", "sleep", "cat", "ls"} {
 		os.Symlink("busybox", filepath.Join(rootfs, "bin", a))
 	}
 	copyFile(t, genidctl, filepath.Join(rootfs, "bin/genidctl"))
 	self, _ := os.Executable()
 	copyFile(t, self, filepath.Join(rootfs, "bin/genid-test"))
 
-	run(t, bundle, "runc", "spec")
+	run(t, c.bundle, "runc", "spec")
 	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
 		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
 		"while :; do sleep 1; done"
-	editSpec(t, filepath.Join(bundle, "config.json"), func(s map[string]any) {
+	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
 		p := s["process"].(map[string]any)
 		p["terminal"] = false
 		p["args"] = []string{"sh", "-c", script}
 		s["root"].(map[string]any)["readonly"] = false
 		s["mounts"] = append(s["mounts"].([]any), map[string]any{
-			"destination": "/out", "type": "bind", "source": outDir, "options": []string{"rbind", "rw"},
+			"destination": "/out", "type": "bind", "source": c.out, "options": []string{"rbind", "rw"},
 		})
 	})
-	// The helper under test adds /run/genid and /dev/sysgenid.
-	h.mustCtl("oci-config", bundle)
+	// What a user runs: the hooks that give the container its scope.
+	h.mustCtl("oci-config", c.bundle)
+	return c
+}
 
-	id := containerID()
-	env := []string{"GENID_RUN_DIR=" + h.dir}
-	runcDetached(t, bundle, env, "run", "-d", id)
-	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", id), commandTimeout) })
-	checkCgroup(t, id)
-	watchOut, mmapOut := filepath.Join(outDir, "watch.out"), filepath.Join(outDir, "mmap.out")
-	waitFor(t, "the container's watcher", func() bool { return h.status().Watchers == 1 })
-	waitLine(t, mmapOut, "5")
+func (c *container) run() {
+	c.t.Helper()
+	runcDetached(c.t, c.bundle, c.env, "run", "-d", c.id)
+	c.t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
+	checkCgroup(c.t, c.id)
+	waitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
+	waitLine(c.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
+}
 
-	images := filepath.Join(t.TempDir(), "ckpt")
-	runcLogged(t, bundle, env, filepath.Join(t.TempDir(), "dump-work"), "checkpoint", "--image-path", images)(id)
+// checkpoint checkpoints the container, and keeps its output files as they
+// were: CRIU checks the size of the files its tasks had open, so each
+// restore of the checkpoint starts from them.
+func (c *container) checkpoint() string {
+	c.t.Helper()
+	images := filepath.Join(c.t.TempDir(), "ckpt")
+	runcLogged(c.t, c.bundle, c.env, filepath.Join(c.t.TempDir(), "dump-work"), "checkpoint", "--image-path", images)(c.id)
+	c.saved = map[string][]byte{}
+	ents, _ := os.ReadDir(c.out)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(c.out, e.Name()))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.saved[e.Name()] = b
+	}
+	return images
+}
+
+func (c *container) restore(images string) {
+	c.t.Helper()
+	for name, b := range c.saved {
+		if err := os.WriteFile(filepath.Join(c.out, name), b, 0o644); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	runcLogged(c.t, c.bundle, c.env, filepath.Join(c.t.TempDir(), "restore-work"), "restore", "-d", "--image-path", images)(c.id)
+}
+
+func (c *container) delete() {
+	c.t.Helper()
+	if out, err := runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout); err != nil {
+		c.t.Fatalf("runc delete %s: %v\n%s", c.id, err, out)
+	}
+}
+
+// scopeStatus is the container's scope as an administrator sees it.
+func (c *container) scopeStatus() status {
+	c.t.Helper()
+	var st status
+	if err := json.Unmarshal([]byte(c.h.mustCtl("status", "--scope", c.id, "--json")), &st); err != nil {
+		c.t.Fatal(err)
+	}
+	return st
+}
+
+// hasScope tells whether the daemon has the container's scope.
+func (c *container) hasScope() bool {
+	_, err := c.h.ctl("get", "--scope", c.id)
+	return err == nil
+}
+
+// 4. Two busybox containers get a scope each from genid's hooks, and see
+// their own counter at /run/genid and /dev/sysgenid. Unmodified `runc
+// checkpoint` and `runc restore` (the plugin is in CRIU's default dir)
+// carry one of them across, on this host and on a second one (a fresh
+// daemon and run dir): its scope is past its record, its watcher and its
+// mmap reader see it, its barrier is its own; the other container and the
+// host see no change.
+func TestRuncScopes(t *testing.T) {
+	h := newHost(t, "runc")
+	h.start(0)
+	hostOut := filepath.Join(t.TempDir(), "host-watch.out")
+	// A host watcher that never acks: no barrier but the host's may wait
+	// for it.
+	spawn(t, hostOut, nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
+	waitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
+	h.mustCtl("bump", "--reason", "host outdated")
+
+	a, b := newContainer(t, h), newContainer(t, h)
+	a.run()
+	b.run()
+	h.mustCtl("bump", "--scope", a.id, "--min", "5", "--reason", "setup")
+	h.mustCtl("bump", "--scope", b.id, "--min", "2", "--reason", "setup")
+	waitLine(t, filepath.Join(a.out, "watch.out"), "5")
+	waitLine(t, filepath.Join(a.out, "mmap.out"), "5")
+	waitLine(t, filepath.Join(b.out, "mmap.out"), "2")
+	if _, err := h.ctl("wait-watchers", "--scope", a.id, "--timeout", "15s"); err != nil {
+		t.Fatalf("a's barrier, the host's watcher outdated: %v", err)
+	}
+	// A container sees its own scope and nothing of the host's or b's.
+	if out, err := runBounded(exec.Command("runc", "exec", a.id, "ls", "/run/genid"), commandTimeout); err != nil ||
+		strings.Fields(out)[0] != "generation" || strings.Contains(out, "admin") || strings.Contains(out, "scopes") {
+		t.Fatalf("a's /run/genid: %v %q", err, out)
+	}
+	if out, err := runBounded(exec.Command("runc", "exec", a.id, "genidctl", "bump"), commandTimeout); err == nil {
+		t.Fatalf("a bump from inside a: %s", out)
+	}
+	hostBefore, bBefore := h.gen(), b.scopeStatus().Generation
+
+	images := a.checkpoint()
 	r := readRecord(t, images)
-	if r.Generation == nil || *r.Generation != 5 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher {
-		t.Fatalf("record of the container's checkpoint %+v", r)
+	sr := r.Scope(a.id)
+	if r.Scope("") != nil || sr == nil || sr.Generation == nil || *sr.Generation != 5 || len(sr.Mounts) != 2 ||
+		len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Scope != a.id {
+		t.Fatalf("record of a's checkpoint %+v (scope %+v)", r, sr)
+	}
+	waitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
+
+	check := func(where string, want uint32) {
+		t.Helper()
+		if st := a.scopeStatus(); st.Generation != want || st.LastBump == nil || st.LastBump.Reason != "criu-restore" {
+			t.Fatalf("%s: a's scope %+v, want generation %d by criu-restore", where, st, want)
+		}
+		waitLine(t, filepath.Join(a.out, "watch.out"), strconv.Itoa(int(want)))
+		waitLine(t, filepath.Join(a.out, "mmap.out"), strconv.Itoa(int(want)))
+		if _, err := h.ctl("wait-watchers", "--scope", a.id, "--timeout", "15s"); err != nil {
+			t.Fatalf("%s: a's barrier: %v", where, err)
+		}
+		if st := a.scopeStatus(); st.Watchers != 1 || st.Outdated != 0 || st.WatcherList[0].Acked != want {
+			t.Fatalf("%s: a's restored watcher %+v", where, st)
+		}
 	}
 
-	h.start(2) // the target host
-	runcLogged(t, bundle, env, filepath.Join(t.TempDir(), "restore-work"), "restore", "-d", "--image-path", images)(id)
-	if g := h.gen(); g != 6 {
-		t.Fatalf("generation after runc restore %d, want 6", g)
+	// On this host: past the record, the others untouched.
+	a.restore(images)
+	check("restored here", 6)
+	if g := h.gen(); g != hostBefore {
+		t.Fatalf("the host's generation moved from %d to %d", hostBefore, g)
 	}
-	waitLine(t, watchOut, "6")
-	waitLine(t, mmapOut, "6")
-	if _, err := h.ctl("wait-watchers", "--timeout", "15s"); err != nil {
-		t.Fatalf("wait-watchers: %v", err)
+	if g := b.scopeStatus().Generation; g != bBefore {
+		t.Fatalf("b's generation moved from %d to %d", bBefore, g)
 	}
-	st := h.status()
-	if st.Watchers != 1 || st.WatcherList[0].Acked != 6 {
-		t.Fatalf("status after runc restore %+v", st)
+	if l := lines(filepath.Join(b.out, "watch.out")); l[len(l)-1] != "2" {
+		t.Fatalf("b's watcher saw %v", l)
+	}
+	if l := slices.DeleteFunc(lines(hostOut), func(l string) bool { return strings.HasPrefix(l, "genidctl:") }); len(l) != 1 {
+		t.Fatalf("the host's watcher saw %v, want only the one bump", l)
+	}
+	a.delete()
+	b.delete()
+
+	// On a second host: a fresh daemon and run dir, the host behind the
+	// record; the container's scope is new, past the record.
+	h.fresh(2)
+	a.restore(images)
+	check("restored on a second host behind", 6)
+	if g := h.gen(); g != 2 {
+		t.Fatalf("the second host's generation moved to %d", g)
+	}
+	a.delete()
+
+	// On a second host whose scope of that name is ahead of the record.
+	h.fresh(9)
+	h.mustCtl("scope", "create", "--start", "9", a.id)
+	a.restore(images)
+	check("restored on a second host ahead", 10)
+	if g := h.gen(); g != 9 {
+		t.Fatalf("the second host's generation moved to %d", g)
 	}
 }
 
@@ -286,7 +430,7 @@ func runcLogged(t *testing.T, bundle string, env []string, work string, args ...
 			var b strings.Builder
 			for _, l := range logs {
 				c, _ := os.ReadFile(l)
-				fmt.Fprintf(&b, "--- %s (tail):\n%s\n", l, tail(string(c), 40))
+				fmt.Fprintf(&b, "--- %s:\n%s\n", l, logSummary(string(c), 25))
 			}
 			t.Fatalf("runc %v: %v\n%s\n%s(criu mode: %s)", full, err, out, b.String(), criuMode())
 		}

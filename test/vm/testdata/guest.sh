@@ -6,6 +6,11 @@ genidctl daemon --log-level debug >/tmp/daemon.log 2>&1 &
 while [ ! -S /run/genid/genid.sock ]; do sleep 0.1; done
 genidctl watch >/tmp/watch.out 2>/tmp/watch.err &
 while [ "$(genidctl status --json | grep -c '"pid"')" != 1 ]; do sleep 0.1; done
+# A container's scope, as genid's hook makes one, and a watcher of it: a VM
+# restore must bump it too.
+genidctl scope create --start 10 c1 >/dev/null
+genidctl watch --scope c1 >/tmp/swatch.out 2>/tmp/swatch.err &
+while [ "$(genidctl status --scope c1 --json | grep -c '"pid"')" != 1 ]; do sleep 0.1; done
 echo "GENID-READY backends=$(genidctl status --json | tr -d ' \n' | grep -o '"backends":\[[^]]*\]')"
 
 # Numbered heartbeats: output the guest had not yet sent when it was saved
@@ -20,10 +25,12 @@ n=0
 while :; do
 	n=$((n + 1))
 	watch=$(tr '\n' ',' </tmp/watch.out)
+	swatch=$(tr '\n' ',' </tmp/swatch.out)
+	scope=$(genidctl get --scope c1)
 	page=$(genidctl get)
 	st=$(genidctl status --json | tr -d ' \n')
 	gen=$(echo "$st" | grep -o '"generation":[0-9]*' | head -n1 | cut -d: -f2)
 	reason=$(echo "$st" | grep -o '"reason":"[^"]*"' | cut -d'"' -f4)
-	echo "GENID-HB $n gen=$gen page=$page watch=$watch reason=$reason"
+	echo "GENID-HB $n gen=$gen page=$page watch=$watch reason=$reason scope=$scope swatch=$swatch"
 	sleep 0.5
 done
