@@ -251,6 +251,8 @@ func DecodeRecord(b []byte) (*Record, error) {
 		}
 		if flags&1 != 0 {
 			s.Generation = &gen
+		} else if gen != 0 {
+			rd.fail(fmt.Errorf("scope %q: a generation of %d, flagged unknown", s.Name, gen))
 		}
 		nmounts := int(rd.u16())
 		for range nmounts {

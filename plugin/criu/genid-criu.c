@@ -640,6 +640,8 @@ static void parse_record(struct rbuf *r)
 		s->have_gen = flags & 1;
 		if (flags & ~1)
 			r->err = "unknown scope flags";
+		else if (!s->have_gen && s->gen)
+			r->err = "a generation flagged unknown";
 		nm = get_u16(r);
 		for (j = 0; j < nm && !r->err; j++) {
 			struct rmount m = { 0 };

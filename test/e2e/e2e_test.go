@@ -917,3 +917,78 @@ func TestActionScriptAfterPluginRecord(t *testing.T) {
 		t.Fatalf("best-effort post-restore with the daemon down: %+v", r)
 	}
 }
+
+// One user cannot take more than its share: its watchers and connections
+// past the per-user limits are refused, while another user's are served.
+func TestPerUserLimits(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	startDaemon(t, bin, dir, "--max-watchers-per-user", "3", "--max-conns-per-user", "5")
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for i := range 4 {
+		cmd := exec.Command(bin, "--run-dir", dir, "watch")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		if i < 3 {
+			waitRegistered(t, bin, dir, i+1)
+			continue
+		}
+		// The fourth is refused: it exits with the daemon's word for it.
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(stderr.String(), "uid 65534 has 3 watchers") {
+				t.Fatalf("nobody's fourth watcher: %v: %s", err, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("nobody's fourth watcher was not refused")
+		}
+	}
+	// Another user is served; so is root.
+	other := &syscall.Credential{Uid: 65533, Gid: 65533}
+	cmd := exec.Command(bin, "--run-dir", dir, "watch")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: other}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitRegistered(t, bin, dir, 4)
+	if g := mustCtl(t, bin, dir, "bump"); g != "1" {
+		t.Fatalf("bump: %s", g)
+	}
+	// A second daemon, whose per-user limit on connections comes first:
+	// nobody's third connection is turned away at once.
+	dir2 := runDir(t)
+	startDaemon(t, bin, dir2, "--max-conns-per-user", "2")
+	for i := range 3 {
+		cmd := exec.Command(bin, "--run-dir", dir2, "watch")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		if i < 2 {
+			waitRegistered(t, bin, dir2, i+1)
+			continue
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("nobody's third connection was served")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("nobody's third connection was not turned away")
+		}
+	}
+	if st := getStatus(t, bin, dir2); st.Watchers != 2 {
+		t.Fatalf("%d watchers, want nobody's 2", st.Watchers)
+	}
+}
