@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -74,5 +76,41 @@ func TestAddHooks(t *testing.T) {
 		if _, err := addHooks([]byte(bad), hooks); err == nil {
 			t.Errorf("%s: no error", bad)
 		}
+	}
+}
+
+func TestScopeName(t *testing.T) {
+	for id, want := range map[string]string{
+		"web":                   "web",
+		"c+1":                   "c_1",
+		strings.Repeat("a", 64): strings.Repeat("a", 64),
+		"":                      "",
+		"-x":                    "",
+		strings.Repeat("a", 65): "",
+	} {
+		got, err := scopeName(id)
+		if got != want || (err == nil) != (want != "") {
+			t.Errorf("scopeName(%q) = %q, %v; want %q", id, got, err, want)
+		}
+	}
+}
+
+func TestContainerRoot(t *testing.T) {
+	bundle := t.TempDir()
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"root": {"path": "rootfs"}}`), 0o644)
+	for _, tc := range []struct {
+		st   hookState
+		want string
+	}{
+		{hookState{State: specs.State{Bundle: bundle}}, filepath.Join(bundle, "rootfs")},
+		{hookState{State: specs.State{Bundle: bundle}, Root: "/abs/root"}, "/abs/root"}, // crun tells it
+		{hookState{State: specs.State{Bundle: bundle}, Root: "other"}, filepath.Join(bundle, "other")},
+	} {
+		if got, err := containerRoot(tc.st); err != nil || got != tc.want {
+			t.Errorf("containerRoot(%+v) = %q, %v; want %q", tc.st, got, err, tc.want)
+		}
+	}
+	if _, err := containerRoot(hookState{State: specs.State{Bundle: t.TempDir()}}); err == nil {
+		t.Error("a bundle without config.json: no error")
 	}
 }

@@ -992,3 +992,64 @@ func TestPerUserLimits(t *testing.T) {
 		t.Fatalf("%d watchers, want nobody's 2", st.Watchers)
 	}
 }
+
+// The scope commands, as an administrator types them.
+func TestScopeCommands(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	startDaemon(t, bin, dir)
+	if g := mustCtl(t, bin, dir, "scope", "create", "--start", "7", "web"); g != "7" {
+		t.Fatalf("scope create --start 7: %s", g)
+	}
+	if r := ctl(t, bin, dir, "scope", "create", "web"); r.code != 1 || !strings.Contains(r.err, "exists") {
+		t.Fatalf("scope create twice: %+v", r)
+	}
+	if r := ctl(t, bin, dir, "scope", "create", "web", "--start", "3"); r.code != 2 || !strings.Contains(r.err, "the flags go before NAME") {
+		t.Fatalf("a flag after NAME: %+v", r)
+	}
+	if r := ctl(t, bin, dir, "scope", "create", "../x"); r.code != 2 {
+		t.Fatalf("a bad name: %+v", r)
+	}
+	w := startWatch(t, bin, dir, "--scope", "web")
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(ctl(t, bin, dir, "status", "--scope", "web", "--json").out, `"watchers": 1`); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("web's watcher did not register")
+		}
+	}
+	if g := mustCtl(t, bin, dir, "bump", "--scope", "web", "--reason", "deploy"); g != "8" {
+		t.Fatalf("bump --scope web: %s", g)
+	}
+	if l := w.next(t); l != "8" {
+		t.Fatalf("web's watcher printed %q", l)
+	}
+	mustCtl(t, bin, dir, "wait-watchers", "--scope", "web", "--timeout", "10s")
+	if g := mustCtl(t, bin, dir, "get", "--scope", "web"); g != "8" {
+		t.Fatalf("get --scope web: %s", g)
+	}
+	if g := mustCtl(t, bin, dir, "get"); g != "0" {
+		t.Fatalf("the host's generation moved: %s", g)
+	}
+	list := mustCtl(t, bin, dir, "scope", "list")
+	if !strings.Contains(list, "(host)") || !strings.Contains(list, "web") {
+		t.Fatalf("scope list:\n%s", list)
+	}
+	var js []map[string]any
+	if err := json.Unmarshal([]byte(mustCtl(t, bin, dir, "scope", "list", "--json")), &js); err != nil || len(js) != 2 || js[1]["dir"] != filepath.Join(dir, "scopes", "web") {
+		t.Fatalf("scope list --json: %v %v", js, err)
+	}
+	if g := mustCtl(t, bin, dir, "bump", "--all-scopes", "--reason", "vm restore"); g != "1" {
+		t.Fatalf("bump --all-scopes: %s", g)
+	}
+	if l := w.next(t); l != "9" {
+		t.Fatalf("web's watcher after bump --all-scopes printed %q", l)
+	}
+	mustCtl(t, bin, dir, "scope", "remove", "web")
+	if r := ctl(t, bin, dir, "get", "--scope", "web"); r.code != 3 {
+		t.Fatalf("get --scope web after its removal: %+v", r)
+	}
+	// Its watcher was disconnected; it tries again, as after a daemon
+	// restart, and finds nothing.
+	if r := ctl(t, bin, dir, "scope", "list", "--json"); strings.Contains(r.out, `"web"`) {
+		t.Fatalf("web listed after its removal: %s", r.out)
+	}
+}
