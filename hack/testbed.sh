@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# hack/testbed.sh - a Debian trixie test bed with CRIU 4.x, runc, gcc and busybox,
-# for testing genid's CRIU plugin and daemon on a host whose own CRIU is too old.
+# hack/testbed.sh - a Debian trixie test bed with CRIU 4.x, runc, crun, podman 5, containerd 1.7,
+# gcc and busybox, for testing genid's CRIU plugin and daemon on a host whose own CRIU is too old.
 #
 # Usage (as root):
 #   hack/testbed.sh build                      build the rootfs if not cached; last stdout line = path
 #   hack/testbed.sh path                       print the cached rootfs path (exit 1 if not built)
 #   hack/testbed.sh run [OPTIONS] -- CMD ARGS  run CMD inside the rootfs (exit status = CMD's)
-#   hack/testbed.sh selftest                   build if needed, then check criu/runc/gcc; PASS/FAIL
+#   hack/testbed.sh selftest                   build if needed, then check criu/runc/gcc/podman/
+#                                              containerd; PASS/FAIL
 #
 # run OPTIONS:
 #   --bind HOST[:GUEST]     bind-mount a host file or directory into the guest (rw; GUEST defaults
@@ -25,8 +26,14 @@
 # terminal, leader of a new session) and CMD its child. When CMD exits, every process it left
 # behind, runc containers included, is killed. The root is an overlay of the cached rootfs and a
 # per-run tmpfs, mounted read-only: a run never changes the cache, even when killed. /tmp,
-# /var/tmp, /run, /root, /dev and /dev/shm are per-run tmpfs. proc and sysfs are fresh, the host's
-# /sys/fs/cgroup tree is rbound. All fds above 2 are closed before CMD starts and a host
+# /var/tmp, /run, /root, /dev, /dev/shm, and the stores and spec dirs of podman and containerd
+# (/var/lib/containers, /var/lib/containerd, /etc/cdi) are per-run tmpfs. proc and sysfs are
+# fresh. /sys/fs/cgroup: on a cgroup v1 host, a tmpfs with a bind mount of each of the host's
+# v1 hierarchies (and its symlinks, e.g. cpu -> cpu,cpuacct) but not the v2 "unified" one (crun
+# refuses such a "hybrid" mode), so runc, crun and criu all see plain v1; on a v2 host, the
+# host's tree. On such a hybrid host every process of a run is also in a v2 cgroup of its own,
+# genid-testbed/run-PID, removed when the run ends (see run_cgroup2: criu dumps a task's whole
+# v2 subtree). All fds above 2 are closed before CMD starts and a host
 # /dev/null on fds 0-2 becomes the guest's, so processes that CRIU must dump only hold the
 # caller's other stdio (redirect those too before dumping: see selftest).
 # Nothing is left mounted on the host. Concurrent runs are fine; runc container ids (and so
@@ -36,6 +43,28 @@
 # to the end of the run, so no concurrent build of another script version can remove it in
 # between. A build removes the rootfses of other versions only once they have been idle for
 # GENID_KEEP_HOURS (default 24) and no run holds them.
+#
+# Containers (all as root, inside a run):
+#   podman 5.4: /etc/containers/containers.conf (default runtime crun, also runc; cgroupfs; no
+#     network unless asked; k8s-file logs) and storage.conf (vfs, in the run's tmpfs).
+#     podman run -d, container checkpoint --export F, container restore --import F --name N
+#     work with --runtime crun and runc, and so does --device VENDOR/CLASS=NAME with a CDI spec
+#     in /etc/cdi or /var/run/cdi.
+#   /usr/local/libexec/genid-testbed/runtimes/{crun,runc}: the runtimes podman and containerd's
+#     CRI plugin run: they give criu CRIU_FAULT from the run's fact run.criu_fault (below),
+#     since podman does not pass its environment on.
+#   /usr/local/libexec/genid-testbed/make-image NAME [CMD ARG...]: localhost/NAME:latest, a
+#     busybox-static image (podman import; no registry is reachable; each run starts with an
+#     empty store, so call it first: about a second). For containerd:
+#     podman save --format docker-archive -o F localhost/NAME:latest; ctr image import F.
+#   containerd 1.7: not started with the run; a test starts it with
+#     containerd --config /etc/containerd/config.toml (socket /run/containerd/containerd.sock,
+#     CRI included: enable_cdi, cdi_spec_dirs /etc/cdi and /var/run/cdi,
+#     restrict_oom_score_adj, overlayfs, runc through the wrapper, sandbox image
+#     localhost/pause:latest, no CNI: host-network sandboxes only).
+#   Cgroups that podman and containerd leave behind when a run ends without removing its
+#   containers stay (empty) in the host's tree, and so does one v2 cgroup per crun restore
+#   (crun gives criu the container's cgroup as the root of every hierarchy, v2 included).
 #
 # The rootfs records what was installed in /etc/genid-testbed: the cache key, suite, mirror,
 # build time, and one "deb.PACKAGE=VERSION" line per package (Debian versions are not pinned:
@@ -51,16 +80,17 @@
 # and restore hangs. Each run asks hack/hwbp-probe.c, built into the rootfs, whether they fire
 # on the machine it runs on now (a cached bed may be used on a clone of another machine), and
 # only where they do not does it give CMD CRIU_FAULT=130, CRIU's own switch to trap the syscall
-# instead (runc passes its environment on to criu). The run adds what it found to the facts
+# instead (runc, crun and containerd pass their environment on to criu; for podman, which does
+# not, the runtime wrappers above read the fact). The run adds what it found to the facts
 # in /etc/genid-testbed (in its overlay, not the cache):
 #   run.hw_breakpoints=fire|never|error   the probe's verdict
 #   run.hw_breakpoints.detail=...         its reason, for never and error
 #   run.criu_fault=130|none               what CMD got in CRIU_FAULT
 # A caller's own --env CRIU_FAULT=... wins over the probe's.
 #
-# The cache key is the first 16 hex digits of the sha256 of this file and the probe's source:
-# editing either means a rebuild (downloaded .debs are kept in $GENID_CACHE/debs, so a rebuild
-# downloads little).
+# The cache key is the first 16 hex digits of the sha256 of this file, the probe's source and
+# the files (names and contents) in hack/testbed/: editing any of them means a rebuild
+# (downloaded .debs are kept in $GENID_CACHE/debs, so a rebuild downloads little).
 
 set -euo pipefail
 
@@ -68,20 +98,38 @@ SELF=$(readlink -f "${BASH_SOURCE[0]}")
 PROBE_SRC=$(dirname "$SELF")/hwbp-probe.c
 # Where the build installs the probe in the rootfs.
 PROBE_BIN=/usr/local/libexec/genid-testbed/hwbp-probe
+# Config files and scripts that the build installs in the rootfs (see install_files).
+FILES_DIR=$(dirname "$SELF")/testbed
+# Where the build installs the runtime wrappers and make-image.
+LIBEXEC=/usr/local/libexec/genid-testbed
 CACHE=${GENID_CACHE:-/var/cache/genid}
 SUITE=trixie
 ARCH=amd64
 # criu (4.x in trixie), runc, iptables (CRIU's network lock for container netns), gcc + libc6-dev
 # + libcriu-dev (criu/criu-plugin.h) to build a C plugin, busybox-static for container rootfses,
 # jq to edit runc's config.json.
-PACKAGES=(criu runc iptables gcc libc6-dev libcriu-dev busybox-static jq)
+# Containers: podman (5.4; brings conmon, netavark and containers-common as dependencies),
+# crun (podman's default runtime; podman would take runc alone, and crun is what it is mostly
+# run with), conmon (podman's container monitor, named for clarity), libcriu2 (crun dlopens
+# libcriu.so.2 to checkpoint and restore: only recommended by crun), iproute2 (CRIU runs `ip`
+# to dump and restore a container's network namespace), uidmap (newuidmap/newgidmap for
+# podman's --userns and user-namespaced containers), procps (ps, pgrep and pkill for tests),
+# containerd (1.7: the daemon, its runc shim v2 and ctr).
+PACKAGES=(criu runc iptables gcc libc6-dev libcriu-dev busybox-static jq
+  podman crun conmon libcriu2 iproute2 uidmap procps containerd)
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-cache_hash() { cat "$SELF" "$PROBE_SRC" | sha256sum | cut -c1-16; }
+cache_hash() {
+  local f
+  {
+    cat "$SELF" "$PROBE_SRC"
+    for f in "$FILES_DIR"/*; do printf '\n%s\n' "${f##*/}"; cat "$f"; done
+  } | sha256sum | cut -c1-16
+}
 rootfs_path() { printf '%s/rootfs-%s\n' "$CACHE" "$(cache_hash)"; }
 lock_path() { printf '%s/.%s.lock\n' "$CACHE" "$(basename "$1")"; }
 # An empty dir on which each run mounts its own tmpfs (in its private mount namespace).
@@ -278,6 +326,17 @@ write_manifest() {
     die "cannot list the installed packages"
 }
 
+# Installs the bed's own files (hack/testbed/) in rootfs $1.
+install_files() {
+  local dir=$1
+  install -D -m 0755 "$FILES_DIR/runtime-wrapper.sh" "$dir$LIBEXEC/runtimes/crun"
+  install -D -m 0755 "$FILES_DIR/runtime-wrapper.sh" "$dir$LIBEXEC/runtimes/runc"
+  install -D -m 0755 "$FILES_DIR/make-image.sh" "$dir$LIBEXEC/make-image"
+  install -D -m 0644 "$FILES_DIR/containers.conf" "$dir/etc/containers/containers.conf"
+  install -D -m 0644 "$FILES_DIR/storage.conf" "$dir/etc/containers/storage.conf"
+  install -D -m 0644 "$FILES_DIR/containerd.toml" "$dir/etc/containerd/config.toml"
+}
+
 cmd_build() {
   need_root
   local root tmp mirror keyopt=() blog
@@ -321,8 +380,11 @@ cmd_build() {
   # Trim: no package lists or docs are needed (there is no network inside anyway).
   rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* \
     "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* "$tmp"/usr/share/info/*
-  # Mount points the tests are likely to use, so that a read-only rootfs can take them.
-  mkdir -p "$tmp/etc/criu" "$tmp/usr/lib/criu" "$tmp/src"
+  # Mount points the tests are likely to use, so that a read-only rootfs can take them, and
+  # those of the per-run tmpfses (see cmd_init).
+  mkdir -p "$tmp/etc/criu" "$tmp/usr/lib/criu" "$tmp/src" "$tmp/etc/cdi" \
+    "$tmp/var/lib/containers" "$tmp/var/lib/containerd"
+  install_files "$tmp"
   # The hardware breakpoint probe, built with the bed's own compiler.
   mkdir -p "$tmp${PROBE_BIN%/*}"
   cp "$PROBE_SRC" "$tmp${PROBE_BIN%/*}/hwbp-probe.c"
@@ -331,7 +393,10 @@ cmd_build() {
   # Sanity checks before publishing.
   local f
   for f in usr/sbin/criu usr/sbin/runc usr/bin/gcc usr/bin/busybox usr/bin/jq \
-      usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env "${PROBE_BIN#/}"; do
+      usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env "${PROBE_BIN#/}" \
+      usr/bin/podman usr/bin/crun usr/bin/conmon usr/bin/containerd usr/bin/ctr \
+      usr/bin/containerd-shim-runc-v2 usr/bin/ip usr/lib/x86_64-linux-gnu/libcriu.so.2 \
+      "${LIBEXEC#/}/runtimes/crun" "${LIBEXEC#/}/runtimes/runc" "${LIBEXEC#/}/make-image"; do
     [[ -e $tmp/$f ]] || die "built rootfs lacks /$f"
   done
   write_manifest "$tmp" "$mirror" >"$tmp/etc/genid-testbed"
@@ -387,9 +452,51 @@ cmd_run() {
   # --kill-child: if this shell dies, the guest's pid 1 gets SIGKILL and with it every process
   # of the run. unshare -m makes all mounts private by default; --mount-proc is just so the
   # pre-pivot part of __init sees its own pid namespace in /proc.
+  local v2=() cg2
+  if cg2=$(run_cgroup2); then
+    v2=(--cgroup2 "$cg2")
+    # shellcheck disable=SC2064  # expand $cg2 now, on purpose
+    trap "remove_cgroup_tree '$cg2' 50" EXIT
+  fi
   unshare --mount --pid --fork --kill-child --mount-proc -- \
-    "${sess[@]}" bash "$SELF" __init "$root" "${args[@]}" -- "$@" 9>&- || rc=$?
+    "${sess[@]}" bash "$SELF" __init "$root" "${v2[@]}" "${args[@]}" -- "$@" 9>&- || rc=$?
   exit "$rc"
+}
+
+# The v2 hierarchy of a "hybrid" host (v1 controllers, plus systemd's empty v2 tree on
+# /sys/fs/cgroup/unified), which the guest does not see (see mount_cgroups) but its processes
+# are still members of. criu dumps the whole subtree of a task's v2 cgroup, and restores it under
+# the new container's cgroup: with the guest in the v2 root, each dump would walk every cgroup
+# of the host, and each restore would add a copy of them all (the tree doubles per restore; at
+# 200,000 cgroups a podman checkpoint took 70 s). So each run's processes get their own empty
+# v2 cgroup, $V2/genid-testbed/run-PID (PID: the host's `run` shell, which removes it at the
+# end), created here after removing those of runs that are gone. Prints its path; fails where
+# there is no such hierarchy (v1 only, or pure v2: there the runtimes make their own cgroups).
+run_cgroup2() {
+  local v2=/sys/fs/cgroup/unified d pid
+  [[ $(stat -f -c %T /sys/fs/cgroup 2>/dev/null) != cgroup2fs &&
+    $(stat -f -c %T "$v2" 2>/dev/null) == cgroup2fs ]] || return 1
+  for d in "$v2"/genid-testbed/run-*/; do
+    d=${d%/}
+    pid=${d##*/run-}
+    [[ -d $d && $pid =~ ^[0-9]+$ ]] || continue
+    kill -0 "$pid" 2>/dev/null || remove_cgroup_tree "$d" 1
+  done
+  d=$v2/genid-testbed/run-$$
+  mkdir -p "$d" 2>/dev/null || { log "warning: cannot create $d; criu dumps will walk the host's v2 tree"; return 1; }
+  printf '%s\n' "$d"
+}
+
+# Removes cgroup $1 and every cgroup below it, trying $2 times 0.1 s apart: a cgroup whose
+# processes were just killed stays busy for a moment. rmdir never removes a cgroup in use.
+remove_cgroup_tree() {
+  local d=$1 tries=$2 i
+  for ((i = 0; i < tries; i++)); do
+    ((i == 0)) || sleep 0.1
+    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    [[ -d $d ]] || return 0
+  done
+  ((tries == 1)) || log "warning: cannot remove the cgroup $d yet (still in use?)"
 }
 
 # Refuse guest paths whose existing components are symlinks: "$root/lib/x" would follow
@@ -407,12 +514,37 @@ check_guest_path() {
   return 0
 }
 
+# Mounts the guest's /sys/fs/cgroup on $1. A cgroup v2 host's tree is rbound as it is. On a v1
+# host: a tmpfs with a bind mount of each v1 hierarchy and a copy of each symlink (cpu ->
+# cpu,cpuacct), leaving out the v2 "unified" hierarchy that systemd adds: crun refuses that
+# hybrid mode ("cgroups in hybrid mode not supported"), runc and criu do fine with plain v1.
+mount_cgroups() {
+  local dst=$1 cg name
+  if [[ $(stat -f -c %T /sys/fs/cgroup) == cgroup2fs ]]; then
+    mount --rbind /sys/fs/cgroup "$dst"
+    return
+  fi
+  mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs "$dst"
+  for cg in /sys/fs/cgroup/*; do
+    name=${cg##*/}
+    if [[ -L $cg ]]; then
+      ln -s "$(readlink "$cg")" "$dst/$name"
+    elif [[ -d $cg && $(stat -f -c %T "$cg") == cgroupfs ]] && mountpoint -q "$cg"; then
+      mkdir "$dst/$name"
+      mount --bind "$cg" "$dst/$name"
+    fi
+  done
+  mount -o remount,ro,nosuid,nodev,noexec "$dst"
+}
+
 # Runs as pid 1 of the new pid namespace, in the new private mount namespace.
 cmd_init() {
   local root=$1; shift
   local binds=() tmpfses=() envs=() workdir=/ rw=0 timeout=0
   while (($#)); do
     case $1 in
+      # First of all: every process of the run is forked after this.
+      --cgroup2) echo 0 >"$2/cgroup.procs" || die "cannot join the cgroup $2"; shift 2 ;;
       --timeout) timeout=$2; shift 2 ;;
       --bind) binds+=("rw|$2"); shift 2 ;;
       --ro-bind) binds+=("ro|$2"); shift 2 ;;
@@ -439,7 +571,7 @@ cmd_init() {
   R=$S/root
   mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
   mount -t sysfs -o nosuid,nodev,noexec sysfs "$R/sys"
-  mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
+  mount_cgroups "$R/sys/fs/cgroup"
   # A fresh /dev: only the basic nodes, plus a private devpts instance.
   mount -t tmpfs -o mode=0755,nosuid,noexec tmpfs "$R/dev"
   local spec name maj min
@@ -461,6 +593,11 @@ cmd_init() {
   mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
   mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/var/tmp"
   mount -t tmpfs -o mode=0700,nosuid,nodev tmpfs "$R/root"
+  # The stores of podman and containerd (writable; overlayfs, which both use, cannot have an
+  # overlay as its upper layer) and the CDI spec dir that both read.
+  mount -t tmpfs -o mode=0700 tmpfs "$R/var/lib/containers"
+  mount -t tmpfs -o mode=0711 tmpfs "$R/var/lib/containerd"
+  mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs "$R/etc/cdi"
   # User binds and tmpfses (host paths are still reachable: we have not pivoted yet).
   local b mode host guest
   for b in "${binds[@]}"; do
@@ -709,6 +846,105 @@ echo "restored, now at $after"
 awk 'NR > 1 && $1 != prev + 1 { print "gap at line " NR ": " prev " -> " $1; bad = 1 } { prev = $1 } END { exit bad }' /tmp/ctr.out
 EOF
 
+# podman with runtime $RUNTIME: run -d of a counting loop, container checkpoint --export,
+# container restore --import --name (a new container, same archive), and the restored one
+# counts on from where the checkpoint stopped it. Prints the times.
+read -r -d '' T_PODMAN <<'EOF' || true
+rt=${RUNTIME:-crun}
+P() { timeout -k 5 "$CMD_TIMEOUT" podman "$@"; }
+ms() { echo "$(( ($(date +%s%N) - $1) / 1000000 )) ms"; }
+fail() {
+  echo "FAILED: $*"
+  P ps -a || true
+  for c in c1 c2; do echo "--- podman logs $c"; P logs "$c" 2>&1 | tail -n 5 || true; done
+  find /var/lib/containers/storage -name dump.log -o -name restore.log | while read -r f; do
+    echo "--- $f"; tail -n 40 "$f"; done
+  exit 1
+}
+trap 'P rm -f -t 0 c1 c2 >/dev/null 2>&1 || true' EXIT
+t=$(date +%s%N)
+timeout -k 5 "$CMD_TIMEOUT" /usr/local/libexec/genid-testbed/make-image tb-busybox || fail "make-image"
+echo "timing: make-image $(ms "$t")"
+P run -d --runtime "$rt" --network none --name c1 localhost/tb-busybox \
+  sh -c 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done' >/dev/null || fail "podman run"
+sleep 1
+st=$(P inspect --format '{{.OCIRuntime}} {{.State.Status}}' c1) || fail "inspect c1"
+[[ $st == "$rt running" ]] || fail "c1: $st, not $rt running"
+t=$(date +%s%N)
+P container checkpoint --export /tmp/c1.tar.zst c1 >/dev/null || fail "checkpoint --export"
+echo "timing: checkpoint --export $(ms "$t") ($(stat -c %s /tmp/c1.tar.zst) bytes)"
+st=$(P inspect --format '{{.State.Status}}' c1) || fail "inspect c1"
+[[ $st == exited ]] || fail "c1 is $st after its checkpoint"
+before=$(P logs c1 | tail -n 1)
+t=$(date +%s%N)
+P container restore --import /tmp/c1.tar.zst --name c2 >/dev/null || fail "restore --import"
+echo "timing: restore --import $(ms "$t")"
+sleep 1
+st=$(P inspect --format '{{.OCIRuntime}} {{.State.Status}}' c2) || fail "inspect c2"
+[[ $st == "$rt running" ]] || fail "c2: $st, not $rt running"
+P logs c2 >/tmp/c2.log || fail "logs c2"
+after=$(tail -n 1 /tmp/c2.log)
+echo "checkpointed at $before; the restored container is now at $after"
+(( after > before + 3 )) || fail "c2 did not count on"
+# The restored log (the archive carries c1's) counts on without a restart from 0 or a gap.
+awk 'NR > 1 && $1 != prev + 1 { print "gap at line " NR ": " prev " -> " $1; bad = 1 } { prev = $1 } END { exit bad }' /tmp/c2.log ||
+  fail "c2's count is not continuous"
+EOF
+
+# podman run --device VENDOR/CLASS=NAME with a CDI spec in /etc/cdi (one env edit), with crun
+# and with runc. (A one-letter class, test.genid/x, makes podman 5.4's CDI parser panic: "slice
+# bounds out of range [1:0]" in validateVendorOrClassName.)
+read -r -d '' T_CDI <<'EOF' || true
+P() { timeout -k 5 "$CMD_TIMEOUT" podman "$@"; }
+timeout -k 5 "$CMD_TIMEOUT" /usr/local/libexec/genid-testbed/make-image tb-busybox
+cat >/etc/cdi/genid-testbed.json <<'JSON'
+{"cdiVersion": "0.6.0", "kind": "test.genid/dev",
+ "devices": [{"name": "d", "containerEdits": {"env": ["FOO=bar"]}}]}
+JSON
+for rt in crun runc; do
+  out=$(P run --rm --runtime "$rt" --network none --device test.genid/dev=d localhost/tb-busybox \
+    sh -c 'echo "FOO=${FOO-unset}"')
+  echo "$rt: $out"
+  [[ $out == FOO=bar ]]
+done
+EOF
+
+# containerd with the bed's config, started here (bounded; its log is printed on failure): the
+# CRI plugin is up with CDI on, a docker-archive of a podman image imports with ctr, and
+# ctr run --rm runs it.
+read -r -d '' T_CONTAINERD <<'EOF' || true
+C() { timeout -k 5 "$CMD_TIMEOUT" ctr "$@"; }
+fail() { echo "FAILED: $*"; echo "--- containerd's log"; tail -n 40 /tmp/containerd.log; exit 1; }
+timeout -k 5 "$CMD_TIMEOUT" /usr/local/libexec/genid-testbed/make-image tb-busybox || fail "make-image"
+timeout -k 5 "$CMD_TIMEOUT" podman save --format docker-archive -o /tmp/tb.tar localhost/tb-busybox:latest ||
+  fail "podman save"
+t=$(date +%s%N)
+timeout -k 5 $((2 * CMD_TIMEOUT)) containerd --config /etc/containerd/config.toml \
+  </dev/null >/tmp/containerd.log 2>&1 &
+cpid=$!
+trap 'kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null || true' EXIT
+for i in $(seq 100); do
+  [[ -S /run/containerd/containerd.sock ]] && C version >/dev/null 2>&1 && break
+  kill -0 "$cpid" 2>/dev/null || fail "containerd exited"
+  sleep 0.1
+done
+C version | grep -A 1 '^Server:' || fail "containerd does not answer on /run/containerd/containerd.sock"
+echo "timing: containerd up after $(( ($(date +%s%N) - t) / 1000000 )) ms"
+C plugins ls | awk '$2 == "cri" || $2 == "overlayfs"' | tee /tmp/plugins
+[[ $(awk '$NF == "ok"' /tmp/plugins | wc -l) == 2 ]] || fail "the cri or overlayfs plugin is not ok"
+containerd --config /etc/containerd/config.toml config dump >/tmp/config.dump
+grep -E '^ *(enable_cdi|cdi_spec_dirs|restrict_oom_score_adj|snapshotter) = ' /tmp/config.dump |
+  sort -u | tee /tmp/cri.conf
+grep -qx ' *enable_cdi = true' /tmp/cri.conf || fail "enable_cdi is not on"
+grep -qx ' *restrict_oom_score_adj = true' /tmp/cri.conf || fail "restrict_oom_score_adj is not on"
+grep -qF 'cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]' /tmp/cri.conf || fail "cdi_spec_dirs"
+C image import /tmp/tb.tar || fail "ctr image import"
+id=tb-$(head -c 8 /proc/sys/kernel/random/uuid)
+out=$(C run --rm localhost/tb-busybox:latest "$id" echo hello from ctr) || fail "ctr run: $out"
+echo "ctr run: $out"
+[[ $out == "hello from ctr" ]] || fail "unexpected output"
+EOF
+
 # The run's facts say what the probe found, and CMD got CRIU_FAULT=130 exactly when hardware
 # breakpoints never fire. The probe itself kills a child that never traps within its bound.
 read -r -d '' T_PROBE <<EOF || true
@@ -799,7 +1035,7 @@ cmd_selftest() {
   # Which way criu runs here, first: every failure below may depend on it.
   local facts
   facts=$(bash "$SELF" run -- cat /etc/genid-testbed </dev/null) || die "cannot read the bed's facts"
-  printf 'mode: hardware breakpoints: %s%s; criu and runc run with CRIU_FAULT=%s\n' \
+  printf 'mode: hardware breakpoints: %s%s; criu, runc, crun and containerd run with CRIU_FAULT=%s\n' \
     "$(sed -n 's/^run.hw_breakpoints=//p' <<<"$facts")" \
     "$(sed -n 's/^run.hw_breakpoints.detail=/ (/p' <<<"$facts" | sed 's/$/)/')" \
     "$(sed -n 's/^run.criu_fault=//p' <<<"$facts")"
@@ -809,7 +1045,10 @@ cmd_selftest() {
     name=$1; shift
     t0=$SECONDS
     if bash "$SELF" run --timeout 150 --env CMD_TIMEOUT=60 "$@" >"$out" 2>&1 </dev/null; then
-      printf 'PASS: %s (%ss)\n' "$name" "$((SECONDS - t0))"; pass=$((pass + 1))
+      # A check's "timing: ..." lines, if any, go on its PASS line.
+      printf 'PASS: %s (%ss%s)\n' "$name" "$((SECONDS - t0))" \
+        "$(sed -n 's/^timing: /; /p' "$out" | tr -d '\n')"
+      pass=$((pass + 1))
     else
       printf 'FAIL: %s (%ss)\n' "$name" "$((SECONDS - t0))"; fail=$((fail + 1))
       sed 's/^/    /' "$out"
@@ -824,6 +1063,13 @@ cmd_selftest() {
     -- bash -euo pipefail -c "$T_CRIU"
   run_check "runc run -d + checkpoint + restore -d of a busybox container" \
     -- bash -euo pipefail -c "$T_RUNC"
+  run_check "podman (crun): run -d, checkpoint --export, restore --import --name" \
+    --env RUNTIME=crun -- bash -euo pipefail -c "$T_PODMAN"
+  run_check "podman (runc): run -d, checkpoint --export, restore --import --name" \
+    --env RUNTIME=runc -- bash -euo pipefail -c "$T_PODMAN"
+  run_check "podman run --device with a CDI spec (crun and runc)" -- bash -euo pipefail -c "$T_CDI"
+  run_check "containerd: CRI with CDI, ctr image import + ctr run" \
+    -- bash -euo pipefail -c "$T_CONTAINERD"
   check_cache_untouched "$root"
   check_timeout
   check_remove_old
