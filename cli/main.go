@@ -69,6 +69,8 @@ func newApp() *cli.App {
 		criuHookCommand(),
 		ociCommand(),
 		ociHookCommand(),
+		hooksDCommand(),
+		cdiSpecCommand(),
 	}
 	var each func([]*cli.Command)
 	each = func(cmds []*cli.Command) {

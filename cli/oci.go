@@ -61,7 +61,7 @@ func ociCommand() *cli.Command {
 // genidHooks are the hooks oci-config adds, by stage.
 func genidHooks(bin, runDir string) map[string]specs.Hook {
 	hook := func(stage string) specs.Hook {
-		return specs.Hook{Path: bin, Args: []string{"genidctl", "--run-dir", runDir, "oci-hook", stage}}
+		return specs.Hook{Path: bin, Args: hookArgs(runDir, stage)}
 	}
 	return map[string]specs.Hook{
 		stageCreateRuntime: hook(stageCreateRuntime),
@@ -120,15 +120,11 @@ func addHooks(config []byte, hooks map[string]specs.Hook) ([]byte, error) {
 			}
 		}
 		list = slices.DeleteFunc(list, isGenidHook)
-		h, err := json.Marshal(hooks[stage])
+		h, err := marshal(hooks[stage])
 		if err != nil {
 			return nil, err
 		}
-		list = append(list, h)
-		v, err := json.Marshal(list)
-		if err != nil {
-			return nil, err
-		}
+		v := encodeArray(append(list, h))
 		if j >= 0 {
 			stages[j].raw = v
 		} else {
@@ -147,11 +143,7 @@ func addHooks(config []byte, hooks map[string]specs.Hook) ([]byte, error) {
 			return nil, fmt.Errorf("mounts: %w", err)
 		}
 		if kept := slices.DeleteFunc(slices.Clone(list), isGenidMount); len(kept) != len(list) {
-			v, err := json.Marshal(kept)
-			if err != nil {
-				return nil, err
-			}
-			top[j].raw = v
+			top[j].raw = encodeArray(kept)
 		}
 	}
 	var out bytes.Buffer
@@ -205,13 +197,39 @@ func encodeObject(ms []member) json.RawMessage {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		k, _ := json.Marshal(m.key)
+		k, _ := marshal(m.key)
 		b.Write(k)
 		b.WriteByte(':')
 		json.Compact(&b, m.raw)
 	}
 	b.WriteByte('}')
 	return b.Bytes()
+}
+
+// encodeArray writes values as a compact JSON array, each as written.
+func encodeArray(vs []json.RawMessage) json.RawMessage {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		json.Compact(&b, v)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
+}
+
+// marshal is json.Marshal without its HTML escapes, which would rewrite
+// the text of a string holding <, > or &.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // writeFileLike replaces path by b atomically, keeping its mode.

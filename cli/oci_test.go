@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -113,4 +115,109 @@ func TestContainerRoot(t *testing.T) {
 	if _, err := containerRoot(hookState{State: specs.State{Bundle: t.TempDir()}}); err == nil {
 		t.Error("a bundle without config.json: no error")
 	}
+}
+
+// FuzzAddHooks edits configs made by real tools (`runc spec`, podman) and
+// what the fuzzer makes of them. Whatever it is given, oci-config either
+// refuses it or writes a config holding genid's hooks once per stage, every
+// other member as it was, the other hooks in their order, and that a second
+// run leaves alone.
+func FuzzAddHooks(f *testing.F) {
+	f.Add([]byte(bundleConfig))
+	seeds, _ := filepath.Glob("testdata/*.json")
+	if len(seeds) == 0 {
+		f.Fatal("no configs in testdata")
+	}
+	for _, p := range seeds {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	hooks := genidHooks("/usr/bin/genidctl", "/run/genid")
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := addHooks(in, hooks)
+		if err != nil {
+			return
+		}
+		again, err := addHooks(out, hooks)
+		if err != nil || !bytes.Equal(again, out) {
+			t.Fatalf("a second run changed the config (%v):\n%s\n%s", err, out, again)
+		}
+		before, _ := objectMembers(in)
+		after, err := objectMembers(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The members other than hooks and mounts, as they were.
+		var kept []string
+		for _, m := range after {
+			if m.key != "hooks" && m.key != "mounts" {
+				kept = append(kept, m.key+"="+compact(t, m.raw))
+			}
+		}
+		var want []string
+		for _, m := range before {
+			if m.key != "hooks" && m.key != "mounts" {
+				want = append(want, m.key+"="+compact(t, m.raw))
+			}
+		}
+		if !slices.Equal(kept, want) {
+			t.Fatalf("members changed:\n%q\n%q", want, kept)
+		}
+		// Each stage: the others' hooks in order, then genid's, once.
+		stagesBefore := stageLists(t, before)
+		stagesAfter := stageLists(t, after)
+		for _, stage := range []string{stageCreateRuntime, stagePoststop} {
+			own, _ := marshal(hooks[stage])
+			others := slices.DeleteFunc(stagesBefore[stage], func(s string) bool { return isGenidHook(json.RawMessage(s)) })
+			if got, want := stagesAfter[stage], append(others, compact(t, own)); !slices.Equal(got, want) {
+				t.Fatalf("%s hooks\n%q, want\n%q", stage, got, want)
+			}
+		}
+		for stage, list := range stagesBefore {
+			if stage != stageCreateRuntime && stage != stagePoststop && !slices.Equal(stagesAfter[stage], list) {
+				t.Fatalf("%s hooks changed: %q to %q", stage, list, stagesAfter[stage])
+			}
+		}
+		// A config the runtime-spec reads stays one.
+		var spec specs.Spec
+		if json.Unmarshal(in, &spec) == nil {
+			if err := json.Unmarshal(out, &spec); err != nil {
+				t.Fatalf("the runtime-spec no longer reads it: %v\n%s", err, out)
+			}
+		}
+	})
+}
+
+func compact(t *testing.T, raw []byte) string {
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// stageLists reads the hooks member's stages, each hook compacted.
+func stageLists(t *testing.T, top []member) map[string][]string {
+	out := map[string][]string{}
+	i := slices.IndexFunc(top, func(m member) bool { return m.key == "hooks" })
+	if i < 0 || string(bytes.TrimSpace(top[i].raw)) == "null" {
+		return out
+	}
+	stages, err := objectMembers(top[i].raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range stages {
+		var list []json.RawMessage
+		if err := json.Unmarshal(s.raw, &list); err != nil {
+			continue // not a list: a stage the runtime-spec does not know
+		}
+		for _, h := range list {
+			out[s.key] = append(out[s.key], compact(t, h))
+		}
+	}
+	return out
 }

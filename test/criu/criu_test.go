@@ -56,7 +56,11 @@ type host struct {
 }
 
 func newHost(t *testing.T, name string) *host {
-	dir := filepath.Join("/run", "genid-"+name)
+	return newHostAt(t, filepath.Join("/run", "genid-"+name))
+}
+
+// newHostAt is a host whose run dir is dir.
+func newHostAt(t *testing.T, dir string) *host {
 	os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -151,7 +155,7 @@ func (h *host) ctl(args ...string) (string, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return strings.TrimSpace(string(out)), fmt.Errorf("genidctl %v: %v: %s", args, err, stderr.String())
+		return strings.TrimSpace(string(out)), fmt.Errorf("genidctl %v: %w: %s", args, err, stderr.String())
 	}
 	return strings.TrimSpace(string(out)), nil
 }

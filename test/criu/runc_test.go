@@ -162,18 +162,11 @@ func (c *container) delete() {
 // scopeStatus is the container's scope as an administrator sees it.
 func (c *container) scopeStatus() status {
 	c.t.Helper()
-	var st status
-	if err := json.Unmarshal([]byte(c.h.mustCtl("status", "--scope", c.id, "--json")), &st); err != nil {
-		c.t.Fatal(err)
-	}
-	return st
+	return c.h.scopeStatus(c.id)
 }
 
 // hasScope tells whether the daemon has the container's scope.
-func (c *container) hasScope() bool {
-	_, err := c.h.ctl("get", "--scope", c.id)
-	return err == nil
-}
+func (c *container) hasScope() bool { return c.h.hasScope(c.id) }
 
 // 4. Two busybox containers get a scope each from genid's hooks, and see
 // their own counter at /run/genid and /dev/sysgenid. Unmodified `runc
@@ -466,8 +459,23 @@ func TestTestBed(t *testing.T) {
 	if !strings.HasPrefix(runc, "1.") {
 		t.Errorf("runc %s: the tests drive runc 1.x", runc)
 	}
-	for pkg, onPath := range map[string]string{"criu": criu, "libcriu-dev": criu, "runc": runc} {
-		if deb := m["deb."+pkg]; upstreamVersion(deb) != onPath {
+	// The engines: podman 5 (checkpoint --export, restore --import --name,
+	// CDI devices), crun 1.x, containerd 1.7+ (CDI in its CRI plugin).
+	podman := toolVersion(t, `(?m)^podman version (\S+)`, "podman", "--version")
+	crun := toolVersion(t, `(?m)^crun version (\S+)`, "crun", "--version")
+	containerd := toolVersion(t, `(?m)^containerd \S+ v?(\S+)`, "containerd", "--version")
+	t.Logf("podman %s, crun %s, containerd %s", podman, crun, containerd)
+	if !strings.HasPrefix(podman, "5.") {
+		t.Errorf("podman %s: the tests drive podman 5", podman)
+	}
+	if !strings.HasPrefix(crun, "1.") {
+		t.Errorf("crun %s: the tests drive crun 1.x", crun)
+	}
+	if !atLeast(containerd, 1, 7) {
+		t.Errorf("containerd %s: CDI in its CRI plugin needs 1.7", containerd)
+	}
+	for pkg, onPath := range map[string]string{"criu": criu, "libcriu-dev": criu, "runc": runc, "podman": podman, "crun": crun, "containerd": containerd} {
+		if deb := m["deb."+pkg]; unrepacked(upstreamVersion(deb)) != unrepacked(onPath) {
 			t.Errorf("the manifest's %s %q is not the version on PATH (%s)", pkg, deb, onPath)
 		}
 	}
@@ -517,12 +525,40 @@ func upstreamVersion(deb string) string {
 	return deb
 }
 
+// atLeast tells whether version v (MAJOR.MINOR...) is major.minor or later.
+func atLeast(v string, major, minor int) bool {
+	var a, b int
+	if _, err := fmt.Sscanf(v, "%d.%d", &a, &b); err != nil {
+		return false
+	}
+	return a > major || a == major && b >= minor
+}
+
+// unrepacked is a version without Debian's repack suffix (+ds1, ~ds1,
+// +dfsg), which some programs print and others do not.
+func unrepacked(v string) string {
+	if i := strings.IndexAny(v, "+~"); i >= 0 {
+		return v[:i]
+	}
+	return v
+}
+
 func TestUpstreamVersion(t *testing.T) {
 	for deb, want := range map[string]string{
 		"4.1.1-1": "4.1.1", "1.1.15+ds1-2+b4": "1.1.15+ds1", "1:1.37.0-6+b9": "1.37.0", "4.1": "4.1", "": "",
 	} {
 		if got := upstreamVersion(deb); got != want {
 			t.Errorf("upstreamVersion(%q) = %q, want %q", deb, got, want)
+		}
+	}
+	for v, want := range map[string]bool{"1.7.24~ds1": true, "2.0.1": true, "1.6.9": false, "1.10": true, "x": false} {
+		if atLeast(v, 1, 7) != want {
+			t.Errorf("atLeast(%q, 1, 7) != %v", v, want)
+		}
+	}
+	for v, want := range map[string]string{"1.1.15+ds1": "1.1.15", "1.7.24~ds1": "1.7.24", "5.4.2": "5.4.2"} {
+		if got := unrepacked(v); got != want {
+			t.Errorf("unrepacked(%q) = %q, want %q", v, got, want)
 		}
 	}
 }
