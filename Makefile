@@ -103,7 +103,7 @@ bench: build plugin
 		{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dbus-daemon; }; }
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -o bin/bench-waiters test/bench/waiters/waiters.c
 	CGO_ENABLED=0 $(GO) build -o bin/bench ./test/bench
-	cd test/bench && ../../bin/bench $(BENCHFLAGS)
+	cd test/bench && ../../bin/bench -readme ../../README.md $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -154,3 +154,59 @@ func jsonLine(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err
 }
+
+// Summary renders the targets alone, for the README: what was measured
+// against what, and whether it met its target. The full table is
+// Markdown's.
+func (rep *Report) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "`make bench` on %d cores (%s), Linux %s, %s, %s; medians of n runs.\n\n",
+		rep.Machine.Nproc, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.OS, day(rep.Started))
+	b.WriteString("| figure | genid | ratio | target | result |\n|---|---|---|---|---|\n")
+	for _, r := range rep.Targets {
+		ratio := "–"
+		if r.Ratio != nil {
+			ratio = fmt.Sprintf("%.3g× (%s)", *r.Ratio, r.RatioOf)
+		}
+		result := map[bool]string{true: "pass", false: "**FAIL**"}[*r.Pass]
+		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s |\n", r.Name, r.Figure.N, num(r.Figure.Median, r.Figure.Unit), ratio, r.Target, result)
+	}
+	return b.String()
+}
+
+// day is the date of an RFC 3339 time.
+func day(t string) string {
+	day, _, _ := strings.Cut(t, "T")
+	return day
+}
+
+// The README's results table lies between these lines; `make bench`
+// rewrites what is between them.
+const (
+	summaryBegin = "<!-- bench results: begin (make bench rewrites this) -->\n"
+	summaryEnd   = "<!-- bench results: end -->\n"
+)
+
+// replaceSummary returns doc with what lies between the markers replaced
+// by summary.
+func replaceSummary(doc, summary string) (string, error) {
+	i := strings.Index(doc, summaryBegin)
+	j := strings.Index(doc, summaryEnd)
+	if i < 0 || j < i {
+		return "", fmt.Errorf("no results markers (%q ... %q)", strings.TrimSpace(summaryBegin), strings.TrimSpace(summaryEnd))
+	}
+	return doc[:i+len(summaryBegin)] + summary + doc[j:], nil
+}
+
+// updateReadme writes the summary into the README at path.
+func (rep *Report) updateReadme(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	doc, err := replaceSummary(string(b), rep.Summary())
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return os.WriteFile(path, []byte(doc), 0o644)
+}

@@ -35,3 +35,24 @@ func TestMarkdownNotes(t *testing.T) {
 		t.Errorf("targets = %+v, want the memory row only", rep.Targets)
 	}
 }
+
+func TestReplaceSummary(t *testing.T) {
+	doc := "# x\n\n" + summaryBegin + "old table\n" + summaryEnd + "after\n"
+	got, err := replaceSummary(doc, "new table\n")
+	if err != nil || got != "# x\n\n"+summaryBegin+"new table\n"+summaryEnd+"after\n" {
+		t.Fatalf("replaceSummary = %q, %v", got, err)
+	}
+	for _, bad := range []string{"no markers\n", summaryEnd + summaryBegin} {
+		if _, err := replaceSummary(bad, "t"); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	rep := &Report{Started: "2026-12-07T05:00:00Z"}
+	ms := func(v float64) Stat { return Stat{Unit: "ms", N: 3, Median: v, P99: v} }
+	rep.add(compare("barrier N=1000", ms(2), "eventfd", ms(1), true).goal("≤ 3×", true))
+	rep.add(compare("fan-out N=1", ms(2), "eventfd", ms(1), true))
+	s := rep.Summary()
+	if !strings.Contains(s, "| barrier N=1000 (n=3) | 2.00 ms | 2× (genid / eventfd) | ≤ 3× | pass |") || strings.Contains(s, "fan-out") || !strings.Contains(s, "2026-12-07") {
+		t.Fatalf("summary:\n%s", s)
+	}
+}
