@@ -44,7 +44,7 @@ func TestExitCodes(t *testing.T) {
 		// --run-dir after the command wins over the one before it.
 		{[]string{"get", "--run-dir", withPage}, 0},
 		{[]string{"status", "--run-dir", withPage}, exitUnreachable}, // a page, no socket
-		{[]string{"hooks-d", "--dir", "-"}, exitUsage},                // two files
+		{[]string{"hooks-d", "--dir", "-"}, exitUsage},               // two files
 		{[]string{"hooks-d", "extra"}, exitUsage},
 		{[]string{"cdi-spec", "extra"}, exitUsage},
 		{[]string{"hooks-d", "--dir", filepath.Join(t.TempDir(), "hooks.d")}, 0},
