@@ -36,11 +36,11 @@ const OldRecordName = "genid.json"
 // Reason is what a restore records as the reason of its bump.
 const Reason = "criu-restore"
 
-// The record's layout, version 2. All integers are little-endian; a str8 is
-// a u8 length and the bytes, a str16 a u16 length and the bytes.
+// The record's layout, versions 2 and 3. All integers are little-endian; a
+// str8 is a u8 length and the bytes, a str16 a u16 length and the bytes.
 //
 //	magic   8 bytes  "GENIDREC"
-//	version u16      2
+//	version u16      2, or 3 if a mount has flag 2
 //	        u16      0
 //	length  u32      of what follows (the file's size less 16)
 //	time    i64      Unix seconds
@@ -52,7 +52,9 @@ const Reason = "criu-restore"
 //	  generation u32
 //	             u16    number of mounts, each:
 //	    mnt_id  u32     the mount's id at dump
-//	    flags   u8      1: a file (the page), not the scope's directory
+//	    flags   u8      1: a file (a page), not the scope's directory;
+//	                    2 (with 1; version 3): the VMClock page, not
+//	                    the generation page
 //	    path    str16   where the container has it
 //	        u32      number of sockets, each:
 //	  inode  u32
@@ -61,10 +63,13 @@ const Reason = "criu-restore"
 //	  scope  str8
 //	  path   str16    the daemon's socket it was connected to
 //
-// Nothing may follow. The C plugin reads and writes the same.
+// Nothing may follow. The C plugin reads and writes the same, each the
+// lowest version that holds the record: genid before the VMClock page
+// (version 2 only) still restores what does not mount one.
 const (
-	recordMagic   = "GENIDREC"
-	recordVersion = 2
+	recordMagic      = "GENIDREC"
+	recordVersion    = 3
+	recordVersionMin = 2
 	// MaxRecord bounds a record's size: a scope's thousands of watchers
 	// fit many times over.
 	MaxRecord = 64 << 20
@@ -73,6 +78,8 @@ const (
 
 // Record is what a checkpoint remembers.
 type Record struct {
+	// Version is the layout's version: what was read; Encode writes it, or
+	// the lowest that holds the record if that is higher.
 	Version int
 	// Time is when it was recorded.
 	Time time.Time
@@ -99,8 +106,11 @@ type ScopeRecord struct {
 // Mount is a container's mount of its scope, which the C plugin restores.
 type Mount struct {
 	ID   uint32
-	File bool   // the page alone (/dev/sysgenid), not the directory
-	Path string // in the container
+	File bool // a page alone (/dev/sysgenid, /dev/vmclock0), not the directory
+	// VMClock tells which page: the VMClock page (/dev/vmclock0), not the
+	// generation page. It implies File.
+	VMClock bool
+	Path    string // in the container
 }
 
 // Socket is one connection of a dumped task to the daemon.
@@ -165,6 +175,17 @@ func WriteRecord(dir string, r *Record) error {
 
 // Encode returns r in the record's layout.
 func (r *Record) Encode() ([]byte, error) {
+	version := max(r.Version, recordVersionMin)
+	for _, s := range r.Scopes {
+		for _, m := range s.Mounts {
+			if m.VMClock {
+				version = max(version, 3)
+			}
+		}
+	}
+	if version > recordVersion {
+		return nil, fmt.Errorf("record: version %d, this genid writes %d to %d", r.Version, recordVersionMin, recordVersion)
+	}
 	var w recordWriter
 	w.i64(r.Time.Unix())
 	w.str8(r.Writer)
@@ -188,7 +209,7 @@ func (r *Record) Encode() ([]byte, error) {
 		w.u16(uint16(len(s.Mounts)))
 		for _, m := range s.Mounts {
 			w.u32(m.ID)
-			w.u8(b2u(m.File))
+			w.u8(b2u(m.File || m.VMClock) | b2u(m.VMClock)<<1)
 			w.str16(m.Path)
 		}
 	}
@@ -204,7 +225,7 @@ func (r *Record) Encode() ([]byte, error) {
 		return nil, w.err
 	}
 	head := append([]byte(recordMagic), 0, 0, 0, 0, 0, 0, 0, 0)
-	binary.LittleEndian.PutUint16(head[8:], recordVersion)
+	binary.LittleEndian.PutUint16(head[8:], uint16(version))
 	binary.LittleEndian.PutUint32(head[12:], uint32(w.b.Len()))
 	return append(head, w.b.Bytes()...), nil
 }
@@ -224,8 +245,9 @@ func DecodeRecord(b []byte) (*Record, error) {
 	if len(b) < 16 || string(b[:8]) != recordMagic {
 		return nil, errors.New("not a genid record (no magic)")
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != recordVersion {
-		return nil, fmt.Errorf("version %d, not %d", v, recordVersion)
+	version := int(binary.LittleEndian.Uint16(b[8:]))
+	if version < recordVersionMin || version > recordVersion {
+		return nil, fmt.Errorf("version %d, not %d to %d", version, recordVersionMin, recordVersion)
 	}
 	if binary.LittleEndian.Uint16(b[10:]) != 0 {
 		return nil, errors.New("reserved field is not 0")
@@ -234,7 +256,11 @@ func DecodeRecord(b []byte) (*Record, error) {
 		return nil, fmt.Errorf("says %d bytes follow its header, %d do: cut short or padded", n, len(b)-16)
 	}
 	rd := recordReader{b: b[16:]}
-	r := &Record{Version: recordVersion}
+	r := &Record{Version: version}
+	mountFlags := uint8(1) // version 2
+	if version >= 3 {
+		mountFlags = 3
+	}
 	r.Time = time.Unix(rd.i64(), 0).UTC()
 	r.Writer = rd.str8()
 	r.RunDir = rd.path()
@@ -261,10 +287,10 @@ func DecodeRecord(b []byte) (*Record, error) {
 			}
 			m := Mount{ID: rd.u32()}
 			mf := rd.u8()
-			if mf&^1 != 0 {
-				rd.fail(fmt.Errorf("mount flags %#x", mf))
+			if mf&^mountFlags != 0 || mf == 2 {
+				rd.fail(fmt.Errorf("mount flags %#x (version %d)", mf, version))
 			}
-			m.File, m.Path = mf&1 != 0, rd.path()
+			m.File, m.VMClock, m.Path = mf&1 != 0, mf&2 != 0, rd.path()
 			s.Mounts = append(s.Mounts, m)
 		}
 		if r.Scope(s.Name) != nil {

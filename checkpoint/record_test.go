@@ -76,7 +76,9 @@ func TestRecordRefused(t *testing.T) {
 	}{
 		{"empty", nil, "no magic"},
 		{"other file", []byte(`{"version": 1}`), "no magic"},
-		{"version", append(append([]byte("GENIDREC"), 3, 0, 0, 0), good[12:]...), "version 3"},
+		{"version 4", append(append([]byte("GENIDREC"), 4, 0, 0, 0), good[12:]...), "version 4, not 2 to 3"},
+		{"version 1", append(append([]byte("GENIDREC"), 1, 0, 0, 0), good[12:]...), "version 1, not 2 to 3"},
+		{"VMClock mount in version 2", bytes.Replace(good, []byte("\x70\x00\x00\x00\x01"), []byte("\x70\x00\x00\x00\x03"), 1), "mount flags 0x3 (version 2)"},
 		{"cut short", good[:len(good)-1], "cut short"},
 		{"padded", append(append([]byte{}, good...), 0), "cut short or padded"},
 		{"length lies", func() []byte { b := append([]byte{}, good...); b[12]--; return b[:len(b)-1] }(), "unexpected EOF"},
@@ -91,9 +93,72 @@ func TestRecordRefused(t *testing.T) {
 	}
 }
 
+// A record with a VMClock page's mount is version 3; one without stays
+// version 2 (what genid before the VMClock page reads), unless it says 3.
+func TestRecordVersions(t *testing.T) {
+	v3 := *sample
+	v3.Version = 0
+	v3.Scopes = append([]ScopeRecord{}, sample.Scopes...)
+	v3.Scopes[1].Mounts = append(append([]Mount{}, sample.Scopes[1].Mounts...), Mount{ID: 113, File: true, VMClock: true, Path: "/dev/vmclock0"})
+	b, err := v3.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The version, and the new mount: 113, flags 3, its path.
+	if b[8] != 3 || !bytes.Contains(b, []byte("\x71\x00\x00\x00\x03\x0d\x00/dev/vmclock0")) {
+		t.Fatalf("record with a VMClock mount: % x", b)
+	}
+	r, err := DecodeRecord(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v3.Version = 3
+	if !reflect.DeepEqual(r, &v3) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", r, &v3)
+	}
+	// VMClock says which file: it implies File.
+	v3.Scopes[1].Mounts[2].File = false
+	if again, err := v3.Encode(); err != nil || !bytes.Equal(again, b) {
+		t.Fatalf("a VMClock mount without File: %v\n% x", err, again)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"flag 2 alone", bytes.Replace(b, []byte("\x71\x00\x00\x00\x03"), []byte("\x71\x00\x00\x00\x02"), 1), "mount flags 0x2 (version 3)"},
+		{"flag 4", bytes.Replace(b, []byte("\x71\x00\x00\x00\x03"), []byte("\x71\x00\x00\x00\x07"), 1), "mount flags 0x7 (version 3)"},
+	} {
+		if _, err := DecodeRecord(tc.b); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+
+	plain := *sample
+	for v, want := range map[int]byte{0: 2, 1: 2, 2: 2, 3: 3} {
+		plain.Version = v
+		b, err := plain.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b[8] != want {
+			t.Errorf("Version %d without a VMClock mount: written as %d, want %d", v, b[8], want)
+		}
+	}
+	plain.Version = 4
+	if _, err := plain.Encode(); err == nil {
+		t.Error("a version this genid does not know was written")
+	}
+}
+
 func FuzzDecodeRecord(f *testing.F) {
 	good, _ := sample.Encode()
 	f.Add(good)
+	v3 := *sample
+	v3.Scopes = []ScopeRecord{{Name: "c1", Mounts: []Mount{{ID: 1, VMClock: true, Path: "/dev/vmclock0"}}}}
+	v3.Sockets = nil
+	good3, _ := v3.Encode()
+	f.Add(good3)
 	f.Add(good[:40])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := DecodeRecord(b)

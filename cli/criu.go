@@ -60,7 +60,10 @@ func imageInfoCommand() *cli.Command {
 				fmt.Printf("scope %s: generation %s\n", name, gen)
 				for _, m := range s.Mounts {
 					what := "directory"
-					if m.File {
+					switch {
+					case m.VMClock:
+						what = "VMClock page"
+					case m.File:
 						what = "page"
 					}
 					fmt.Printf("  mount %d: its %s at %s\n", m.ID, what, m.Path)

@@ -15,15 +15,29 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/page"
 	"github.com/genid-project/genid/internal/wire"
 )
 
-// Where a container sees its scope: the scope's directory, and its page
-// alone where AWS-LC looks for a sysgenid page.
+// Where a container sees its scope: the scope's directory, and each of its
+// pages alone where readers of the kernel's devices look for one: AWS-LC's
+// sysgenid page, and Linux's VMClock device.
 const (
-	containerRunDir = genid.DefaultRunDir
-	containerPage   = "/dev/sysgenid"
+	containerRunDir  = genid.DefaultRunDir
+	containerPage    = "/dev/sysgenid"
+	containerVMClock = "/dev/vmclock0"
 )
+
+// scopeMounts are a scope's mounts in a container: a file of the scope's
+// directory ("": the directory itself) and where the container has it.
+var scopeMounts = []struct {
+	file   string
+	target string
+}{
+	{"", containerRunDir},
+	{genid.PageFile, containerPage},
+	{page.VMClockFile, containerVMClock},
+}
 
 // OCI hook stages genidctl oci-hook takes.
 const (
@@ -40,9 +54,10 @@ func ociHookCommand() *cli.Command {
 		Description: "Run by the container runtime (runc, crun, podman, CRI-O), with the container's state on stdin.\n" +
 			"createRuntime (or prestart): creates the scope named after the container's id, bound to the\n" +
 			"container's process (the daemon removes it when that ends), and bind-mounts its directory\n" +
-			"read-only at " + containerRunDir + " and its page at " + containerPage + " in the container. When a\n" +
-			"runtime restores a container (runc runs this hook then, its state \"stopped\"), it only creates\n" +
-			"the scope: the CRIU plugin restores the mounts. poststop: removes the scope.\n" +
+			"read-only at " + containerRunDir + ", its page at " + containerPage + " and its VMClock page at\n" +
+			containerVMClock + " in the container. When a runtime restores a container (runc runs this\n" +
+			"hook then, its state \"stopped\"), it only creates the scope: the CRIU plugin restores the\n" +
+			"mounts. poststop: removes the scope.\n" +
 			"Set it up with `genidctl oci-config` (a bundle), the hooks.d file, or the CDI spec: see the README.",
 		Action: runOCIHook,
 	}
@@ -146,8 +161,10 @@ func containerRoot(st hookState) (string, error) {
 	return root, nil
 }
 
-// mountScope bind-mounts the scope's directory read-only at /run/genid and
-// its page at /dev/sysgenid, in the mount namespace of process pid (the
+// mountScope bind-mounts the scope's directory read-only at /run/genid, its
+// page at /dev/sysgenid and its VMClock page at /dev/vmclock0 (over the
+// device, if the container has the VM's: the scope's counter moves on a VM
+// restore too), in the mount namespace of process pid (the
 // container's, not yet pivoted into rootfs). The mounts are made where the
 // host's paths are, then moved into that namespace; the paths in the
 // container are resolved within rootfs, so that a symbolic link of the
@@ -165,8 +182,9 @@ func mountScope(pid int, rootfs, dir string) error {
 
 func mountIn(pid int, rootfs, dir string) error {
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
-	var trees [2]int
-	for i, src := range []string{dir, filepath.Join(dir, genid.PageFile)} {
+	trees := make([]int, len(scopeMounts))
+	for i, m := range scopeMounts {
+		src := filepath.Join(dir, m.file)
 		fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 		if err != nil {
 			return fmt.Errorf("open_tree %s: %w", src, err)
@@ -193,18 +211,15 @@ func mountIn(pid int, rootfs, dir string) error {
 		return fmt.Errorf("the container's root %s: %w", rootfs, err)
 	}
 	defer unix.Close(root)
-	for i, target := range []struct {
-		path string
-		file bool
-	}{{containerRunDir, false}, {containerPage, true}} {
-		fd, err := mountPoint(root, target.path, target.file)
+	for i, m := range scopeMounts {
+		fd, err := mountPoint(root, m.target, m.file != "")
 		if err != nil {
-			return fmt.Errorf("mount point %s: %w", target.path, err)
+			return fmt.Errorf("mount point %s: %w", m.target, err)
 		}
 		err = unix.MoveMount(trees[i], "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
 		unix.Close(fd)
 		if err != nil {
-			return fmt.Errorf("mount on %s: %w", target.path, err)
+			return fmt.Errorf("mount on %s: %w", m.target, err)
 		}
 	}
 	return nil

@@ -22,9 +22,10 @@ func scopeCommand() *cli.Command {
 		Usage: "create, remove and list scopes: a generation counter per container (an administrator's)",
 		Description: "A scope is a generation counter of its own, with its page and its socket in\n" +
 			"RUN_DIR/scopes/NAME: bind-mount that directory at /run/genid in a container (and its\n" +
-			"generation file at /dev/sysgenid), and the container's processes see their own\n" +
-			"counter, bumped when the container is restored, and nothing of the host's or of\n" +
-			"other containers'. A VM restore bumps every scope. See docs/scopes.md.",
+			"generation file at /dev/sysgenid, its vmclock file at /dev/vmclock0), and the\n" +
+			"container's processes see their own counter, bumped when the container is restored,\n" +
+			"and nothing of the host's or of other containers'. A VM restore bumps every scope.\n" +
+			"See docs/scopes.md.",
 		Subcommands: []*cli.Command{
 			{
 				Name:      "create",

@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/vmclockabi"
 )
 
 // The vmclock backend. VMClock (Linux 6.13+, ACPI AMZNC10C, drivers/ptp/
@@ -27,16 +29,16 @@ import (
 
 // Offsets and bits of struct vmclock_abi.
 const (
-	vmclockMagic   = 0x4b4c4356 // "VCLK"
-	offMagic       = 0          // u32
-	offSize        = 4          // u32: size of the structure the hypervisor fills
-	offSeqCount    = 12         // u32: odd while the hypervisor updates
-	offFlags       = 24         // u64
-	offGeneration  = 104        // u64: vm_generation_counter
-	vmclockMinSize = offGeneration + 8
+	vmclockMagic   = vmclockabi.Magic
+	offMagic       = vmclockabi.OffMagic
+	offSize        = vmclockabi.OffSize     // size of the structure the hypervisor fills
+	offSeqCount    = vmclockabi.OffSeqCount // odd while the hypervisor updates
+	offFlags       = vmclockabi.OffFlags
+	offGeneration  = vmclockabi.OffVMGenerationCount
+	vmclockMinSize = vmclockabi.StructSize
 
-	flagGenerationPresent   = 1 << 8 // VMCLOCK_FLAG_VM_GEN_COUNTER_PRESENT
-	flagNotificationPresent = 1 << 9 // VMCLOCK_FLAG_NOTIFICATION_PRESENT
+	flagGenerationPresent   = vmclockabi.FlagVMGenCounterPresent
+	flagNotificationPresent = vmclockabi.FlagNotificationPresent
 )
 
 // vmclockMaxWait bounds how long a read waits for the hypervisor to finish

@@ -1,7 +1,13 @@
-// Package page is the generation page: a 4096-byte file holding the u32
-// generation in native byte order at offset 0. The daemon updates it in place
-// with one aligned atomic store, so any process (and AWS-LC, as /dev/sysgenid)
-// can mmap it read-only and load the value without a system call.
+// Package page holds the pages a scope's generation is published in, each a
+// 4096-byte file that any process can mmap read-only and check without a
+// system call:
+//
+//   - the generation page: the u32 generation in native byte order at
+//     offset 0, updated in place with one aligned atomic store (the layout
+//     of the sysgenid proposal; AWS-LC reads it as /dev/sysgenid);
+//   - the VMClock page (vmclock.go): the same generation as the
+//     vm_generation_counter of a struct vmclock_abi, under its seqlock (the
+//     layout of Linux's /dev/vmclock0).
 package page
 
 import (
@@ -39,14 +45,24 @@ type Writer struct {
 // file planted in the directory is refused, never written to. path names
 // the page in errors.
 func CreateAt(dirfd int, name, path string) (*Writer, error) {
+	f, mem, err := createAt(dirfd, name, path)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{f: f, mem: mem}, nil
+}
+
+// createAt opens, checks, locks and maps a page file for CreateAt and
+// CreateVMClockAt.
+func createAt(dirfd int, name, path string) (*os.File, []byte, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, Mode)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	f := os.NewFile(uintptr(fd), path)
-	fail := func(err error) (*Writer, error) {
+	fail := func(err error) (*os.File, []byte, error) {
 		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -78,7 +94,7 @@ func CreateAt(dirfd int, name, path string) (*Writer, error) {
 	if err != nil {
 		return fail(fmt.Errorf("mmap: %w", err))
 	}
-	return &Writer{f: f, mem: mem}, nil
+	return f, mem, nil
 }
 
 // Load returns the generation stored in the page.

@@ -15,18 +15,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
-	"github.com/genid-project/genid/internal/page"
 	"github.com/genid-project/genid/internal/scope"
 	"github.com/genid-project/genid/internal/wire"
 )
 
 // The run directory (see docs/scopes.md):
 //
-//	RUN_DIR/generation, genid.sock     the host scope: page and socket
+//	RUN_DIR/generation, vmclock,       the host scope: pages (pages.go)
+//	        genid.sock                 and socket
 //	RUN_DIR/admin.sock                 the administrators' socket
 //	RUN_DIR/scopes/         (0700)     reachable by root only...
 //	RUN_DIR/scopes/NAME/    (0755)     ...and a container sees only this,
-//	    generation, genid.sock         bind-mounted at /run/genid
+//	    generation, vmclock,           bind-mounted at /run/genid
+//	    genid.sock
 //	RUN_DIR/state/NAME.json (0700 dir) who a scope belongs to
 const (
 	scopesDir = "scopes"
@@ -40,7 +41,7 @@ type scopeState struct {
 	dir   string
 	dirfd int
 	core  *scope.Scope[*conn]
-	page  *page.Writer
+	page  *pages
 	sock  string
 	lfd   int
 	use   usage
@@ -84,7 +85,7 @@ func (s *Server) openPage(name, dir string, dirfd int) (*scopeState, error) {
 	st := &scopeState{name: name, dir: dir, dirfd: dirfd, lfd: -1, pidfd: -1,
 		sock: filepath.Join(dir, genid.SocketFile)}
 	st.restoreTimer = newTimer(timerRestore, nil, st)
-	pg, err := page.CreateAt(dirfd, genid.PageFile, filepath.Join(dir, genid.PageFile))
+	pg, err := openPages(dirfd, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +354,7 @@ func (s *Server) destroy(st *scopeState) {
 	}
 	st.page.Close()
 	unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
-	unix.Unlinkat(st.dirfd, genid.PageFile, 0)
+	unlinkPages(st.dirfd)
 	unix.Close(st.dirfd)
 	if err := unix.Unlinkat(s.scopesfd, st.name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 		s.log.Warn("scope directory left", "scope", st.name, "err", err)
@@ -365,7 +366,7 @@ func (s *Server) destroy(st *scopeState) {
 func (s *Server) removeLeftover(name string) {
 	if dfd, err := unix.Openat(s.scopesfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
 		unix.Unlinkat(dfd, genid.SocketFile, 0)
-		unix.Unlinkat(dfd, genid.PageFile, 0)
+		unlinkPages(dfd)
 		unix.Close(dfd)
 		unix.Unlinkat(s.scopesfd, name, unix.AT_REMOVEDIR)
 	}

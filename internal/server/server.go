@@ -17,6 +17,7 @@
 //	publish.go   a change of a scope: page, events, waits; bumps
 //	waits.go     wait-watchers
 //	scopes.go    the scopes: their files, their processes, create, remove
+//	pages.go     a scope's two pages: the generation page, the VMClock page
 //	restore.go   a CRIU restore's scope
 //	limits.go    per user, per scope, daemon-wide, and the reserve
 //	peer.go      who is at the other end, and who is an administrator

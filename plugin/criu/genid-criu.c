@@ -4,9 +4,10 @@
  * checkpoint/restore.
  *
  * A container has a genid scope of its own: a directory RUN_DIR/scopes/NAME
- * of the host (its page "generation" and its socket "genid.sock") that
- * genid's OCI hook bind-mounts into it, at /run/genid and /dev/sysgenid.
- * The runtime does not know those mounts; this plugin owns them.
+ * of the host (its pages "generation" and "vmclock", its socket
+ * "genid.sock") that genid's OCI hook bind-mounts into it, at /run/genid,
+ * /dev/sysgenid and /dev/vmclock0. The runtime does not know those mounts;
+ * this plugin owns them.
  *
  * Dump: records, in IMAGES_DIR/genid.record, each scope the tasks use and
  * its generation once they are frozen: a container's scope from its mounts
@@ -62,10 +63,12 @@
 #define RECORD_NAME	"genid.record"
 #define OLD_RECORD_NAME	"genid.json"	/* genid before scopes */
 #define RECORD_MAGIC	"GENIDREC"
-#define RECORD_VERSION	2
+#define RECORD_VERSION	3	/* 3: a mount may be the VMClock page */
+#define RECORD_VERSION_MIN 2
 #define RECORD_MAX	(64 << 20)	/* 65536 watchers take about 5 MB */
 #define RECORD_PATH_MAX	4096
 #define PAGE_LEN	4096
+#define VMCLOCK_NAME	"vmclock"	/* a scope's VMClock page, beside its page */
 #define REASON		"criu-restore"
 /*
  * Set in criu's environment once the host scope is bumped in a restore, to
@@ -107,10 +110,11 @@ extern void print_on_level(unsigned int loglevel, const char *format, ...)
 		pr_err("restore refused: " fmt, ##__VA_ARGS__);		\
 	} while (0)
 
-/* A mount of a scope in the container: its directory, or its page alone. */
+/* A mount of a scope in the container: its directory, or a page alone. */
 struct rmount {
 	uint32_t id;		/* its mount id at dump */
 	int file;
+	int vmclock;		/* the file is the VMClock page, not the generation page */
 	char path[RECORD_PATH_MAX + 1];	/* in the container */
 };
 
@@ -463,6 +467,7 @@ static int write_record(void)
 	int dir = criu_get_image_dir();
 	struct wbuf b = { 0 };
 	unsigned char head[16] = RECORD_MAGIC;
+	unsigned char version = RECORD_VERSION_MIN;
 	size_t i, j, off;
 	ssize_t n;
 	int fd, err = 0;
@@ -480,8 +485,11 @@ static int write_record(void)
 		put_u16(&b, s->nr_mounts);
 		for (j = 0; j < s->nr_mounts; j++) {
 			put_u32(&b, s->mounts[j].id);
-			put_u8(&b, s->mounts[j].file);
+			put_u8(&b, (s->mounts[j].file ? 1 : 0) | (s->mounts[j].vmclock ? 2 : 0));
 			put_str16(&b, s->mounts[j].path);
+			/* The lowest version that holds the record. */
+			if (s->mounts[j].vmclock)
+				version = 3;
 		}
 	}
 	put_u32(&b, g.nr_sks);
@@ -499,7 +507,7 @@ static int write_record(void)
 		free(b.p);
 		return -1;
 	}
-	head[8] = RECORD_VERSION;
+	head[8] = version;
 	head[12] = b.len & 0xff;
 	head[13] = b.len >> 8 & 0xff;
 	head[14] = b.len >> 16 & 0xff;
@@ -605,7 +613,7 @@ static void parse_record(struct rbuf *r)
 		r->err = "not a genid record (no magic)";
 		return;
 	}
-	if (head[8] != RECORD_VERSION || head[9] || head[10] || head[11]) {
+	if (head[8] < RECORD_VERSION_MIN || head[8] > RECORD_VERSION || head[9] || head[10] || head[11]) {
 		r->err = "a version this plugin does not know";
 		return;
 	}
@@ -649,7 +657,9 @@ static void parse_record(struct rbuf *r)
 			m.id = get_u32(r);
 			flags = get_u8(r);
 			m.file = flags & 1;
-			if (flags & ~1)
+			m.vmclock = !!(flags & 2);
+			/* 2: the VMClock page, a file; version 3 on. */
+			if (flags & ~(head[8] >= 3 ? 3 : 1) || flags == 2)
 				r->err = "unknown mount flags";
 			get_str(r, get_u16(r), m.path, sizeof(m.path));
 			if (!r->err && add_mount(s, &m))
@@ -1135,11 +1145,19 @@ static int host_path(dev_t dev, const char *root, char *out, size_t cap)
 	return found;
 }
 
+/* mount_what names what of a scope a mount is, for the log. */
+static const char *mount_what(const struct rmount *m)
+{
+	if (m->vmclock)
+		return "VMClock page";
+	return m->file ? "page" : "directory";
+}
+
 /*
  * DUMP_EXT_MOUNT runs in the main criu process for a mount of the dumped
  * tasks that neither the runtime declared nor CRIU can place: the plugin
- * takes those of a genid scope, the directory (at /run/genid) or the page
- * (at /dev/sysgenid) that genid's OCI hook bind-mounted.
+ * takes those of a genid scope, the directory (at /run/genid) or a page (at
+ * /dev/sysgenid, /dev/vmclock0) that genid's OCI hook bind-mounted.
  */
 static int genid_dump_ext_mount(char *mountpoint, int id)
 {
@@ -1151,17 +1169,22 @@ static int genid_dump_ext_mount(char *mountpoint, int id)
 	const char *mp = mountpoint;
 	char *slash;
 	dev_t dev;
-	pid_t pid;
+	pid_t pid = 0;
 	uint32_t gen;
 
-	if (find_mount(id, &pid, &dev, root, sizeof(root)) || host_path(dev, root, host, sizeof(host)))
+	if (find_mount(id, &pid, &dev, root, sizeof(root)) || host_path(dev, root, host, sizeof(host)) ||
+	    stat(host, &b))
 		return -ENOTSUP;
 	snprintf(dir, sizeof(dir), "%s", host);
 	slash = strrchr(dir, '/');
 	if (!slash)
 		return -ENOTSUP;
-	if (!strcmp(slash + 1, GENID_PAGE_NAME)) {
+	/* A page is a file (a scope may be named after one). */
+	if (S_ISREG(b.st_mode)) {
 		m.file = 1;
+		m.vmclock = !strcmp(slash + 1, VMCLOCK_NAME);
+		if (!m.vmclock && strcmp(slash + 1, GENID_PAGE_NAME))
+			return -ENOTSUP;
 		*slash = '\0';
 		slash = strrchr(dir, '/');
 		if (!slash)
@@ -1179,7 +1202,7 @@ static int genid_dump_ext_mount(char *mountpoint, int id)
 	while (mp[0] == '.' && mp[1] == '/')
 		mp++;
 	snprintf(inside, sizeof(inside), "/proc/%d/root%s", pid, mp);
-	if (stat(inside, &a) || stat(host, &b) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+	if (stat(inside, &a) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
 		return -ENOTSUP;
 	if (choose_rundir(dir))
 		return -1;
@@ -1200,7 +1223,7 @@ static int genid_dump_ext_mount(char *mountpoint, int id)
 	if (add_mount(s, &m))
 		return -ENOMEM;
 	pr_info("mount %d at %s: scope %s's %s, generation %" PRIu32 "\n", id, m.path, name,
-		m.file ? "page" : "directory", gen);
+		mount_what(&m), gen);
 	return write_record() ? -1 : 0;
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__DUMP_EXT_MOUNT, genid_dump_ext_mount)
@@ -1275,7 +1298,7 @@ static int genid_restore_ext_mount(int id, char *mountpoint, char *old_root, int
 	if (restore_scope(s))
 		return -1;
 	if (fmt(src, sizeof(src), "%s/%s/%s%s", g.rundir, GENID_SCOPES_DIR, s->new_name,
-		m->file ? "/" GENID_PAGE_NAME : ""))
+		m->vmclock ? "/" VMCLOCK_NAME : m->file ? "/" GENID_PAGE_NAME : ""))
 		return -1;
 	if (mount(src, mountpoint, NULL, MS_BIND, NULL)) {
 		pr_err("mount %d: bind %s on %s: %s\n", id, src, mountpoint, strerror(errno));
@@ -1283,7 +1306,7 @@ static int genid_restore_ext_mount(int id, char *mountpoint, char *old_root, int
 	}
 	if (mount(NULL, mountpoint, NULL, flags, NULL))
 		pr_warn("mount %d: %s read-only: %s\n", id, mountpoint, strerror(errno));
-	pr_info("mount %d at %s: scope %s's %s\n", id, m->path, s->new_name, m->file ? "page" : "directory");
+	pr_info("mount %d at %s: scope %s's %s\n", id, m->path, s->new_name, mount_what(m));
 	return 0;
 }
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__RESTORE_EXT_MOUNT, genid_restore_ext_mount)

@@ -74,13 +74,17 @@ func newHostAt(t *testing.T, dir string) *host {
 }
 
 // start runs a daemon on the host's run dir at generation gen: a fresh host
-// has a fresh page.
+// has a fresh page (and no VMClock page, which the daemon resumes from too
+// when it is ahead).
 func (h *host) start(gen uint32) {
 	h.t.Helper()
 	h.stop()
 	page := make([]byte, 4096)
 	binaryPut(page, gen)
 	if err := os.WriteFile(filepath.Join(h.dir, "generation"), page, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(h.dir, "vmclock")); err != nil && !os.IsNotExist(err) {
 		h.t.Fatal(err)
 	}
 	h.startKeep()
@@ -628,6 +632,27 @@ func alive(pid int) bool {
 	return len(f) > 0 && f[0] != "Z"
 }
 
+// vmclockMount is record orig with a scope that has a mount of the VMClock
+// page, its version and that mount's flags set as given.
+func vmclockMount(t *testing.T, orig []byte, version, flags byte) string {
+	t.Helper()
+	r, err := checkpoint.DecodeRecord(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Scopes = append(r.Scopes, checkpoint.ScopeRecord{Name: "c9", Mounts: []checkpoint.Mount{{ID: 99, VMClock: true, Path: "/dev/vmclock0"}}})
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte("\x63\x00\x00\x00\x03\x0d\x00/dev/vmclock0"))
+	if b[8] != 3 || i < 0 {
+		t.Fatalf("a record with a VMClock mount: % x", b)
+	}
+	b[8], b[i+4] = version, flags
+	return string(b)
+}
+
 // A record that cannot be read back whole fails the restore before any task
 // runs, names what is wrong, and bumps nothing; a missing one still bumps by
 // one (TestCheckpointWithoutRecord).
@@ -655,7 +680,9 @@ func TestCorruptRecord(t *testing.T) {
 			c[12] -= 3
 			return string(c)
 		}(), "cut short"},
-		{"version 3", with(8, 3), "a version this plugin does not know"},
+		{"version 4", with(8, 4), "a version this plugin does not know"},
+		{"a VMClock mount in version 2", vmclockMount(t, orig, 2, 3), "unknown mount flags"},
+		{"a VMClock mount that is no file", vmclockMount(t, orig, 3, 2), "unknown mount flags"},
 		{"trailing data", string(orig) + "x", "its length is not what follows its header: cut short or padded"},
 		{"data after the record", func() string {
 			c := append(append([]byte{}, orig...), 0)

@@ -316,7 +316,7 @@ func podmanScopes(t *testing.T, runtime string, target, other integration) {
 		t.Fatalf("a's barrier, the host's watcher outdated: %v", err)
 	}
 	// A container sees its own scope and nothing of the host's or b's.
-	if out, err := a.exec("ls", "/run/genid"); err != nil || strings.Join(strings.Fields(out), " ") != "generation genid.sock" {
+	if out, err := a.exec("ls", "/run/genid"); err != nil || strings.Join(strings.Fields(out), " ") != "generation genid.sock vmclock" {
 		t.Fatalf("a's /run/genid: %v %q", err, out)
 	}
 	if out, err := a.exec("genidctl", "bump"); err == nil {
@@ -347,6 +347,14 @@ func podmanScopes(t *testing.T, runtime string, target, other integration) {
 		}
 		waitLine(t, filepath.Join(c.out, "watch.out"), strconv.Itoa(int(want)))
 		waitLine(t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(want)))
+		// /dev/vmclock0 is the restored scope's VMClock page: its magic,
+		// and its vm_generation_counter.
+		if out, err := c.exec("busybox", "od", "-An", "-tx4", "-N4", "/dev/vmclock0"); err != nil || strings.TrimSpace(out) != "4b4c4356" {
+			t.Fatalf("%s: %s's /dev/vmclock0 magic: %v %q", where, c.name, err, out)
+		}
+		if out, err := c.exec("busybox", "od", "-An", "-tu8", "-j104", "-N8", "/dev/vmclock0"); err != nil || strings.TrimSpace(out) != strconv.Itoa(int(want)) {
+			t.Fatalf("%s: %s's /dev/vmclock0 counter: %v %q, want %d", where, c.name, err, out, want)
+		}
 		// The barrier waits for the restored watcher's ack, and no longer:
 		// on the admin socket, and inside the container (a readiness
 		// probe's command, see docs/kubernetes.md).

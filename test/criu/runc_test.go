@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/genid-project/genid/checkpoint"
 	"github.com/genid-project/genid/internal/testbed"
 
 	"golang.org/x/sys/unix"
@@ -67,8 +68,9 @@ func runHelper(name string) int {
 }
 
 // container is a runc container of a busybox bundle, given a genid scope by
-// genidctl oci-config, that runs a watcher of its scope and a process that
-// maps /dev/sysgenid, each writing what it sees to a file of out.
+// genidctl oci-config, that runs a watcher of its scope, a process that
+// maps /dev/sysgenid and a C reader of /dev/vmclock0 (vmclockread, which
+// reads it as AWS-LC does), each writing what it sees to a file of out.
 type container struct {
 	t      *testing.T
 	h      *host
@@ -95,10 +97,12 @@ func newContainer(t *testing.T, h *host) *container {
 	copyFile(t, genidctl, filepath.Join(rootfs, "bin/genidctl"))
 	self, _ := os.Executable()
 	copyFile(t, self, filepath.Join(rootfs, "bin/genid-test"))
+	buildStatic(t, "../e2e/testdata/vmclockread.c", filepath.Join(rootfs, "bin/vmclockread"))
 
 	run(t, c.bundle, "runc", "spec")
 	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
 		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
+		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & " +
 		"while :; do sleep 1; done"
 	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
 		p := s["process"].(map[string]any)
@@ -121,6 +125,27 @@ func (c *container) run() {
 	checkCgroup(c.t, c.id)
 	waitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
 	waitLine(c.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
+	waitLine(c.t, filepath.Join(c.out, "vmclock.out"), fmt.Sprint("counter ", c.scopeStatus().Generation))
+}
+
+// vmclock reads /dev/vmclock0 in the container once, as a new process.
+func (c *container) vmclock() string {
+	c.t.Helper()
+	out, err := runBounded(exec.Command("runc", "exec", c.id, "vmclockread", "/dev/vmclock0"), commandTimeout)
+	if err != nil {
+		c.t.Fatalf("vmclockread /dev/vmclock0 in %s: %v\n%s", c.id, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// buildStatic compiles the C program src into a static binary at out, for
+// a container that has no libc.
+func buildStatic(t *testing.T, src, out string) {
+	t.Helper()
+	cc := exec.Command("gcc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src)
+	if b, err := runBounded(cc, commandTimeout); err != nil {
+		t.Fatalf("gcc %s: %v\n%s", src, err, b)
+	}
 }
 
 // checkpoint checkpoints the container, and keeps its output files as they
@@ -169,12 +194,13 @@ func (c *container) scopeStatus() status {
 func (c *container) hasScope() bool { return c.h.hasScope(c.id) }
 
 // 4. Two busybox containers get a scope each from genid's hooks, and see
-// their own counter at /run/genid and /dev/sysgenid. Unmodified `runc
-// checkpoint` and `runc restore` (the plugin is in CRIU's default dir)
-// carry one of them across, on this host and on a second one (a fresh
-// daemon and run dir): its scope is past its record, its watcher and its
-// mmap reader see it, its barrier is its own; the other container and the
-// host see no change.
+// their own counter at /run/genid, /dev/sysgenid and /dev/vmclock0.
+// Unmodified `runc checkpoint` and `runc restore` (the plugin is in CRIU's
+// default dir) carry one of them across, on this host and on a second one
+// (a fresh daemon and run dir): its scope is past its record, its watcher
+// and its readers of both pages (mapped before the checkpoint) see it, as
+// does a new reader of /dev/vmclock0; its barrier is its own; the other
+// container and the host see no change.
 func TestRuncScopes(t *testing.T) {
 	h := newHost(t, "runc")
 	h.start(0)
@@ -192,7 +218,15 @@ func TestRuncScopes(t *testing.T) {
 	h.mustCtl("bump", "--scope", b.id, "--min", "2", "--reason", "setup")
 	waitLine(t, filepath.Join(a.out, "watch.out"), "5")
 	waitLine(t, filepath.Join(a.out, "mmap.out"), "5")
+	waitLine(t, filepath.Join(a.out, "vmclock.out"), "counter 5")
 	waitLine(t, filepath.Join(b.out, "mmap.out"), "2")
+	waitLine(t, filepath.Join(b.out, "vmclock.out"), "counter 2")
+	vmclockPage := func(counter uint32) string {
+		return fmt.Sprintf("magic=0x4b4c4356 size=4096 version=1 flags=0x100 counter=%d poll=0x1", counter)
+	}
+	if got := a.vmclock(); got != vmclockPage(5) {
+		t.Fatalf("a's /dev/vmclock0:\n got %s\nwant %s", got, vmclockPage(5))
+	}
 	if _, err := h.ctl("wait-watchers", "--scope", a.id, "--timeout", "15s"); err != nil {
 		t.Fatalf("a's barrier, the host's watcher outdated: %v", err)
 	}
@@ -209,8 +243,9 @@ func TestRuncScopes(t *testing.T) {
 	images := a.checkpoint()
 	r := readRecord(t, images)
 	sr := r.Scope(a.id)
-	if r.Scope("") != nil || sr == nil || sr.Generation == nil || *sr.Generation != 5 || len(sr.Mounts) != 2 ||
-		len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Scope != a.id {
+	if r.Scope("") != nil || sr == nil || sr.Generation == nil || *sr.Generation != 5 || len(sr.Mounts) != 3 ||
+		!slices.ContainsFunc(sr.Mounts, func(m checkpoint.Mount) bool { return m.VMClock && m.File && m.Path == "/dev/vmclock0" }) ||
+		r.Version != 3 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Scope != a.id {
 		t.Fatalf("record of a's checkpoint %+v (scope %+v)", r, sr)
 	}
 	waitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
@@ -222,6 +257,10 @@ func TestRuncScopes(t *testing.T) {
 		}
 		waitLine(t, filepath.Join(a.out, "watch.out"), strconv.Itoa(int(want)))
 		waitLine(t, filepath.Join(a.out, "mmap.out"), strconv.Itoa(int(want)))
+		waitLine(t, filepath.Join(a.out, "vmclock.out"), fmt.Sprint("counter ", want))
+		if got := a.vmclock(); got != vmclockPage(want) {
+			t.Fatalf("%s: a's /dev/vmclock0:\n got %s\nwant %s", where, got, vmclockPage(want))
+		}
 		if _, err := h.ctl("wait-watchers", "--scope", a.id, "--timeout", "15s"); err != nil {
 			t.Fatalf("%s: a's barrier: %v", where, err)
 		}
