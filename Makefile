@@ -30,6 +30,7 @@ VM_TEST_TIMEOUT   := 20m
 BUILD_TIMEOUT     := 20m
 
 .PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
+.PHONY: c-deps c-test install-dev
 
 all: build
 
@@ -54,9 +55,27 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./checkpoint/
 	$(GO) test -run='^$$' -fuzz='^FuzzAddHooks$$' -fuzztime=$(FUZZTIME_CONFIG) ./cli/
 
-# The real binary: daemon and client processes.
-e2e: build
+# The real binary: daemon and client processes (and the C client's tests,
+# which need clang).
+e2e: build c-deps
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v ./test/e2e/
+
+# The C client (plugin/criu/genid.h) and examples/c against the real daemon:
+# built by gcc and clang with -Wall -Wextra -Werror, and under ASan+UBSan.
+c-test: build c-deps
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run '^Test(CAPI|ExamplesC|CClient|CConnect|CTimeout)$$' ./test/e2e/
+
+# clang with its sanitizer and libFuzzer runtimes (Debian's clang and
+# libclang-rt-N-dev), installed where it cannot build a sanitized fuzzer.
+C_PROBE := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return !d && n; }\n' | \
+	clang -x c -fsanitize=fuzzer,address,undefined -o /dev/null - >/dev/null 2>&1
+c-deps:
+	@$(C_PROBE) || { \
+		inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@" || \
+			{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@"; }; }; \
+		command -v clang >/dev/null || inst clang; \
+		inst libclang-rt-$$(clang -dumpversion | cut -d. -f1)-dev; \
+		$(C_PROBE) || { echo "c-deps: clang still cannot build a fuzzer with ASan and UBSan" >&2; exit 1; }; }
 
 # The CRIU plugin: built on the host when it has CRIU's plugin header
 # (libcriu-dev), else inside the test bed, which has it.

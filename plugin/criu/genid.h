@@ -896,14 +896,19 @@ static inline int genid_wait_event(struct genid_conn *c, uint32_t *gen, uint32_t
 	struct genid_hdr h;
 	int ret;
 
-	while (!genid__outdated(c, gen, flags)) {
+	for (;;) {
+		if (c->latest != c->acked) {
+			/* The newest, if more came; a failure shows at the next call. */
+			genid__pump(c);
+			if (genid__outdated(c, gen, flags))
+				return 0;
+		}
 		ret = genid__recv(c, &h, buf, sizeof(buf));
 		if (ret)
 			return ret;
 		if (h.op == GENID_OP_EVENT)
 			genid__note_event(c, &h, buf);
 	}
-	return 0;
 }
 
 /*
@@ -1096,8 +1101,9 @@ static inline int genid_attach(struct genid_conn *c, uint32_t flags, uint32_t ac
  *	one again. A watcher registers again with the generation it acked,
  *	so a change made while it was away shows as outdated: the next
  *	genid_wait_event returns it. A request that failed is not sent again.
- *	Call it again, after a pause, while it fails with -ECONNREFUSED or
- *	-ENOENT (no daemon yet).
+ *	Call it again, after a pause, while it fails with a negative errno:
+ *	-ECONNREFUSED or -ENOENT while no daemon listens, another while the
+ *	old one is still going away.
  * RETURN VALUE
  *	0, a GENID_ST_* refusal of the registration, or a negative errno.
  */
