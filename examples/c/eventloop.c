@@ -47,18 +47,25 @@ int main(int argc, char **argv)
 
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	ev.data.fd = genid_fd(&c);
-	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, genid_fd(&c), &ev))
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, genid_fd(&c), &ev)) {
+		perror("eventloop: epoll");
 		return 1;
+	}
+	/* EPERM: a stdin epoll cannot watch (/dev/null): no requests. */
 	ev.data.fd = STDIN_FILENO;
-	if (epoll_ctl(ep, EPOLL_CTL_ADD, STDIN_FILENO, &ev))
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, STDIN_FILENO, &ev) && errno != EPERM) {
+		perror("eventloop: epoll");
 		return 1;
+	}
 
 	for (;;) {
 		n = epoll_wait(ep, evs, 8, -1);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
+		if (n < 0) {
+			perror("eventloop: epoll_wait");
 			return 1;
+		}
 		for (i = 0; i < n; i++) {
 			if (evs[i].data.fd == genid_fd(&c)) {
 				ret = genid_read_event(&c, &gen, NULL);	/* never blocks */
