@@ -30,7 +30,7 @@ VM_TEST_TIMEOUT   := 20m
 BUILD_TIMEOUT     := 20m
 
 .PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
-.PHONY: c-deps c-test install-dev
+.PHONY: c-deps c-test fuzz-c install-dev
 
 all: build
 
@@ -50,10 +50,30 @@ unit:
 # Short runs of the fuzzers on top of their seed corpora: the protocol's
 # decoder (the daemon's own), the checkpoint record's reader, and
 # oci-config's edit of real configs (slower per input: a tenth as many).
-fuzz:
+fuzz: fuzz-c
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/wire/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./checkpoint/
 	$(GO) test -run='^$$' -fuzz='^FuzzAddHooks$$' -fuzztime=$(FUZZTIME_CONFIG) ./cli/
+
+# The C fuzzer: libFuzzer on the CRIU plugin's reader of the checkpoint
+# record, under ASan and UBSan, seeded with the Go writer's records, for
+# FUZZ_C_RUNS inputs (about 7 s on the 2-core test machine); then the C and
+# Go readers must agree on every input of its corpus. CRIU's plugin header
+# comes from the test bed where this host lacks it.
+FUZZ_C_RUNS ?= 500000
+FUZZ_C      := bin/record-fuzz
+fuzz-c: c-deps
+	@mkdir -p bin/fuzz/include/criu bin/fuzz/corpus
+	@if [ -f $(CRIU_HEADER) ]; then cp $(CRIU_HEADER) bin/fuzz/include/criu/; else \
+		root=$$(timeout $(BUILD_TIMEOUT) $(TESTBED) build | tail -1) && cp "$$root$(CRIU_HEADER)" bin/fuzz/include/criu/; fi
+	clang -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all -Ibin/fuzz/include -o $(FUZZ_C) plugin/criu/fuzz/record_fuzz.c
+	$(GO) run ./plugin/criu/fuzz/seeds bin/fuzz/seeds
+	@echo "$(FUZZ_C) -runs=$(FUZZ_C_RUNS) bin/fuzz/corpus bin/fuzz/seeds (log: bin/fuzz/record-fuzz.log)"
+	@$(FUZZ_C) -runs=$(FUZZ_C_RUNS) -artifact_prefix=bin/fuzz/ bin/fuzz/corpus bin/fuzz/seeds \
+		>bin/fuzz/record-fuzz.log 2>&1 || { tail -40 bin/fuzz/record-fuzz.log; exit 1; }
+	@tail -1 bin/fuzz/record-fuzz.log
+	$(GO) run ./plugin/criu/fuzz/seeds -check $(FUZZ_C) bin/fuzz/corpus bin/fuzz/seeds
 
 # The real binary: daemon and client processes (and the C client's tests,
 # which need clang).
