@@ -90,10 +90,11 @@ c-test: build c-deps
 C_PROBE := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return !d && n; }\n' | \
 	clang -x c -fsanitize=fuzzer,address,undefined -o /dev/null - >/dev/null 2>&1
 c-deps:
-	@$(C_PROBE) || { \
+	@{ $(C_PROBE) && command -v pkg-config >/dev/null; } || { \
 		inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@" || \
 			{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@"; }; }; \
 		command -v clang >/dev/null || inst clang; \
+		command -v pkg-config >/dev/null || inst pkg-config; \
 		inst libclang-rt-$$(clang -dumpversion | cut -d. -f1)-dev; \
 		$(C_PROBE) || { echo "c-deps: clang still cannot build a fuzzer with ASan and UBSan" >&2; exit 1; }; }
 
@@ -111,6 +112,19 @@ $(PLUGIN): $(PLUGIN_SRC)
 		timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null && \
 		$(TESTBED) run --timeout 300 --bind $(CURDIR):/src -w /src -- gcc $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
 	fi
+
+# The C client for developers: genid.h in INCLUDEDIR/genid and genid.pc
+# (`pkg-config --cflags genid`; Version: the protocol genid.h speaks).
+PREFIX       ?= /usr/local
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(PREFIX)/share/pkgconfig
+install-dev:
+	install -D -m 0644 plugin/criu/genid.h $(DESTDIR)$(INCLUDEDIR)/genid/genid.h
+	install -d $(DESTDIR)$(PKGCONFIGDIR)
+	sed -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e "s|@VERSION@|$$(sed -n 's/^#define GENID_VERSION[[:space:]]*//p' plugin/criu/genid.h)|" \
+		plugin/criu/genid.pc.in >$(DESTDIR)$(PKGCONFIGDIR)/genid.pc
+	chmod 0644 $(DESTDIR)$(PKGCONFIGDIR)/genid.pc
 
 # Installs the plugin where CRIU (and so runc) loads it without flags.
 install-plugin: $(PLUGIN)

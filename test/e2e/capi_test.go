@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,5 +68,43 @@ func TestCAPI(t *testing.T) {
 				t.Fatalf("api (%s): %v\nstdout: %q\nstderr:\n%s", b.name, err, out, stderr.String())
 			}
 		})
+	}
+}
+
+// TestInstallDev: `make install-dev` into a DESTDIR installs genid.h and a
+// genid.pc that pkg-config finds there, and its flags alone build a C
+// program on genid.h.
+func TestInstallDev(t *testing.T) {
+	cCompilers(t)
+	dest := t.TempDir()
+	if b, err := exec.Command("make", "-C", "../..", "install-dev", "DESTDIR="+dest, "PREFIX=/usr").CombinedOutput(); err != nil {
+		t.Fatalf("make install-dev: %v\n%s", err, b)
+	}
+	for _, f := range []string{"usr/include/genid/genid.h", "usr/share/pkgconfig/genid.pc"} {
+		if st, err := os.Stat(filepath.Join(dest, f)); err != nil || st.Mode().Perm() != 0o644 {
+			t.Fatalf("%s: %v %v", f, st, err)
+		}
+	}
+	pc := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("pkg-config", args...)
+		cmd.Env = append(os.Environ(), "PKG_CONFIG_SYSROOT_DIR="+dest, "PKG_CONFIG_PATH="+filepath.Join(dest, "usr/share/pkgconfig"))
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("pkg-config %v: %v", args, err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	cflags := pc("--cflags", "genid")
+	if cflags != "-I"+filepath.Join(dest, "usr/include/genid") {
+		t.Fatalf("pkg-config --cflags genid: %q", cflags)
+	}
+	if v := pc("--modversion", "genid"); v != "1" {
+		t.Fatalf("pkg-config --modversion genid: %q, want the protocol's version 1", v)
+	}
+	exe := filepath.Join(t.TempDir(), "watchdog")
+	args := append(slices.Clone(cFlags), cflags, "-pthread", "-o", exe, "../../examples/c/watchdog.c")
+	if b, err := exec.Command("cc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("cc %v: %v\n%s", args, err, b)
 	}
 }
