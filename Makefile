@@ -45,7 +45,7 @@ test: build unit fuzz e2e e2e-criu e2e-vm
 # Unit and in-process tests, with the race detector.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./genid/... ./cli/... ./checkpoint/... ./internal/... ./test/bench/
+	$(GO) test -race -count=1 ./genid/... ./cli/... ./checkpoint/... ./internal/... ./test/bench/ ./plugin/...
 
 # Short runs of the fuzzers on top of their seed corpora: the protocol's
 # decoder (the daemon's own), the checkpoint record's reader, and
