@@ -57,7 +57,7 @@ fuzz: fuzz-c
 
 # The C fuzzer: libFuzzer on the CRIU plugin's reader of the checkpoint
 # record, under ASan and UBSan, seeded with the Go writer's records, for
-# FUZZ_C_RUNS inputs (about 7 s on the 2-core test machine); then the C and
+# FUZZ_C_RUNS inputs (about 10 s on the 2-core test machine); then the C and
 # Go readers must agree on every input of its corpus. CRIU's plugin header
 # comes from the test bed where this host lacks it.
 FUZZ_C_RUNS ?= 500000
@@ -83,7 +83,7 @@ e2e: build c-deps
 # The C client (plugin/criu/genid.h) and examples/c against the real daemon:
 # built by gcc and clang with -Wall -Wextra -Werror, and under ASan+UBSan.
 c-test: build c-deps
-	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run '^Test(CAPI|ExamplesC|CClient|CConnect|CTimeout)$$' ./test/e2e/
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run '^Test(CAPI|ExamplesC|InstallDev|CClient|CConnect|CTimeout)$$' ./test/e2e/
 
 # clang with its sanitizer and libFuzzer runtimes (Debian's clang and
 # libclang-rt-N-dev), installed where it cannot build a sanitized fuzzer.
