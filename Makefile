@@ -30,6 +30,7 @@ VM_TEST_TIMEOUT   := 20m
 BUILD_TIMEOUT     := 20m
 
 .PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
+.PHONY: c-deps c-test fuzz-c install-dev
 
 all: build
 
@@ -44,19 +45,58 @@ test: build unit fuzz e2e e2e-criu e2e-vm
 # Unit and in-process tests, with the race detector.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./genid/... ./cli/... ./checkpoint/... ./internal/... ./test/bench/
+	$(GO) test -race -count=1 ./genid/... ./cli/... ./checkpoint/... ./internal/... ./test/bench/ ./plugin/...
 
 # Short runs of the fuzzers on top of their seed corpora: the protocol's
 # decoder (the daemon's own), the checkpoint record's reader, and
 # oci-config's edit of real configs (slower per input: a tenth as many).
-fuzz:
+fuzz: fuzz-c
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/wire/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=$(FUZZTIME) ./checkpoint/
 	$(GO) test -run='^$$' -fuzz='^FuzzAddHooks$$' -fuzztime=$(FUZZTIME_CONFIG) ./cli/
 
-# The real binary: daemon and client processes.
-e2e: build
+# The C fuzzer: libFuzzer on the CRIU plugin's reader of the checkpoint
+# record, under ASan and UBSan, seeded with the Go writer's records, for
+# FUZZ_C_RUNS inputs (about 10 s on the 2-core test machine); then the C and
+# Go readers must agree on every input of its corpus. CRIU's plugin header
+# comes from the test bed where this host lacks it.
+FUZZ_C_RUNS ?= 500000
+FUZZ_C      := bin/record-fuzz
+fuzz-c: c-deps
+	@mkdir -p bin/fuzz/include/criu bin/fuzz/corpus
+	@if [ -f $(CRIU_HEADER) ]; then cp $(CRIU_HEADER) bin/fuzz/include/criu/; else \
+		root=$$(timeout $(BUILD_TIMEOUT) $(TESTBED) build | tail -1) && cp "$$root$(CRIU_HEADER)" bin/fuzz/include/criu/; fi
+	clang -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all -Ibin/fuzz/include -o $(FUZZ_C) plugin/criu/fuzz/record_fuzz.c
+	$(GO) run ./plugin/criu/fuzz/seeds bin/fuzz/seeds
+	@echo "$(FUZZ_C) -runs=$(FUZZ_C_RUNS) bin/fuzz/corpus bin/fuzz/seeds (log: bin/fuzz/record-fuzz.log)"
+	@$(FUZZ_C) -runs=$(FUZZ_C_RUNS) -artifact_prefix=bin/fuzz/ bin/fuzz/corpus bin/fuzz/seeds \
+		>bin/fuzz/record-fuzz.log 2>&1 || { tail -40 bin/fuzz/record-fuzz.log; exit 1; }
+	@tail -1 bin/fuzz/record-fuzz.log
+	$(GO) run ./plugin/criu/fuzz/seeds -check $(FUZZ_C) bin/fuzz/corpus bin/fuzz/seeds
+
+# The real binary: daemon and client processes (and the C client's tests,
+# which need clang).
+e2e: build c-deps
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v ./test/e2e/
+
+# The C client (plugin/criu/genid.h) and examples/c against the real daemon:
+# built by gcc and clang with -Wall -Wextra -Werror, and under ASan+UBSan.
+c-test: build c-deps
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run '^Test(CAPI|ExamplesC|InstallDev|CClient|CConnect|CTimeout)$$' ./test/e2e/
+
+# clang with its sanitizer and libFuzzer runtimes (Debian's clang and
+# libclang-rt-N-dev), installed where it cannot build a sanitized fuzzer.
+C_PROBE := printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return !d && n; }\n' | \
+	clang -x c -fsanitize=fuzzer,address,undefined -o /dev/null - >/dev/null 2>&1
+c-deps:
+	@{ $(C_PROBE) && command -v pkg-config >/dev/null; } || { \
+		inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@" || \
+			{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$$@"; }; }; \
+		command -v clang >/dev/null || inst clang; \
+		command -v pkg-config >/dev/null || inst pkg-config; \
+		inst libclang-rt-$$(clang -dumpversion | cut -d. -f1)-dev; \
+		$(C_PROBE) || { echo "c-deps: clang still cannot build a fuzzer with ASan and UBSan" >&2; exit 1; }; }
 
 # The CRIU plugin: built on the host when it has CRIU's plugin header
 # (libcriu-dev), else inside the test bed, which has it.
@@ -72,6 +112,19 @@ $(PLUGIN): $(PLUGIN_SRC)
 		timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null && \
 		$(TESTBED) run --timeout 300 --bind $(CURDIR):/src -w /src -- gcc $(PLUGIN_CFLAGS) -o $@ plugin/criu/genid-criu.c; \
 	fi
+
+# The C client for developers: genid.h in INCLUDEDIR/genid and genid.pc
+# (`pkg-config --cflags genid`; Version: the protocol genid.h speaks).
+PREFIX       ?= /usr/local
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(PREFIX)/share/pkgconfig
+install-dev:
+	install -D -m 0644 plugin/criu/genid.h $(DESTDIR)$(INCLUDEDIR)/genid/genid.h
+	install -d $(DESTDIR)$(PKGCONFIGDIR)
+	sed -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e "s|@VERSION@|$$(sed -n 's/^#define GENID_VERSION[[:space:]]*//p' plugin/criu/genid.h)|" \
+		plugin/criu/genid.pc.in >$(DESTDIR)$(PKGCONFIGDIR)/genid.pc
+	chmod 0644 $(DESTDIR)$(PKGCONFIGDIR)/genid.pc
 
 # Installs the plugin where CRIU (and so runc) loads it without flags.
 install-plugin: $(PLUGIN)

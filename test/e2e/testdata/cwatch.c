@@ -67,11 +67,7 @@ int main(int argc, char **argv)
 		fflush(stdout);
 	}
 	/* A bump on a scope's socket, not the admin socket: refused to anyone. */
-	{
-		unsigned char req[8] = { 0 };
-
-		ret = genid_call_u32(&c, GENID_OP_BUMP, req, sizeof(req), &gen);
-	}
+	ret = genid_admin_bump(&c, NULL, 0, "cwatch", &gen);
 	printf("bump %s\n", ret ? genid_strstatus(ret) : "ok");
 	genid_close(&c);
 	return 0;
