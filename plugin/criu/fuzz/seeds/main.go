@@ -75,6 +75,12 @@ func samples() map[string]*checkpoint.Record {
 			{Name: "a.b_c-d", Generation: u32p(0)},
 		}, Sockets: []checkpoint.Socket{{Inode: 4294967295, Watcher: true, Acked: 4294967294, Scope: long, Path: "/" + strings.Repeat("s", 107)}}},
 		"sockets": {Time: t, RunDir: "/run/genid", Scopes: []checkpoint.ScopeRecord{{Name: "c", Generation: u32p(3)}}, Sockets: many},
+		// Version 3: a container with its VMClock page mounted.
+		"vmclock": {Time: t, RunDir: "/run/genid", Scopes: []checkpoint.ScopeRecord{
+			{Name: "c1", Generation: u32p(7), Mounts: []checkpoint.Mount{
+				{ID: 111, Path: "/run/genid"}, {ID: 112, File: true, Path: "/dev/sysgenid"}, {ID: 113, File: true, VMClock: true, Path: "/dev/vmclock0"},
+			}},
+		}},
 	}
 }
 
