@@ -3,6 +3,7 @@ package genid
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -152,7 +153,8 @@ func waitMillis(timeout time.Duration) uint32 {
 
 // Watcher is a registration with the daemon: it learns of every new
 // generation and counts as outdated until it acks. Like a sysgenid fd:
-// Wait is read, TryWait is a non-blocking read, Ack is write.
+// Wait is read, TryWait is a non-blocking read, Ack is write, and Fd is the
+// descriptor to poll.
 type Watcher struct {
 	page *mapping
 	s    *session
@@ -162,6 +164,7 @@ type Watcher struct {
 	acked   uint32
 	latest  uint32
 	changed chan struct{} // closed and replaced when latest changes or the link drops
+	fd      *readyFd      // made by Fd, else nil
 }
 
 // Watch registers a new watcher, up to date with the current generation.
@@ -186,6 +189,7 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 				}
 				w.mu.Lock()
 				w.acked, w.latest = gen, max(w.latest, gen)
+				w.fd.set(w.outdatedLocked())
 				w.mu.Unlock()
 				registered = true
 				return nil
@@ -222,6 +226,13 @@ func (w *Watcher) event(gen, _ uint32) {
 		close(w.changed)
 		w.changed = make(chan struct{})
 	}
+	w.fd.set(w.outdatedLocked())
+}
+
+// outdatedLocked tells whether the newest generation known is not the one
+// acked.
+func (w *Watcher) outdatedLocked() bool {
+	return !w.closed && w.currentLocked() != w.acked
 }
 
 // currentLocked is the newest generation known: from events, or from the
@@ -274,7 +285,7 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 		}
 		l, err := w.s.current(ctx)
 		if err != nil {
-			if err == ErrClosed || ctx.Err() != nil {
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return 0, err
 			}
 			// The daemon is away: try again, ever more patiently.
@@ -293,15 +304,36 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 }
 
 // Ack acknowledges gen, which must be the current generation (else an error
-// matching ErrStale).
+// matching ErrStale: a newer one came meanwhile, and Wait returns it next).
+// It waits for the daemon's answer.
 func (w *Watcher) Ack(ctx context.Context, gen uint32) error {
 	if _, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true); err != nil {
 		return err
 	}
-	w.mu.Lock()
-	w.acked = gen
-	w.mu.Unlock()
+	w.setAcked(gen)
 	return nil
+}
+
+// AckQuiet acknowledges gen without waiting for the daemon's answer, for
+// an event loop that must not block on genid: it only sends the ack (ctx
+// bounds a reconnection to a daemon that restarted). The daemon answers only
+// a refusal, and that is not reported: the one an ack of the generation that
+// Wait or TryWait returned can get is ErrStale, when a newer generation came
+// meanwhile, and then the watcher stays outdated, its Fd readable, until it
+// acks that one.
+func (w *Watcher) AckQuiet(ctx context.Context, gen uint32) error {
+	if err := w.s.send(ctx, wire.OpAck, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode()); err != nil {
+		return err
+	}
+	w.setAcked(gen)
+	return nil
+}
+
+func (w *Watcher) setAcked(gen uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.acked = gen
+	w.fd.set(w.outdatedLocked())
 }
 
 // Acked returns the generation last acknowledged.
@@ -320,7 +352,8 @@ func (w *Watcher) WaitWatchers(ctx context.Context, timeout time.Duration) error
 	return waitWatchers(ctx, w.s, timeout)
 }
 
-// Close unregisters the watcher. Closing twice is harmless.
+// Close unregisters the watcher, and closes its Fd. Closing twice is
+// harmless.
 func (w *Watcher) Close() error {
 	w.s.close()
 	w.mu.Lock()
@@ -329,5 +362,5 @@ func (w *Watcher) Close() error {
 		return nil
 	}
 	w.closed = true
-	return w.page.release()
+	return errors.Join(w.page.release(), w.fd.close())
 }
