@@ -165,6 +165,8 @@ type Watcher struct {
 	latest  uint32
 	changed chan struct{} // closed and replaced when latest changes or the link drops
 	fd      *readyFd      // made by Fd, else nil
+
+	stopFollow context.CancelFunc
 }
 
 // Watch registers a new watcher, up to date with the current generation.
@@ -215,7 +217,36 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 		w.Close()
 		return nil, err
 	}
+	fctx, stop := context.WithCancel(context.Background())
+	w.stopFollow = stop
+	go w.follow(fctx)
 	return w, nil
+}
+
+// follow keeps the watcher registered, so that the daemon counts it and
+// events arrive while nobody calls it (a hot path that only reads the
+// page, an event loop that polls its Fd): after a daemon restart, it
+// connects to the new daemon and registers again.
+func (w *Watcher) follow(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for {
+		l, err := w.s.current(ctx)
+		if err != nil {
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			// The daemon is away: try again, ever more patiently.
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 func (w *Watcher) event(gen, _ uint32) {
@@ -305,28 +336,30 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 
 // Ack acknowledges gen, which must be the current generation (else an error
 // matching ErrStale: a newer one came meanwhile, and Wait returns it next).
-// It waits for the daemon's answer.
+// It waits for the daemon's answer. An ack that did not reach the daemon
+// (an error matching ErrUnreachable: it is restarting) is not lost: the
+// watcher counts gen as acked, and registers with the next daemon so.
 func (w *Watcher) Ack(ctx context.Context, gen uint32) error {
-	if _, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true); err != nil {
+	_, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true)
+	var refused *Error
+	if errors.As(err, &refused) {
 		return err
 	}
 	w.setAcked(gen)
-	return nil
+	return err
 }
 
 // AckQuiet acknowledges gen without waiting for the daemon's answer, for
-// an event loop that must not block on genid: it only sends the ack (ctx
-// bounds a reconnection to a daemon that restarted). The daemon answers only
-// a refusal, and that is not reported: the one an ack of the generation that
-// Wait or TryWait returned can get is ErrStale, when a newer generation came
-// meanwhile, and then the watcher stays outdated, its Fd readable, until it
-// acks that one.
+// an event loop that must not block on genid: the watcher counts gen as
+// acked at once, and sends the ack (ctx bounds a reconnection to a daemon
+// that restarted; one that is away gets the ack with the registration
+// when it is back). The daemon answers only a refusal, and that is not
+// reported: the one an ack of the generation that Wait or TryWait returned
+// can get is ErrStale, when a newer generation came meanwhile, and then
+// the watcher stays outdated, its Fd readable, until it acks that one.
 func (w *Watcher) AckQuiet(ctx context.Context, gen uint32) error {
-	if err := w.s.send(ctx, wire.OpAck, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode()); err != nil {
-		return err
-	}
 	w.setAcked(gen)
-	return nil
+	return w.s.send(ctx, wire.OpAck, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode())
 }
 
 func (w *Watcher) setAcked(gen uint32) {
@@ -355,6 +388,9 @@ func (w *Watcher) WaitWatchers(ctx context.Context, timeout time.Duration) error
 // Close unregisters the watcher, and closes its Fd. Closing twice is
 // harmless.
 func (w *Watcher) Close() error {
+	if w.stopFollow != nil {
+		w.stopFollow()
+	}
 	w.s.close()
 	w.mu.Lock()
 	defer w.mu.Unlock()

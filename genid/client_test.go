@@ -186,6 +186,32 @@ func TestFdAcrossRestart(t *testing.T) {
 	}
 }
 
+// An ack that cannot reach the daemon (it is restarting) is carried by the
+// registration with the next one; a watcher nobody calls registers again
+// by itself.
+func TestAckWhileAway(t *testing.T) {
+	srv := genidtest.NewServer(t)
+	w := watch(t, srv.Client())
+	gen, _ := srv.Bump(0, "t")
+	srv.Close()
+	err := w.Ack(testCtx(t), gen)
+	if !errors.Is(err, genid.ErrUnreachable) {
+		t.Fatalf("ack with no daemon: %v, want ErrUnreachable", err)
+	}
+	if _, err := w.TryWait(); w.Acked() != gen || !errors.Is(err, genid.ErrWouldBlock) {
+		t.Fatalf("acked %d (%v) after an ack that did not reach the daemon, want %d", w.Acked(), err, gen)
+	}
+	srv.Restart()
+	srv.WaitRegistered(1)
+	srv.WaitAcked()
+
+	// A refusal is not counted as an ack.
+	srv.Bump(0, "t")
+	if err := w.Ack(testCtx(t), gen); !errors.Is(err, genid.ErrStale) || w.Acked() != gen {
+		t.Fatalf("stale ack: %v, acked %d", err, w.Acked())
+	}
+}
+
 // writePage sets the generation on the page of a stopped daemon, as a
 // change it did not see.
 func writePage(t *testing.T, runDir string, gen uint32) {

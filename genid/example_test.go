@@ -171,7 +171,7 @@ func ExampleClient_Generation() {
 	}
 	defer w.Close()
 
-	gen := c.Generation() // read before the key is made: the key is at least as new
+	gen := w.Acked() // the generation it registered at, before the key is made
 	key := rand.Text()
 	nonce := func() string {
 	again:

@@ -1,10 +1,7 @@
 package genid
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,9 +15,9 @@ import (
 // an eventfd that the watcher sets and clears. It stays valid until Close,
 // which closes it (take it out of epoll first).
 //
-// With an Fd, the watcher keeps its connection up by itself: after a daemon
-// restart it reconnects, and the descriptor turns readable if the
-// generation changed meanwhile. Calling Fd again returns the same
+// The watcher keeps its registration up by itself: after a daemon restart
+// it registers with the new daemon, and the descriptor turns readable if
+// the generation changed meanwhile. Calling Fd again returns the same
 // descriptor.
 func (w *Watcher) Fd() (int, error) {
 	w.mu.Lock()
@@ -35,35 +32,9 @@ func (w *Watcher) Fd() (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("fd: eventfd: %w", err)
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	w.fd = &readyFd{efd: efd, stop: stop}
+	w.fd = &readyFd{efd: efd}
 	w.fd.set(w.outdatedLocked())
-	go w.follow(ctx)
 	return efd, nil
-}
-
-// follow keeps the watcher connected, so that events arrive while nobody
-// calls it: an event loop only polls its Fd.
-func (w *Watcher) follow(ctx context.Context) {
-	backoff := 50 * time.Millisecond
-	for {
-		l, err := w.s.current(ctx)
-		if err != nil {
-			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			// The daemon is away: try again, ever more patiently.
-			sleepCtx(ctx, backoff)
-			backoff = min(2*backoff, 2*time.Second)
-			continue
-		}
-		backoff = 50 * time.Millisecond
-		select {
-		case <-l.done:
-		case <-ctx.Done():
-			return
-		}
-	}
 }
 
 // readyFd is a Watcher's Fd: an eventfd whose counter is non-zero exactly
@@ -72,7 +43,6 @@ func (w *Watcher) follow(ctx context.Context) {
 type readyFd struct {
 	efd   int
 	ready bool
-	stop  context.CancelFunc // ends follow
 }
 
 // set makes the descriptor readable, or not.
@@ -94,7 +64,6 @@ func (r *readyFd) close() error {
 	if r == nil || r.efd < 0 {
 		return nil
 	}
-	r.stop()
 	err := unix.Close(r.efd)
 	r.efd = -1
 	if err != nil {
