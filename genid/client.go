@@ -228,24 +228,31 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 // page, an event loop that polls its Fd): after a daemon restart, it
 // connects to the new daemon and registers again.
 func (w *Watcher) follow(ctx context.Context) {
-	backoff := 50 * time.Millisecond
 	for {
-		l, err := w.s.current(ctx)
-		if err != nil {
-			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			// The daemon is away: try again, ever more patiently.
-			sleepCtx(ctx, backoff)
-			backoff = min(2*backoff, 2*time.Second)
-			continue
+		l := w.connect(ctx)
+		if l == nil {
+			return
 		}
-		backoff = 50 * time.Millisecond
 		select {
 		case <-l.done:
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// connect returns a live link, trying ever more patiently while the
+// daemon is away; nil once the watcher is closed.
+func (w *Watcher) connect(ctx context.Context) *link {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		l, err := w.s.current(ctx)
+		if err == nil {
+			return l
+		}
+		if errors.Is(err, ErrClosed) || ctx.Err() != nil {
+			return nil
+		}
+		sleepCtx(ctx, backoff)
 	}
 }
 
@@ -398,5 +405,7 @@ func (w *Watcher) Close() error {
 		return nil
 	}
 	w.closed = true
-	return errors.Join(w.page.release(), w.fd.close())
+	err := errors.Join(w.page.release(), w.fd.close())
+	w.fd = nil
+	return err
 }

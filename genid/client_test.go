@@ -132,8 +132,19 @@ func TestFd(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
 		t.Fatalf("the fd after Close: %v, want EBADF", err)
 	}
-	if _, err := w.Fd(); !errors.Is(err, genid.ErrClosed) {
-		t.Fatalf("Fd after Close: %v", err)
+	if fd, err := w.Fd(); fd != -1 || !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("Fd after Close: %d %v, want -1 and ErrClosed", fd, err)
+	}
+
+	// An Fd asked for while outdated is readable at once.
+	w2 := watch(t, srv.Client())
+	gen, _ = srv.Bump(0, "t")
+	if g, err := w2.Wait(ctx); g != gen || err != nil {
+		t.Fatalf("wait: %d %v", g, err)
+	}
+	fd2, err := w2.Fd()
+	if err != nil || !readable(t, fd2) {
+		t.Fatalf("the Fd of an outdated watcher (%v): not readable", err)
 	}
 }
 

@@ -39,7 +39,8 @@ func (w *Watcher) Fd() (int, error) {
 
 // readyFd is a Watcher's Fd: an eventfd whose counter is non-zero exactly
 // while the watcher is outdated. Its methods are called under the
-// Watcher's lock, and do nothing on a nil readyFd (no Fd asked for).
+// Watcher's lock, and do nothing on a nil readyFd (no Fd asked for, or
+// closed).
 type readyFd struct {
 	efd   int
 	ready bool
@@ -47,7 +48,7 @@ type readyFd struct {
 
 // set makes the descriptor readable, or not.
 func (r *readyFd) set(ready bool) {
-	if r == nil || r.efd < 0 || ready == r.ready {
+	if r == nil || ready == r.ready {
 		return
 	}
 	var b [8]byte
@@ -61,12 +62,10 @@ func (r *readyFd) set(ready bool) {
 }
 
 func (r *readyFd) close() error {
-	if r == nil || r.efd < 0 {
+	if r == nil {
 		return nil
 	}
-	err := unix.Close(r.efd)
-	r.efd = -1
-	if err != nil {
+	if err := unix.Close(r.efd); err != nil {
 		return fmt.Errorf("close fd: %w", err)
 	}
 	return nil

@@ -270,23 +270,15 @@ func (s *session) call(ctx context.Context, op wire.Op, payload []byte, idempote
 
 // send sends one request whose reply nobody waits for (a quiet ack): a
 // reply that comes all the same, a refusal, is dropped by the reader.
-// Like an idempotent call, it is sent again on a new connection when the
-// old one turns out broken.
 func (s *session) send(ctx context.Context, op wire.Op, payload []byte) error {
-	for attempt := 0; ; attempt++ {
-		l, err := s.current(ctx)
-		if err == nil {
-			err = l.post(op, payload)
-		}
-		if errors.Is(err, errLinkDown) && attempt < 3 {
-			sleepCtx(ctx, time.Duration(attempt)*50*time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", op, err)
-		}
-		return nil
+	l, err := s.current(ctx)
+	if err == nil {
+		err = l.post(op, payload)
 	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
 }
 
 func (s *session) close() {

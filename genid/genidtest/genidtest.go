@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/server"
@@ -39,7 +40,7 @@ import (
 
 // Patience is how long the helpers that wait (WaitRegistered, WaitAcked)
 // wait before they fail the test.
-const Patience = servertest.Patience
+const Patience = 20 * time.Second
 
 // Server is a daemon serving a temporary run directory.
 type Server struct {

@@ -12,7 +12,15 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/genid/genidtest"
+	"github.com/genid-project/genid/internal/servertest"
 )
+
+// The helpers that wait are servertest's, with its patience.
+func TestPatience(t *testing.T) {
+	if genidtest.Patience != servertest.Patience {
+		t.Fatalf("genidtest.Patience %v, servertest's %v", genidtest.Patience, servertest.Patience)
+	}
+}
 
 // What an application's test does: start the daemon, let the application
 // watch, bump, and see it rebuild and ack.
