@@ -137,6 +137,7 @@ e2e-criu: build plugin
 	timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null
 	$(TESTBED) selftest
 	CGO_ENABLED=0 $(GO) test -c -o bin/criu-e2e.test ./test/criu
+	CGO_ENABLED=0 $(GO) build -o bin/examples/go/ ./examples/go/...
 	$(TESTBED) run --timeout $(CRIU_RUN_TIMEOUT) \
 		--bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
 		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- \

@@ -214,15 +214,11 @@ func TestRecordAfterPlugin(t *testing.T) {
 	}
 }
 
-// daemon is a real daemon on a run dir of its own, at generation gen.
-type daemon struct {
-	*genidtest.Server
-	t *testing.T
-}
-
-func startDaemon(t *testing.T, gen uint32) *daemon {
+// startDaemon starts a real daemon on a run dir of its own, at generation
+// gen.
+func startDaemon(t *testing.T, gen uint32) *genidtest.Server {
 	t.Helper()
-	d := &daemon{genidtest.NewServer(t), t}
+	d := genidtest.NewServer(t)
 	if gen > 0 {
 		if _, err := d.Bump(gen, "setup"); err != nil {
 			t.Fatal(err)
@@ -231,19 +227,12 @@ func startDaemon(t *testing.T, gen uint32) *daemon {
 	return d
 }
 
-func (d *daemon) gen() uint32 {
-	st, err := d.Status()
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return st.Generation
-}
-
-// lastReason is the reason of the last bump.
-func (d *daemon) lastReason() string {
-	st, err := d.Status()
-	if err != nil || st.LastBump == nil {
-		d.t.Fatalf("status %+v, %v", st, err)
+// lastReason is the reason of d's last bump.
+func lastReason(t *testing.T, d *genidtest.Server) string {
+	t.Helper()
+	st := d.Status()
+	if st.LastBump == nil {
+		t.Fatalf("no bump yet: %+v", st)
 	}
 	return st.LastBump.Reason
 }
@@ -283,8 +272,8 @@ func TestRestoreOfPluginRecordWithoutPlugin(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !r.Bumped || r.Generation != tc.want || d.gen() != tc.want || d.lastReason() != Reason {
-				t.Fatalf("restore %+v, generation %d, reason %q: want a bump past 5 to %d, reason %s", r, d.gen(), d.lastReason(), tc.want, Reason)
+			if !r.Bumped || r.Generation != tc.want || d.Generation() != tc.want || lastReason(t, d) != Reason {
+				t.Fatalf("restore %+v, generation %d, reason %q: want a bump past 5 to %d, reason %s", r, d.Generation(), lastReason(t, d), tc.want, Reason)
 			}
 			if s := r.String(); !strings.Contains(s, "recorded by the CRIU plugin") || !strings.Contains(s, fmt.Sprintf("bumped to %d", tc.want)) {
 				t.Fatalf("log line %q", s)
@@ -304,8 +293,8 @@ func TestRestoreOfPluginRecordAfterPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Bumped || r.Generation != 6 || d.gen() != 6 || d.lastReason() != "setup" {
-		t.Fatalf("restore %+v, generation %d, last reason %q: want no bump", r, d.gen(), d.lastReason())
+	if r.Bumped || r.Generation != 6 || d.Generation() != 6 || lastReason(t, d) != "setup" {
+		t.Fatalf("restore %+v, generation %d, last reason %q: want no bump", r, d.Generation(), lastReason(t, d))
 	}
 	if s := r.String(); !strings.Contains(s, "not bumped") {
 		t.Fatalf("log line %q", s)
@@ -349,8 +338,8 @@ func TestNotifyPostRestoreOfPluginRecord(t *testing.T) {
 		if err := n.PostRestore(1); err != nil {
 			t.Fatal(err)
 		}
-		if n.Restored != tc.want || d.gen() != tc.want || d.lastReason() != Reason {
-			t.Fatalf("page %d: restored %d, generation now %d (%s); want %d", tc.page, n.Restored, d.gen(), d.lastReason(), tc.want)
+		if n.Restored != tc.want || d.Generation() != tc.want || lastReason(t, d) != Reason {
+			t.Fatalf("page %d: restored %d, generation now %d (%s); want %d", tc.page, n.Restored, d.Generation(), lastReason(t, d), tc.want)
 		}
 		if !strings.Contains(log.String(), "generation 7 recorded by the CRIU plugin") {
 			t.Fatalf("log: %s", log.String())

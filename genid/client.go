@@ -3,6 +3,7 @@ package genid
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -152,7 +153,8 @@ func waitMillis(timeout time.Duration) uint32 {
 
 // Watcher is a registration with the daemon: it learns of every new
 // generation and counts as outdated until it acks. Like a sysgenid fd:
-// Wait is read, TryWait is a non-blocking read, Ack is write.
+// Wait is read, TryWait is a non-blocking read, Ack is write, and Fd is the
+// descriptor to poll.
 type Watcher struct {
 	page *mapping
 	s    *session
@@ -162,6 +164,9 @@ type Watcher struct {
 	acked   uint32
 	latest  uint32
 	changed chan struct{} // closed and replaced when latest changes or the link drops
+	fd      *readyFd      // made by Fd, else nil
+
+	stopFollow context.CancelFunc
 }
 
 // Watch registers a new watcher, up to date with the current generation.
@@ -186,6 +191,7 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 				}
 				w.mu.Lock()
 				w.acked, w.latest = gen, max(w.latest, gen)
+				w.fd.set(w.outdatedLocked())
 				w.mu.Unlock()
 				registered = true
 				return nil
@@ -211,7 +217,43 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 		w.Close()
 		return nil, err
 	}
+	fctx, stop := context.WithCancel(context.Background())
+	w.stopFollow = stop
+	go w.follow(fctx)
 	return w, nil
+}
+
+// follow keeps the watcher registered, so that the daemon counts it and
+// events arrive while nobody calls it (a hot path that only reads the
+// page, an event loop that polls its Fd): after a daemon restart, it
+// connects to the new daemon and registers again.
+func (w *Watcher) follow(ctx context.Context) {
+	for {
+		l := w.connect(ctx)
+		if l == nil {
+			return
+		}
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// connect returns a live link, trying ever more patiently while the
+// daemon is away; nil once the watcher is closed.
+func (w *Watcher) connect(ctx context.Context) *link {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		l, err := w.s.current(ctx)
+		if err == nil {
+			return l
+		}
+		if errors.Is(err, ErrClosed) || ctx.Err() != nil {
+			return nil
+		}
+		sleepCtx(ctx, backoff)
+	}
 }
 
 func (w *Watcher) event(gen, _ uint32) {
@@ -222,6 +264,13 @@ func (w *Watcher) event(gen, _ uint32) {
 		close(w.changed)
 		w.changed = make(chan struct{})
 	}
+	w.fd.set(w.outdatedLocked())
+}
+
+// outdatedLocked tells whether the newest generation known is not the one
+// acked.
+func (w *Watcher) outdatedLocked() bool {
+	return !w.closed && w.currentLocked() != w.acked
 }
 
 // currentLocked is the newest generation known: from events, or from the
@@ -274,7 +323,7 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 		}
 		l, err := w.s.current(ctx)
 		if err != nil {
-			if err == ErrClosed || ctx.Err() != nil {
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return 0, err
 			}
 			// The daemon is away: try again, ever more patiently.
@@ -293,15 +342,38 @@ func (w *Watcher) wait(ctx context.Context, after uint32, strict bool) (uint32, 
 }
 
 // Ack acknowledges gen, which must be the current generation (else an error
-// matching ErrStale).
+// matching ErrStale: a newer one came meanwhile, and Wait returns it next).
+// It waits for the daemon's answer. An ack that did not reach the daemon
+// (an error matching ErrUnreachable: it is restarting) is not lost: the
+// watcher counts gen as acked, and registers with the next daemon so.
 func (w *Watcher) Ack(ctx context.Context, gen uint32) error {
-	if _, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true); err != nil {
+	_, err := w.s.call(ctx, wire.OpAck, wire.U32(gen), true)
+	var refused *Error
+	if errors.As(err, &refused) {
 		return err
 	}
+	w.setAcked(gen)
+	return err
+}
+
+// AckQuiet acknowledges gen without waiting for the daemon's answer, for
+// an event loop that must not block on genid: the watcher counts gen as
+// acked at once, and sends the ack (ctx bounds a reconnection to a daemon
+// that restarted; one that is away gets the ack with the registration
+// when it is back). The daemon answers only a refusal, and that is not
+// reported: the one an ack of the generation that Wait or TryWait returned
+// can get is ErrStale, when a newer generation came meanwhile, and then
+// the watcher stays outdated, its Fd readable, until it acks that one.
+func (w *Watcher) AckQuiet(ctx context.Context, gen uint32) error {
+	w.setAcked(gen)
+	return w.s.send(ctx, wire.OpAck, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode())
+}
+
+func (w *Watcher) setAcked(gen uint32) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.acked = gen
-	w.mu.Unlock()
-	return nil
+	w.fd.set(w.outdatedLocked())
 }
 
 // Acked returns the generation last acknowledged.
@@ -320,8 +392,12 @@ func (w *Watcher) WaitWatchers(ctx context.Context, timeout time.Duration) error
 	return waitWatchers(ctx, w.s, timeout)
 }
 
-// Close unregisters the watcher. Closing twice is harmless.
+// Close unregisters the watcher, and closes its Fd. Closing twice is
+// harmless.
 func (w *Watcher) Close() error {
+	if w.stopFollow != nil {
+		w.stopFollow()
+	}
 	w.s.close()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -329,5 +405,7 @@ func (w *Watcher) Close() error {
 		return nil
 	}
 	w.closed = true
-	return w.page.release()
+	err := errors.Join(w.page.release(), w.fd.close())
+	w.fd = nil
+	return err
 }

@@ -87,5 +87,13 @@ var ErrClosed = errors.New("genid: closed")
 // ErrWouldBlock is returned by a non-blocking read while the watcher is up to date.
 var ErrWouldBlock = errors.New("genid: would block: no new generation")
 
-// ErrUnreachable wraps failures to reach the daemon's socket.
+// ErrUnreachable wraps failures to reach the daemon's socket; the
+// system's error (syscall.ENOENT, syscall.ECONNREFUSED, a context's error)
+// is wrapped too.
 var ErrUnreachable = errors.New("genid daemon unreachable")
+
+// ErrUntrusted is returned by Open and OpenAdmin for a run directory that
+// another user could have made: not a directory, neither root's nor this
+// user's, or writable by others. A missing one is an error matching
+// fs.ErrNotExist instead.
+var ErrUntrusted = errors.New("not trusted")

@@ -58,7 +58,7 @@ func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*l
 		return nil, &Error{Code: CodePermission, Msg: fmt.Sprintf("permission denied: %s is not for this user (uid %d): %v", path, syscall.Getuid(), err)}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, path, err)
+		return nil, fmt.Errorf("%w at %s: %w", ErrUnreachable, path, err)
 	}
 	l := &link{
 		nc:      c.(*net.UnixConn),
@@ -158,6 +158,25 @@ func (l *link) alive() bool {
 
 func (l *link) close() { l.fail(net.ErrClosed) }
 
+// post sends a request without waiting for its reply: it is not pending,
+// so it is not sent again after a restore either (a lost quiet ack leaves
+// its watcher outdated, which the restore's new generation does anyway).
+func (l *link) post(op wire.Op, payload []byte) error {
+	l.mu.Lock()
+	if l.err != nil {
+		l.mu.Unlock()
+		return errLinkDown
+	}
+	l.nextID++
+	pc := &pendingCall{req: wire.Append(nil, wire.Header{Op: op, ID: l.nextID}, payload)}
+	l.mu.Unlock()
+	if err := l.send(pc); err != nil {
+		l.fail(err)
+		return errLinkDown
+	}
+	return nil
+}
+
 // call sends a request and waits for its reply. A non-OK status comes back
 // as an *Error. A link whose call is abandoned (ctx ended) is closed, since
 // the daemon may still be working on the request.
@@ -247,6 +266,19 @@ func (s *session) call(ctx context.Context, op wire.Op, payload []byte, idempote
 		}
 		return f, err
 	}
+}
+
+// send sends one request whose reply nobody waits for (a quiet ack): a
+// reply that comes all the same, a refusal, is dropped by the reader.
+func (s *session) send(ctx context.Context, op wire.Op, payload []byte) error {
+	l, err := s.current(ctx)
+	if err == nil {
+		err = l.post(op, payload)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
 }
 
 func (s *session) close() {

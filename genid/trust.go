@@ -22,15 +22,15 @@ func trustRunDir(dir string) error {
 		return fmt.Errorf("run dir: %w", &os.PathError{Op: "lstat", Path: dir, Err: err})
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("run dir %s is not a directory", dir)
+		return fmt.Errorf("run dir %s is not a directory: %w", dir, ErrUntrusted)
 	}
 	euid := uint32(os.Geteuid())
 	owner := st.Uid == 0 || st.Uid == euid || st.Uid == overflowUID() && inUserNS()
 	if !owner {
-		return fmt.Errorf("run dir %s belongs to uid %d, neither root nor this user (%d): not trusted", dir, st.Uid, euid)
+		return fmt.Errorf("run dir %s belongs to uid %d, neither root nor this user (%d): %w", dir, st.Uid, euid, ErrUntrusted)
 	}
 	if st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
-		return fmt.Errorf("run dir %s is writable by others (mode %o): not trusted", dir, st.Mode&0o7777)
+		return fmt.Errorf("run dir %s is writable by others (mode %o): %w", dir, st.Mode&0o7777, ErrUntrusted)
 	}
 	return nil
 }

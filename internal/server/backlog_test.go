@@ -187,7 +187,7 @@ func TestBacklogHangUp(t *testing.T) {
 			} else {
 				c.CloseRead()
 			}
-			waitFor(t, func() bool { return d.status(t).Watchers == 0 })
+			d.WaitRegistered("", 0)
 		})
 	}
 	d.alive(t)

@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -23,39 +21,21 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
+// daemon is the daemon in this process, on a run dir of its own.
 type daemon struct {
-	*server.Server
+	*servertest.Daemon
 	dir  string
 	stop func()
 }
 
 func start(t *testing.T, dir string, cfg server.Config) *daemon {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	cfg.RunDir = dir
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	d := &daemon{Server: srv, dir: dir}
-	d.stop = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		d.stop = func() {}
-	}
-	t.Cleanup(func() { d.stop() })
-	return d
+	d := servertest.Start(t, dir, cfg)
+	return &daemon{Daemon: d, dir: d.RunDir, stop: d.Stop}
 }
 
 func (d *daemon) dial(t *testing.T) *net.UnixConn {
@@ -593,7 +573,7 @@ func TestQuietAck(t *testing.T) {
 	if f := recv(t, c); f.Op != wire.OpEvent {
 		t.Fatalf("want the event, got %+v", f.Header)
 	}
-	waitFor(t, func() bool { return d.status(t).Outdated == 0 })
+	d.WaitAcked("")
 	d.bump(0, "t")
 	recv(t, c)
 	send(t, c, wire.OpGet, 61, nil)
@@ -659,7 +639,7 @@ func TestQuietAckNoWakeUp(t *testing.T) {
 	before := asleep()
 	// The ack goes out on the reader's socket while it sleeps in read().
 	unix.Write(fd, wire.Append(nil, wire.Header{Op: wire.OpAck, ID: 2}, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode()))
-	waitFor(t, func() bool { return d.status(t).Outdated == 0 })
+	d.WaitAcked("")
 	time.Sleep(50 * time.Millisecond)
 	if q, _ := unix.IoctlGetInt(fd, unix.SIOCOUTQ); q == 0 {
 		t.Error("the quiet ack was consumed before the next write to its sender")
@@ -679,11 +659,7 @@ func TestQuietAckNoWakeUp(t *testing.T) {
 
 func waitFor(t *testing.T, ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 5 s")
-		}
-	}
+	servertest.WaitFor(t, "the condition", ok)
 }
 
 // TestPipelined: more requests in one write than the daemon reads at once
@@ -751,7 +727,7 @@ func TestConcurrentBumpsPendingWait(t *testing.T) {
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
-			d.stop = func() {} // wedged: stopping it would hang
+			d.Abandon() // wedged: stopping it would hang
 			t.Fatalf("round %d: two concurrent bumps with a wait pending never returned", round)
 		}
 		f := recv(t, w)
@@ -788,7 +764,7 @@ func TestAttachAckedAhead(t *testing.T) {
 	for f := recv(t, c); f.Op != wire.OpAck; f = recv(t, c) {
 	}
 	c.Close()
-	waitFor(t, func() bool { return d.status(t).Watchers == 0 })
+	d.WaitRegistered("", 0)
 	q := d.dial(t)
 	send(t, q, wire.OpWaitWatchers, 3, wire.U32(1000))
 	if f := recv(t, q); f.Status != wire.StatusOK {
