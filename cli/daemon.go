@@ -192,6 +192,10 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 		for {
 			select {
 			case ev := <-events:
+				if ev.MarkOnly {
+					srv.SaveMark(ev.Backend, ev.Mark)
+					continue
+				}
 				if err := srv.BumpAll(ev.Backend); err != nil {
 					log.Error("bump failed", "backend", ev.Backend, "err", err)
 				}

@@ -56,6 +56,10 @@ type Event struct {
 	// Mark is what the backend has accounted for once the daemon bumped
 	// for this event: the daemon keeps it after its bump.
 	Mark json.RawMessage
+	// MarkOnly says there is nothing to bump: the backend only hands its
+	// Mark over, once it has looked back, so that a daemon that crashes
+	// later is not followed by one that looks back further.
+	MarkOnly bool
 }
 
 // sender turns a Run's events channel into the bump function the

@@ -188,12 +188,15 @@ func (v *vmclock) lookBack(look Lookback, gen uint64, w *vmclockWatch, bump func
 	case !look.First:
 		why = "a daemon ran before in this boot, and left no mark of the counter"
 	}
-	if why != "" {
-		v.log.Info("VM generation change while no daemon watched", "why", why)
-		if err := bump(Event{Backend: NameVMClock, Mark: w.markOf(gen)}); err != nil {
-			v.log.Error("bump failed", "err", err)
-			return
-		}
+	if why == "" {
+		w.account(gen)
+		bump(Event{Backend: NameVMClock, Mark: w.markOf(gen), MarkOnly: true})
+		return
+	}
+	v.log.Info("VM generation change while no daemon watched", "why", why)
+	if err := bump(Event{Backend: NameVMClock, Mark: w.markOf(gen)}); err != nil {
+		v.log.Error("bump failed", "err", err)
+		return
 	}
 	w.account(gen)
 }

@@ -70,16 +70,22 @@ func openTestDev(t *testing.T, path string, maxWait time.Duration) *vmclockDev {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// bumps counts bump calls, their reasons and their marks.
+// bumps counts bump calls, their reasons and their marks, and the marks
+// handed over without a bump.
 type bumps struct {
-	mu      sync.Mutex
-	reasons []string
-	marks   []string
+	mu       sync.Mutex
+	reasons  []string
+	marks    []string
+	markOnly []string
 }
 
 func (b *bumps) bump(ev Event) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if ev.MarkOnly {
+		b.markOnly = append(b.markOnly, string(ev.Mark))
+		return nil
+	}
 	b.reasons = append(b.reasons, ev.Backend)
 	b.marks = append(b.marks, string(ev.Mark))
 	return nil
@@ -363,6 +369,9 @@ func TestVMClockLookback(t *testing.T) {
 			}
 			if got := string(v.Mark()); got != want {
 				t.Fatalf("Mark() = %s, want %s", got, want)
+			}
+			if tc.bumps == 0 && (len(b.markOnly) != 1 || b.markOnly[0] != want) {
+				t.Fatalf("marks handed over without a bump: %q, want %s once", b.markOnly, want)
 			}
 		})
 	}

@@ -264,6 +264,9 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 				continue
 			}
 			account(last)
+			if change == "" && last >= 0 {
+				bump(Event{Backend: NameVMGenID, Mark: markOf(last), MarkOnly: true})
+			}
 		case it.kind == itemCaughtUp:
 		case it.kind == itemLost && backlog:
 			if !ignore {

@@ -318,6 +318,9 @@ func TestVMGenIDLookback(t *testing.T) {
 			if tc.bumps == 1 && b.mark(0) != m {
 				t.Fatalf("the bump's mark %s, want %s", b.mark(0), m)
 			}
+			if tc.bumps == 0 && (len(b.markOnly) != 1 || b.markOnly[0] != m) {
+				t.Fatalf("marks handed over without a bump: %q, want %s once", b.markOnly, m)
+			}
 		})
 	}
 }
