@@ -19,8 +19,8 @@
 //	    boot           {"boot_id", "run_dir"}: whose record this is
 //	    host           the host scope's floor: a page, u32 at offset 0
 //	    marks.json     the backends' marks
-//	    scopes/NAME    a container scope's floor, as host
-//	    scopes/NAME.json  its owner, as the daemon gave it (Record.Meta)
+//	    scopes/NAME.floor  a container scope's floor, as host
+//	    scopes/NAME.owner  its owner, as the daemon gave it (Record.Meta)
 package floor
 
 import (
@@ -46,11 +46,12 @@ const BootIDPath = "/proc/sys/kernel/random/boot_id"
 
 // Files of a run dir's state.
 const (
-	bootFile   = "boot"
-	hostFile   = "host"
-	marksFile  = "marks.json"
-	scopesDir  = "scopes"
-	metaSuffix = ".json"
+	bootFile    = "boot"
+	hostFile    = "host"
+	marksFile   = "marks.json"
+	scopesDir   = "scopes"
+	floorSuffix = ".floor" // a suffix each, so that no scope's name (which
+	metaSuffix  = ".owner" // may hold dots) names another's file
 )
 
 // ErrLocked means another daemon holds this run dir's state.
@@ -233,7 +234,7 @@ func (f *Scope) Close() {
 // Scope opens (creating it at 0) the floor of container scope name, which
 // the caller checked (wire.CheckName) and serves alone.
 func (s *Store) Scope(name string) (*Scope, error) {
-	w, err := page.CreateAt(s.scopesfd, name, filepath.Join(s.dir, scopesDir, name))
+	w, err := page.CreateAt(s.scopesfd, name+floorSuffix, filepath.Join(s.dir, scopesDir, name+floorSuffix))
 	if err != nil {
 		return nil, fmt.Errorf("floor of scope %s: %w", name, err)
 	}
@@ -253,7 +254,7 @@ func (s *Store) SetMeta(name string, meta []byte) error {
 // made later starts afresh.
 func (s *Store) Remove(name string) {
 	unix.Unlinkat(s.scopesfd, name+metaSuffix, 0)
-	unix.Unlinkat(s.scopesfd, name, 0)
+	unix.Unlinkat(s.scopesfd, name+floorSuffix, 0)
 }
 
 // Record is a container scope the state knows.
@@ -272,11 +273,12 @@ func (s *Store) Records() ([]Record, error) {
 		return nil, err
 	}
 	var out []Record
-	for _, n := range names {
-		if strings.HasSuffix(n, metaSuffix) || strings.HasPrefix(n, ".") {
+	for _, f := range names {
+		n, ok := strings.CutSuffix(f, floorSuffix)
+		if !ok || strings.HasPrefix(f, ".") {
 			continue
 		}
-		b, err := s.readAt(s.scopesfd, n, 4)
+		b, err := s.readAt(s.scopesfd, f, 4)
 		if err != nil {
 			continue
 		}

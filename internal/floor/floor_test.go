@@ -82,6 +82,27 @@ func TestStoreLockAndRemove(t *testing.T) {
 	if recs, _ := s.Records(); len(recs) != 0 {
 		t.Fatalf("records after remove: %+v", recs)
 	}
+	// Scope names may hold dots: none names another's files.
+	for i, n := range []string{"a", "a.floor", "a.owner", "a.floor.owner"} {
+		f, err := s.Scope(n)
+		if err != nil {
+			t.Fatalf("scope %s beside the others: %v", n, err)
+		}
+		f.Store(uint32(i + 1))
+		defer f.Close()
+		if err := s.SetMeta(n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := s.Records()
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("records %+v %v, want 4", recs, err)
+	}
+	for _, r := range recs {
+		if string(r.Meta) != r.Name {
+			t.Fatalf("record %+v: another's meta", r)
+		}
+	}
 	var none *Scope
 	none.Store(3)
 	if none.Load() != 0 {

@@ -145,9 +145,6 @@ func (s *Server) resumeFromFloor() error {
 				continue
 			}
 		}
-		if len(s.scopes)-1 >= s.cfg.MaxScopes {
-			return fmt.Errorf("scope %s: %d scopes: %w", r.Name, s.cfg.MaxScopes, errLimit)
-		}
 		st, err := s.openScopeDir(r.Name, meta)
 		if err == nil && meta.PID != 0 && st.pidfd < 0 {
 			s.destroy(st) // it ended just now
