@@ -132,6 +132,9 @@ func Open(stateDir, runDir, bootID string) (*Store, error) {
 		}
 		s.fresh = true
 	}
+	if s.fresh {
+		removeOtherBoots(top, key, bootID)
+	}
 	s.marks = map[string]json.RawMessage{}
 	if b, err := s.read(marksFile); err == nil {
 		if err := json.Unmarshal(b, &s.marks); err != nil {
@@ -154,6 +157,69 @@ func BootID(path string) (string, error) {
 		return "", fmt.Errorf("boot id: %s is empty", path)
 	}
 	return id, nil
+}
+
+// removeOtherBoots removes, from the state dir top, the states of run dirs
+// (other than key's) that belong to another boot and that no daemon holds:
+// a run dir served in an earlier boot (a test's, say) and never again
+// would leave its state for ever. Best effort.
+func removeOtherBoots(top int, key, bootID string) {
+	fd, err := unix.Openat(top, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d := os.NewFile(uintptr(fd), "state dir")
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		if n == key || len(n) != len(key) || strings.Trim(n, "0123456789abcdef") != "" {
+			continue
+		}
+		dirfd, err := unix.Openat(top, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		other := &Store{dirfd: dirfd, scopesfd: -1}
+		var rec bootRecord
+		if b, err := other.read(bootFile); err == nil {
+			json.Unmarshal(b, &rec)
+		}
+		// A daemon that holds it has the lock of its host floor.
+		lock, lerr := unix.Openat(dirfd, hostFile, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if rec.BootID != bootID && rec.BootID != "" && lerr == nil && unix.Flock(lock, unix.LOCK_EX|unix.LOCK_NB) == nil {
+			removeAllAt(dirfd)
+			unix.Unlinkat(top, n, unix.AT_REMOVEDIR)
+		}
+		if lerr == nil {
+			unix.Close(lock)
+		}
+		unix.Close(dirfd)
+	}
+}
+
+// removeAllAt empties a run dir's state directory: its files, and those of
+// its scopes directory.
+func removeAllAt(dirfd int) {
+	if sfd, err := unix.Openat(dirfd, scopesDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		emptyDir(sfd)
+		unix.Close(sfd)
+		unix.Unlinkat(dirfd, scopesDir, unix.AT_REMOVEDIR)
+	}
+	emptyDir(dirfd)
+}
+
+// emptyDir removes the files (not the directories) in dirfd.
+func emptyDir(dirfd int) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d := os.NewFile(uintptr(fd), "dir")
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		unix.Unlinkat(dirfd, n, 0)
+	}
 }
 
 // wipe removes another boot's floors and marks, the boot record first: a

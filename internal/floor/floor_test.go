@@ -64,6 +64,19 @@ func TestStoreBoot(t *testing.T) {
 	if !o.Fresh() || o.Dir() == s.Dir() || Key("/tmp/other") == Key("/run/genid") {
 		t.Fatalf("run dirs share a state: %s", o.Dir())
 	}
+	s.Close()
+	// The first open of a boot removes the states of other boots that no
+	// daemon holds (here: /run/genid's, of b2), and keeps those held.
+	held := open(t, state, "/tmp/held", "b2")
+	open(t, state, "/tmp/third", "b3")
+	if _, err := os.Stat(filepath.Join(state, Key("/run/genid"))); !os.IsNotExist(err) {
+		t.Fatalf("another boot's state left: %v", err)
+	}
+	for _, st := range []*Store{o, held} {
+		if _, err := os.Stat(st.Dir()); err != nil {
+			t.Fatalf("a held state removed: %v", err)
+		}
+	}
 }
 
 // One daemon per run dir's state; a removed scope's floor is gone.
