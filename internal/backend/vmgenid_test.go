@@ -410,3 +410,64 @@ func TestVMGenIDRunFile(t *testing.T) {
 		t.Fatalf("%d bumps, Mark %s, from a file that never caught up", b.count(), v.Mark())
 	}
 }
+
+// A kernel log of a single record (seq 0) is a backlog all the same: its
+// mark is handed over.
+func TestVMGenIDMarkOfFirstRecord(t *testing.T) {
+	v := newVMGenID(Options{Logger: quiet()})
+	items := make(chan item)
+	ctx, cancel := context.WithCancel(context.Background())
+	var b bumps
+	done := make(chan error, 1)
+	go func() { done <- v.loop(ctx, Lookback{First: true}, items, nil, b.bump) }()
+	items <- rec(0, true)
+	items <- item{kind: itemCaughtUp}
+	items <- item{kind: itemCaughtUp} // a no-op: the one before was handled
+	cancel()
+	<-done
+	if b.count() != 0 || len(b.markOnly) != 1 || b.markOnly[0] != `{"kmsg_seq":0}` {
+		t.Fatalf("bumps %q, marks handed over %q; want none, and 0's", b.reasons, b.markOnly)
+	}
+}
+
+// kmsgFile on a pollable file: the first time nothing is ready it says it
+// caught up, and after that it waits for the next record.
+func TestKmsgFileCaughtUp(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rc, err := r.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &kmsgFile{File: r, rc: rc}
+	defer k.Close()
+	w.WriteString(kmsgRec(1, false))
+	buf := make([]byte, kmsgRecordMax)
+	if n, err := k.Read(buf); err != nil || string(buf[:n]) != kmsgRec(1, false) {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if _, err := k.Read(buf); !errors.Is(err, errCaughtUp) || !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("Read with nothing ready = %v, want caught up", err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		n, err := k.Read(buf)
+		got <- fmt.Sprint(string(buf[:n]), err)
+	}()
+	select {
+	case g := <-got:
+		t.Fatalf("Read returned %q with nothing ready, after catching up", g)
+	case <-time.After(50 * time.Millisecond):
+	}
+	w.WriteString(kmsgRec(2, true))
+	if g := <-got; g != kmsgRec(2, true)+"<nil>" {
+		t.Fatalf("Read = %q, want the next record", g)
+	}
+	w.Close()
+	if _, err := k.Read(buf); err != io.EOF {
+		t.Fatalf("Read at the end = %v, want EOF", err)
+	}
+}

@@ -66,15 +66,18 @@ func TestStoreBoot(t *testing.T) {
 	}
 	s.Close()
 	// The first open of a boot removes the states of other boots that no
-	// daemon holds (here: /run/genid's, of b2), and keeps those held.
+	// daemon holds (here: /run/genid's, of b2), and keeps those held and
+	// those of its own boot.
 	held := open(t, state, "/tmp/held", "b2")
+	mine := open(t, state, "/tmp/mine", "b3")
+	mine.Close()
 	open(t, state, "/tmp/third", "b3")
 	if _, err := os.Stat(filepath.Join(state, Key("/run/genid"))); !os.IsNotExist(err) {
 		t.Fatalf("another boot's state left: %v", err)
 	}
-	for _, st := range []*Store{o, held} {
+	for _, st := range []*Store{o, held, mine} {
 		if _, err := os.Stat(st.Dir()); err != nil {
-			t.Fatalf("a held state removed: %v", err)
+			t.Fatalf("a held state, or one of this boot, removed: %v", err)
 		}
 	}
 }
