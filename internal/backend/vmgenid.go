@@ -230,6 +230,9 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 			v.mark.Store(&kmsgMark{Seq: uint64(seq)})
 		}
 	}
+	// send hands a change over; it fails only once the daemon stops (ctx
+	// ended), and the loop then ends at once: nothing read after the change
+	// may move the Mark past it.
 	send := func(why string) bool {
 		v.log.Info("VM generation change", "why", why)
 		upTo := max(pos, last)
@@ -237,7 +240,7 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 			upTo = pos // not past a loss whose bump is still due
 		}
 		if err := bump(Event{Backend: NameVMGenID, Mark: markOf(upTo)}); err != nil {
-			v.log.Error("bump failed", "err", err)
+			v.log.Info("change not handed over: the daemon is stopping", "err", err)
 			return false
 		}
 		return true
@@ -251,9 +254,10 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 			return err
 		case <-lostDue:
 			lostDue, lastLost = nil, time.Now()
-			if send("kernel log records lost") {
-				account(last)
+			if !send("kernel log records lost") {
+				return nil
 			}
+			account(last)
 			continue
 		case it = <-items:
 		}
@@ -261,7 +265,7 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 		case it.kind == itemCaughtUp && backlog:
 			backlog = false
 			if change != "" && !send(change+" while no daemon watched") {
-				continue
+				return nil
 			}
 			account(last)
 			if change == "" && last >= 0 {
@@ -281,9 +285,10 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 				continue
 			}
 			lastLost = time.Now()
-			if send("kernel log records lost") {
-				account(last)
+			if !send("kernel log records lost") {
+				return nil
 			}
+			account(last)
 		case it.seq < 0:
 			// A record without a sequence number is no /dev/kmsg record.
 		case backlog:
@@ -298,7 +303,7 @@ func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fa
 		default:
 			last = max(last, it.seq)
 			if it.fork && !send("vmfork line") {
-				continue
+				return nil
 			}
 			if lostDue == nil {
 				account(it.seq)

@@ -366,12 +366,34 @@ func TestVMGenIDMarkNotPastUnbumped(t *testing.T) {
 	if m := string(v.Mark()); m != `{"kmsg_seq":2}` {
 		t.Fatalf("Mark %s mid-backlog, want the previous daemon's (2)", m)
 	}
-	items <- item{kind: itemCaughtUp} // the bump fails
-	items <- rec(5, true)             // and again
+	items <- item{kind: itemCaughtUp} // the bump fails: the loop ends
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	cancel()
-	<-done
 	if m := string(v.Mark()); m != `{"kmsg_seq":2}` {
-		t.Fatalf("Mark %s after failed bumps, want 2", m)
+		t.Fatalf("Mark %s after a failed bump, want 2", m)
+	}
+	// Live, likewise: a vmfork line whose bump fails ends the loop before
+	// any later record moves the Mark.
+	v = newVMGenID(Options{Logger: quiet()})
+	items = make(chan item)
+	go func() {
+		done <- v.loop(context.Background(), Lookback{First: true}, items, nil, func(ev Event) error {
+			if ev.MarkOnly {
+				return nil
+			}
+			return context.Canceled
+		})
+	}()
+	items <- rec(1, false)
+	items <- item{kind: itemCaughtUp}
+	items <- rec(2, true)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if m := string(v.Mark()); m != `{"kmsg_seq":1}` {
+		t.Fatalf("Mark %s after a failed bump, want 1", m)
 	}
 }
 
