@@ -52,6 +52,7 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 	}
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 10})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid, Start: 20})
+	a.CreateScope(ctx(t), "free", genid.ScopeOptions{Start: 30}) // no owner: until removed
 	for range 3 {
 		a.Bump(ctx(t), "", 0, "t")
 	}
@@ -87,6 +88,12 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 	if g, err := a2.CreateScope(ctx(t), "orphan", genid.ScopeOptions{}); err != nil || g != 0 {
 		t.Fatalf("a new scope of an ended one's name: %d %v, want 0", g, err)
 	}
+	if g, err := a2.Generation(ctx(t), "free"); err != nil || g != 30 {
+		t.Fatalf("free after the run dir's removal: %d %v, want 30", g, err)
+	}
+	if err := a2.RemoveScope(ctx(t), "free"); err != nil {
+		t.Fatal(err)
+	}
 	// Still its owner's: it goes when its process ends.
 	owner.Process.Kill()
 	owner.Wait()
@@ -101,8 +108,10 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 	os.RemoveAll(run)
 	d3 := start(t, run, cfg)
 	a3 := d3.admin(t)
-	if _, err := a3.Generation(ctx(t), "owned"); !errors.Is(err, genid.ErrNotFound) {
-		t.Fatalf("owned, removed before: %v", err)
+	for _, n := range []string{"owned", "free"} {
+		if _, err := a3.Generation(ctx(t), n); !errors.Is(err, genid.ErrNotFound) {
+			t.Fatalf("%s, removed before: %v", n, err)
+		}
 	}
 	d3.stop()
 	a3.Close()
@@ -120,13 +129,20 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 }
 
 // Losing the state dir, the run dir kept, loses nothing either: the page
-// holds the generation, and the floor is raised to it.
+// holds the generation, and the floor is raised to it; a container
+// scope's owner is recorded again.
 func TestFloorRaisedToPage(t *testing.T) {
 	cfg, _ := stateCfg(t)
 	run := filepath.Join(t.TempDir(), "run")
+	owner := exec.Command("sleep", "1000")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Process.Kill()
 	d := start(t, run, cfg)
 	a := d.admin(t)
 	a.Bump(ctx(t), "", 5, "t")
+	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 7})
 	d.stop()
 	a.Close()
 	os.RemoveAll(cfg.StateDir)
@@ -141,6 +157,16 @@ func TestFloorRaisedToPage(t *testing.T) {
 	if g := readPage(t, filepath.Join(run, "generation")); g != 5 {
 		t.Fatalf("host after losing the state dir, then the run dir: %d, want 5", g)
 	}
+	a3 := d3.admin(t)
+	if g, err := a3.Generation(ctx(t), "owned"); err != nil || g != 7 {
+		t.Fatalf("owned after losing the state dir, then the run dir: %d %v, want 7", g, err)
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	waitFor(t, func() bool { // still bound to its process
+		_, err := a3.Generation(ctx(t), "owned")
+		return errors.Is(err, genid.ErrNotFound)
+	})
 	d3.stop()
 }
 
