@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/genid-project/genid/internal/floor"
 	"github.com/genid-project/genid/internal/scope"
 	"github.com/genid-project/genid/internal/wire"
@@ -136,18 +134,10 @@ func (s *Server) resumeFromFloor() error {
 			s.log.Warn("scope's floor without its owner: served without an owner", "scope", r.Name)
 			meta = scopeMeta{Name: r.Name, Created: time.Now()}
 		}
-		if meta.PID != 0 {
-			if fd := openOwner(meta.PID, meta.PIDStart); fd >= 0 {
-				unix.Close(fd)
-			} else {
-				s.log.Info("scope's process ended while no daemon ran", "scope", r.Name, "pid", meta.PID)
-				s.floor.Remove(r.Name)
-				continue
-			}
-		}
 		st, err := s.openScopeDir(r.Name, meta)
 		if err == nil && meta.PID != 0 && st.pidfd < 0 {
-			s.destroy(st) // it ended just now
+			s.log.Info("scope's process ended while no daemon ran", "scope", r.Name, "pid", meta.PID)
+			s.destroy(st) // its files, and its floor
 			continue
 		}
 		if err == nil {
