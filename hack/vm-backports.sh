@@ -86,11 +86,14 @@ bp_chroot() {
 			LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"' bp_chroot "$root" "$@"
 }
 
+# bp_rootfs_path: where this version of the file keeps its rootfs.
+bp_rootfs_path() { printf '%s/vm-backports-rootfs-%s\n' "$CACHE_ROOT" "$(sha256sum <"$HACK_DIR/vm-backports.sh" | cut -c1-16)"; }
+
 # bp_rootfs_cached: the rootfs, built if missing, in $CACHE_ROOT/vm-backports-rootfs-<16 hex
 # of sha256 of this file> (a kernel of another day needs no new rootfs); prints its path.
 bp_rootfs_cached() {
 	local root tmp
-	root=$CACHE_ROOT/vm-backports-rootfs-$(sha256sum <"$HACK_DIR/vm-backports.sh" | cut -c1-16)
+	root=$(bp_rootfs_path)
 	if [ -x "$root/usr/bin/qemu-system-x86_64" ]; then printf '%s\n' "$root"; return 0; fi
 	local mirror; mirror=$(bp_mirror)
 	log "mirror: $mirror"

@@ -21,7 +21,8 @@
 #   hack/vm.sh path
 #       Print the cache dir (without building); exit 1 if it is not built.
 #   hack/vm.sh clean
-#       Remove cache dirs left by other versions of these scripts.
+#       Remove the bed's cache dirs left by other versions of these scripts (backports: its
+#       rootfses too).
 #   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT]
 #                        [--kmsg LEVEL | --no-kmsg]
 #       newc cpio + gzip with busybox-static (+ applet symlinks), the added files, the
@@ -594,16 +595,17 @@ cmd_path() { # the cache dir; exit 1 if not built (the test looks here before bo
 	return 1
 }
 
-cmd_clean() { # remove cache dirs of other script versions
-	local keep d
+cmd_clean() { # remove cache dirs of other script versions (of this bed)
+	local keep rootfs="" d
 	keep=$(cache_dir)
+	[ "$VM_BED" = default ] || rootfs=$(bp_rootfs_path)
 	shopt -s nullglob
 	for d in "$CACHE_ROOT"/vm-*[0-9a-f] "$CACHE_ROOT"/.vm-build.*; do
-		[[ $d =~ /(vm-[0-9a-f]{16}|vm-backports-[0-9a-f]{16}|\.vm-build\..{6})$ ]] || continue
+		[[ $d =~ /(vm-[0-9a-f]{16}|vm-backports-[0-9a-f]{16}|vm-backports-rootfs-[0-9a-f]{16}|\.vm-build\..{6})$ ]] || continue
 		[[ $VM_BED == backports ]] && [[ $d =~ /vm-[0-9a-f]{16}$ ]] && continue
 		[[ $VM_BED == default ]] && [[ $d =~ /vm-backports- ]] && continue
-		[ "$d" != "$keep" ] || continue
-		log "removing $d"; rm -rf "$d"
+		[ "$d" != "$keep" ] && [ "$d" != "$rootfs" ] || continue
+		log "removing $d"; rm -rf --one-file-system "$d"
 	done
 	shopt -u nullglob
 	return 0
