@@ -143,9 +143,12 @@ e2e-criu: build plugin
 		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- \
 		/src/bin/criu-e2e.test -test.v -test.count=1 -test.timeout=$(CRIU_TEST_TIMEOUT)
 
-# A real VM snapshot/restore under QEMU: the vmgenid backend.
+# Real VM snapshots and restores under QEMU: the vmgenid backend, the look
+# back of a daemon started after a restore, and QEMU's vmclock device (the
+# backports bed: trixie-backports' QEMU and Linux).
 e2e-vm: build
 	timeout $(BUILD_TIMEOUT) hack/vm.sh build >/dev/null
+	timeout $(BUILD_TIMEOUT) env VM_BED=backports hack/vm.sh build >/dev/null
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout $(VM_TEST_TIMEOUT) ./test/vm/
 
 # Benchmarks, not part of `make test` (as root, about 8 minutes on 2 cores):

@@ -30,8 +30,9 @@ func daemonCommand() *cli.Command {
 		Description: "Keeps the generation page RUN_DIR/generation (resuming from its value) and serves\n" +
 			"RUN_DIR/genid.sock. Stops cleanly on SIGTERM or SIGINT: the socket is removed, the page kept.\n" +
 			"Hypervisor backends bump the generation when the VM is restored: vmgenid (the kernel's\n" +
-			"vmgenid driver, seen through /dev/kmsg and, on Linux 6.8, its uevent) and vmclock\n" +
-			"(/dev/vmclock0, event-driven on Linux 7.0+).",
+			"vmgenid driver, seen through /dev/kmsg) and vmclock (/dev/vmclock0, event-driven on\n" +
+			"Linux 7.0+). STATE_DIR keeps each scope's floor and what the backends saw, for the boot:\n" +
+			"a removed run dir or a restart resumes from it, and a restore while no daemon ran is bumped.",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "max-watchers", Value: server.DefaultMaxWatchers, Usage: "most watchers at once, daemon-wide"},
 			&cli.IntFlag{Name: "max-conns", Value: server.DefaultMaxConns, Usage: "most client connections at once, daemon-wide"},
@@ -49,6 +50,9 @@ func daemonCommand() *cli.Command {
 				"auto (those this machine has), none, or a comma-separated list of " + strings.Join(backend.Names(), ", ")},
 			&cli.DurationFlag{Name: "vmclock-poll", Usage: "check the VMClock device at this interval when it cannot notify " +
 				"(default off: the vmclock backend is event-driven only)"},
+			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, EnvVars: []string{"GENID_STATE_DIR"}, Usage: "`DIR` that keeps, for the boot, " +
+				"each scope's floor and what the backends saw, so that neither a removed run dir nor a restart loses them " +
+				"(docs/state.md); none: no state dir. A user who cannot write the default gets $XDG_STATE_HOME/genid"},
 		},
 		Action: runDaemon,
 	}
@@ -126,6 +130,10 @@ func runDaemon(c *cli.Context) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--backends: %w", err)}
 	}
+	stateDir, err := stateDirFlag(c, log)
+	if err != nil {
+		return err
+	}
 	adminGroup := -1
 	if g := c.String("admin-group"); g != "" {
 		if adminGroup, err = lookupGroup(g); err != nil {
@@ -134,6 +142,7 @@ func runDaemon(c *cli.Context) error {
 	}
 	srv, err := server.New(server.Config{
 		RunDir:              dir,
+		StateDir:            stateDir,
 		MaxWatchers:         c.Int("max-watchers"),
 		MaxConns:            c.Int("max-conns"),
 		MaxWatchersPerUser:  c.Int("max-watchers-per-user"),
@@ -183,17 +192,24 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 		for {
 			select {
 			case ev := <-events:
+				if ev.MarkOnly {
+					srv.SaveMark(ev.Backend, ev.Mark)
+					continue
+				}
 				if err := srv.BumpAll(ev.Backend); err != nil {
 					log.Error("bump failed", "backend", ev.Backend, "err", err)
 				}
+				srv.SaveMark(ev.Backend, ev.Mark)
 			case <-ctx.Done():
 				return
 			}
 		}
 	})
+	marks, first := srv.Lookback()
 	for _, b := range bs {
 		srv.Go(func(ctx context.Context) {
-			err := b.Run(ctx, events)
+			err := b.Run(ctx, backend.Lookback{Mark: marks[b.Name()], First: first}, events)
+			srv.SaveMark(b.Name(), b.Mark())
 			if ctx.Err() != nil {
 				return // the daemon is stopping
 			}
@@ -207,6 +223,40 @@ func startBackends(srv *server.Server, log *slog.Logger, bs []backend.Backend) {
 			srv.SetBackends(active)
 		})
 	}
+}
+
+// defaultStateDir is the system daemon's state dir (systemd's
+// StateDirectory=genid).
+const defaultStateDir = "/var/lib/genid"
+
+// stateDirFlag returns the state dir to use ("" for none): --state-dir, or
+// for a user who cannot write the default, $XDG_STATE_HOME/genid (default
+// ~/.local/state/genid), made private to the user.
+func stateDirFlag(c *cli.Context, log *slog.Logger) (string, error) {
+	dir := c.String("state-dir")
+	switch {
+	case dir == "none":
+		log.Warn("no state dir: removing the run dir resets the generations")
+		return "", nil
+	case dir == "":
+		return "", usageError{errors.New("daemon: --state-dir: empty (none: no state dir)")}
+	case c.IsSet("state-dir") || writable(dir):
+		return filepath.Abs(dir)
+	}
+	user := os.Getenv("XDG_STATE_HOME")
+	if user == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("daemon: no access to the state dir %s, and no home for a per-user one: %w (give --state-dir)", dir, err)
+		}
+		user = filepath.Join(home, ".local", "state")
+	}
+	user = filepath.Join(user, "genid")
+	if err := ownPrivateDir(user); err != nil {
+		return "", fmt.Errorf("daemon: per-user state dir: %w (give --state-dir)", err)
+	}
+	log.Info("no access to the system state dir; using a per-user one", "system", dir, "state_dir", user)
+	return user, nil
 }
 
 // lookupGroup resolves a group name or number.

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # hack/vm.sh - QEMU (TCG) test bed for genid end-to-end tests.
 #
+# Two beds, chosen by VM_BED:
+#   default    the host's QEMU, and the current kernel of the host's own Debian release (its
+#              linux-image-amd64: 6.1 on bookworm): the vmgenid device.
+#   backports  QEMU and Linux from Debian trixie-backports (QEMU 11.x in a trixie rootfs of its
+#              own, Linux 7.x): the vmclock device too (see hack/vm-backports.sh).
+#
 # Usage:
 #   hack/vm.sh build
 #       Install host packages if missing (qemu-system-x86, busybox-static, cpio, socat,
-#       binutils), fetch Debian's current linux-image-6.*-amd64 with `apt-get download`,
-#       and cache vmlinuz (+ the vmgenid .ko files if CONFIG_VMGENID=m) in
-#       ${GENID_CACHE:-/var/cache/genid}/vm-<16 hex of sha256 of hack/vm*.sh hack/vm-init*>/.
-#       Atomic (temp dir + rename). Last stdout line: the cache dir. meta.env there records
-#       the kernel package, its Debian version and the kernel release (versions are not
-#       pinned: a build takes what the host's apt sources have that day).
+#       binutils), fetch the bed's kernel package with `apt-get download`, and cache vmlinuz
+#       (+ the vmgenid and ptp_vmclock .ko files and their dependencies, where they are
+#       modules) in ${GENID_CACHE:-/var/cache/genid}/vm-<16 hex of sha256 of hack/vm.sh>/
+#       (backports: vm-backports-<16 hex of sha256 of hack/vm.sh and hack/vm-backports.sh>/,
+#       with the rootfs in rootfs/). Atomic (temp dir + rename). Last stdout line: the cache
+#       dir. meta.env there records the kernel package, its Debian version, the kernel
+#       release and its config of the two drivers (backports: also the QEMU package's version)
+#       (versions are not pinned: a build takes what the mirror has that day).
 #   hack/vm.sh path
 #       Print the cache dir (without building); exit 1 if it is not built.
 #   hack/vm.sh clean
-#       Remove cache dirs left by other versions of these scripts.
+#       Remove the bed's cache dirs left by other versions of these scripts (backports: its
+#       rootfses too).
 #   hack/vm.sh initramfs OUT.cpio.gz [--add HOSTFILE:GUESTPATH]... [--init SCRIPT]
 #                        [--kmsg LEVEL | --no-kmsg]
 #       newc cpio + gzip with busybox-static (+ applet symlinks), the added files, the
@@ -23,18 +32,24 @@
 #       "VM-INIT: start", runs SCRIPT with busybox sh (stdout/stderr -> /dev/console =
 #       ttyS0), prints "VM-EXIT: <rc>" and powers off.
 #       A SCRIPT that never exits keeps the guest alive (migration tests).
-#   hack/vm.sh boot --initrd FILE [--mem MB] [--guid auto|UUID|none] [--qmp SOCK]
+#   hack/vm.sh boot --initrd FILE [--mem MB] [--guid auto|UUID|none] [--vmclock] [--qmp SOCK]
 #                   [--serial LOG] [--incoming FILE|defer|URI] [--append STR] [--print]
 #                   [-- EXTRA-QEMU-ARGS...]
-#       exec qemu-system-x86_64 (foreground; the pid is qemu's). --print: print the command
-#       line (shell-quoted) instead of running it. --incoming FILE means 'exec:cat FILE'.
+#       exec qemu-system-x86_64 (foreground; the pid is qemu's, or for backports that of the
+#       unshare that runs it, which kills it when it dies). --print: print the command line
+#       (shell-quoted) instead of running it. --incoming FILE means 'exec:cat FILE'.
+#       --vmclock adds QEMU's vmclock device (backports).
+#   hack/vm.sh qemu ARGS...
+#       Run the bed's QEMU with ARGS (backports: chrooted in its rootfs; see vm-backports.sh).
 #   hack/vm.sh qmp SOCK JSON...
 #       Connect to a QMP socket, negotiate capabilities, send each JSON command, print each
 #       reply line ({"return"...} or {"error"...}); events are skipped. Exit 1 on an error reply.
 #   hack/vm.sh selftest
 #       Prove boot / migrate-to-file / restore / vmgenid-fork-detection on this machine.
 #
-# Environment: GENID_CACHE (cache root), VM_ACCEL (default tcg), VM_QEMU (default
+# Environment: VM_BED (default or backports), GENID_CACHE (cache root), VM_ACCEL (default
+# tcg), GENID_MIRROR (backports: the Debian archive; default: read from the apt sources),
+# VM_QEMU (the default bed's QEMU, default
 # qemu-system-x86_64), VM_TIMEOUT (seconds to wait for guest markers, default 180),
 # VM_APPEND (extra kernel command line), KEEP=1 (selftest keeps its work dir).
 #
@@ -63,31 +78,39 @@ CACHE_ROOT=${GENID_CACHE:-/var/cache/genid}
 VM_ACCEL=${VM_ACCEL:-tcg}
 VM_QEMU=${VM_QEMU:-qemu-system-x86_64}
 VM_TIMEOUT=${VM_TIMEOUT:-180}
+VM_BED=${VM_BED:-default}
 VMFORK_LINE='crng reseeded due to virtual machine fork'
 
 log() { printf '%s\n' "vm.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+case $VM_BED in
+default) ;;
+backports) . "$HACK_DIR/vm-backports.sh";;
+*) die "VM_BED=$VM_BED: default or backports";;
+esac
+
+# The bed's cache dir: keyed by the scripts that build it.
 cache_dir() {
-	local files=() f
-	shopt -s nullglob
-	for f in "$HACK_DIR"/vm*.sh "$HACK_DIR"/vm-init*; do files+=("$f"); done
-	shopt -u nullglob
-	local h
-	h=$(cat "${files[@]}" | sha256sum | cut -c1-16)
-	printf '%s/vm-%s\n' "$CACHE_ROOT" "$h"
+	if [ "$VM_BED" = backports ]; then
+		printf '%s/vm-backports-%s\n' "$CACHE_ROOT" "$(cat "$HACK_DIR/vm.sh" "$HACK_DIR/vm-backports.sh" | sha256sum | cut -c1-16)"
+	else
+		printf '%s/vm-%s\n' "$CACHE_ROOT" "$(sha256sum <"$HACK_DIR/vm.sh" | cut -c1-16)"
+	fi
 }
 
 # ---------------------------------------------------------------- build
 need_pkgs() {
 	local missing=() p
-	command -v "$VM_QEMU" >/dev/null 2>&1 || missing+=(qemu-system-x86)
+	[ "$VM_BED" = backports ] || command -v "$VM_QEMU" >/dev/null 2>&1 || missing+=(qemu-system-x86)
 	[ -x /bin/busybox ] && /bin/busybox --list-full >/dev/null 2>&1 &&
 		! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
 	command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 	command -v socat >/dev/null 2>&1 || missing+=(socat)
 	command -v strings >/dev/null 2>&1 || missing+=(binutils)
 	command -v gzip >/dev/null 2>&1 || missing+=(gzip)
+	command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+	command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	log "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -117,6 +140,27 @@ download_into() {
 # modinfo without kmod: read the .modinfo strings of a .ko
 ko_field() { strings -a "$1" | sed -n "s/^$2=//p" | head -n1; }
 
+# add_mod MODDIR OUTDIR NAME: copies module NAME (uncompressed: busybox insmod takes plain
+# .ko files) and, first, the modules it depends on, to OUTDIR, and appends their file names
+# to OUTDIR/../modules.order. SEEN (the caller's) lists the modules done.
+add_mod() {
+	local moddir=$1 out=$2 name=$3 f ko dep
+	case "$SEEN" in *" $name "*) return 0;; esac
+	SEEN="$SEEN$name "
+	f=$(find "$moddir" -name "$name.ko*" -o -name "${name//_/-}.ko*" | head -n1)
+	[ -n "$f" ] || die "module $name not found"
+	ko=$out/$(basename "${f%.ko*}").ko
+	case "$f" in
+	*.ko) cp "$f" "$ko";;
+	*.ko.xz) xz -dc "$f" >"$ko";;
+	*.ko.zst) zstd -qdc "$f" >"$ko";;
+	*.ko.gz) gzip -dc "$f" >"$ko";;
+	*) die "module $f: unknown compression";;
+	esac
+	for dep in $(ko_field "$ko" depends | tr , ' '); do add_mod "$moddir" "$out" "$dep"; done
+	printf '%s\n' "${ko##*/}" >>"$out/../modules.order"
+}
+
 cmd_build() {
 	local dir; dir=$(cache_dir)
 	need_pkgs
@@ -126,69 +170,84 @@ cmd_build() {
 	mkdir -p "$CACHE_ROOT"
 	local tmp; tmp=$(mktemp -d "$CACHE_ROOT/.vm-build.XXXXXX")
 	# shellcheck disable=SC2064
-	trap "rm -rf '$tmp'" EXIT
+	trap "rm -rf --one-file-system '$tmp'" EXIT
 	chmod 755 "$tmp"    # lets apt's _apt user write there (else a harmless warning)
-
-	local pkg
-	mkdir "$tmp/dl"; chmod 777 "$tmp/dl"
-	# Stale package lists name a kernel the mirror may have dropped: on any failure, update
-	# the lists and resolve the name again (it changes with each kernel ABI bump).
-	if ! pkg=$(kernel_pkg) || ! download_into "$tmp/dl" "$pkg"; then
-		log "updating the package lists"
-		apt-get update >&2 || log "apt-get update failed; trying with the lists it got"
-		pkg=$(kernel_pkg) || die "cannot resolve linux-image-amd64's dependency"
-		download_into "$tmp/dl" "$pkg" || die "cannot download $pkg"
-	fi
-	local deb debver; deb=$(ls "$tmp"/dl/*.deb)
-	debver=$(dpkg-deb -f "$deb" Version)
-	dpkg-deb -x "$deb" "$tmp/x"
-
-	local vmlinuz config kver found
-	found=("$tmp"/x/boot/vmlinuz-*); vmlinuz=${found[0]}
-	found=("$tmp"/x/boot/config-*); config=${found[0]}
-	if [ ! -f "$vmlinuz" ] || [ ! -f "$config" ]; then die "$pkg has no /boot/vmlinuz-* and config-*"; fi
-	kver=${vmlinuz##*/vmlinuz-}
 	mkdir "$tmp/out"
+
+	local pkg dl=$tmp/dl qemuver="" rootfs=""
+	if [ "$VM_BED" = backports ]; then
+		rootfs=$(bp_rootfs_cached)
+		# bp_qemu binds the bed's dir at its own path inside the rootfs.
+		mkdir -p "$rootfs$dir"
+		qemuver=$(bp_chroot "$rootfs" dpkg-query -W -f='${Version}' qemu-system-x86)
+		dl=$(mktemp -d "$rootfs/tmp/dl.XXXXXX")
+		chmod 777 "$dl"
+		pkg=$(bp_kernel_deb "$rootfs" "$dl")
+	else
+		mkdir "$dl"; chmod 777 "$dl"
+		# Stale package lists name a kernel the mirror may have dropped: on any failure, update
+		# the lists and resolve the name again (it changes with each kernel ABI bump).
+		if ! pkg=$(kernel_pkg) || ! download_into "$dl" "$pkg"; then
+			log "updating the package lists"
+			apt-get update >&2 || log "apt-get update failed; trying with the lists it got"
+			pkg=$(kernel_pkg) || die "cannot resolve linux-image-amd64's dependency"
+			download_into "$dl" "$pkg" || die "cannot download $pkg"
+		fi
+	fi
+	local deb debver f
+	deb=$(ls "$dl/${pkg}_"*.deb)
+	debver=$(dpkg-deb -f "$deb" Version)
+	for f in "$dl"/*.deb; do dpkg-deb -x "$f" "$tmp/x"; done
+
+	# Up to Linux 6.x: /boot/vmlinuz-KVER, /boot/config-KVER and /lib/modules/KVER; the 7.x
+	# packages put all of it in /usr/lib/modules/KVER.
+	local vmlinuz config kver found moddir
+	shopt -s nullglob
+	found=("$tmp"/x/boot/vmlinuz-* "$tmp"/x/usr/lib/modules/*/vmlinuz); vmlinuz=${found[0]:-}
+	found=("$tmp"/x/boot/config-* "$tmp"/x/usr/lib/modules/*/config); config=${found[0]:-}
+	shopt -u nullglob
+	if [ ! -f "$vmlinuz" ] || [ ! -f "$config" ]; then die "$pkg has no vmlinuz and config"; fi
+	case $vmlinuz in
+	*/boot/vmlinuz-*) kver=${vmlinuz##*/vmlinuz-};;
+	*) kver=${vmlinuz%/vmlinuz}; kver=${kver##*/};;
+	esac
+	moddir=$tmp/x/lib/modules/$kver
+	[ -d "$moddir" ] || moddir=$tmp/x/usr/lib/modules/$kver
 	cp "$vmlinuz" "$tmp/out/vmlinuz"
 	cp "$config" "$tmp/out/config"
 	cp /bin/busybox "$tmp/out/busybox"
 
-	local vmgenid
+	local vmgenid vmclock
 	vmgenid=$(sed -n 's/^CONFIG_VMGENID=\(.\)$/\1/p' "$config")
+	vmclock=$(sed -n 's/^CONFIG_PTP_1588_CLOCK_VMCLOCK=\(.\)$/\1/p' "$config")
 	[ -n "$vmgenid" ] || die "CONFIG_VMGENID not set in $pkg: the kernel has no vmgenid driver"
-	: >"$tmp/out/modules.order"
-	if [ "$vmgenid" = m ]; then
-		local moddir="$tmp/x/lib/modules/$kver" order=() seen=" "
-		mkdir "$tmp/out/modules"
-		add_mod() { # $1 = module name; appends deps first
-			local name=$1 f dep
-			case "$seen" in *" $name "*) return;; esac
-			seen="$seen$name "
-			f=$(find "$moddir" -name "$name.ko*" -o -name "${name//_/-}.ko*" | head -n1)
-			[ -n "$f" ] || die "module $name not found"
-			case "$f" in *.xz|*.zst|*.gz) die "compressed module $f: busybox insmod needs plain .ko";; esac
-			for dep in $(ko_field "$f" depends | tr , ' '); do add_mod "$dep"; done
-			cp "$f" "$tmp/out/modules/"
-			order+=("${f##*/}")
-		}
-		add_mod vmgenid
-		printf '%s\n' "${order[@]}" >"$tmp/out/modules.order"
+	if [ "$VM_BED" = backports ] && [ -z "$vmclock" ]; then
+		die "CONFIG_PTP_1588_CLOCK_VMCLOCK not set in $pkg: the kernel has no VMClock driver"
 	fi
+	: >"$tmp/out/modules.order"
+	mkdir "$tmp/out/modules"
+	SEEN=" "
+	[ "$vmgenid" != m ] || add_mod "$moddir" "$tmp/out/modules" vmgenid
+	[ "$vmclock" != m ] || add_mod "$moddir" "$tmp/out/modules" ptp_vmclock
 	cat >"$tmp/out/meta.env" <<EOF
+BED=$VM_BED
 KPKG=$pkg
 KDEB=${deb##*/}
 KDEBVER=$debver
 KVER=$kver
 CONFIG_VMGENID=$vmgenid
+CONFIG_PTP_1588_CLOCK_VMCLOCK=$vmclock
+QEMUDEBVER=$qemuver
+ROOTFS=$rootfs
 BUILT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 EOF
-	rm -rf "$tmp/x" "$tmp/dl"
+	rm -rf "$tmp/x" "$dl"
 	if ! mv -T "$tmp/out" "$dir" 2>/dev/null; then
 		[ -f "$dir/meta.env" ] || die "cannot rename $tmp/out to $dir"
 		log "another build finished first; using it"
 	fi
-	rm -rf "$tmp"; trap - EXIT
-	log "kernel $kver from $pkg $debver, CONFIG_VMGENID=$vmgenid"
+	rm -rf --one-file-system "$tmp"; trap - EXIT
+	log "$VM_BED bed: kernel $kver from $pkg $debver, CONFIG_VMGENID=$vmgenid, CONFIG_PTP_1588_CLOCK_VMCLOCK=$vmclock${qemuver:+, QEMU $qemuver}"
 	printf '%s\n' "$dir"
 }
 
@@ -257,7 +316,7 @@ cmd_initramfs() {
 	done
 	mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 	mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
-	if [ -d "$dir/modules" ]; then cp "$dir"/modules/* "$root/lib/modules/"; fi
+	if [ -s "$dir/modules.order" ]; then cp "$dir"/modules/*.ko "$root/lib/modules/"; fi
 	cp "$dir/modules.order" "$root/etc/vm-modules.order"
 	case $kmsg in "") ;; [0-7]) echo "$kmsg" >"$root/etc/vm-kmsg";; *) die "--kmsg wants 0..7";; esac
 	write_init "$root/init"
@@ -287,12 +346,13 @@ cmd_initramfs() {
 # ---------------------------------------------------------------- boot
 # Prints qemu argv, one per line, for the given options (see usage).
 qemu_argv() {
-	local initrd="" mem=256 guid=auto qmp="" serial="" incoming="" append="" extra=()
+	local initrd="" mem=256 guid=auto vmclock=0 qmp="" serial="" incoming="" append="" extra=()
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--initrd) initrd=$2; shift 2;;
 		--mem) mem=$2; shift 2;;
 		--guid) guid=$2; shift 2;;
+		--vmclock) vmclock=1; shift;;
 		--qmp) qmp=$2; shift 2;;
 		--serial) serial=$2; shift 2;;
 		--incoming) incoming=$2; shift 2;;
@@ -304,11 +364,14 @@ qemu_argv() {
 	[ -n "$initrd" ] || die "boot: --initrd is required"
 	local dir; dir=$(cache_dir)
 	[ -f "$dir/vmlinuz" ] || die "no kernel in $dir: run hack/vm.sh build"
-	local a=("$VM_QEMU" -accel "$VM_ACCEL" -cpu max -M pc -m "$mem" -smp 1
+	local qemu=("$VM_QEMU")
+	[ "$VM_BED" = default ] || qemu=(bash "$HACK_DIR/vm.sh" qemu)
+	local a=("${qemu[@]}" -accel "$VM_ACCEL" -cpu max -M pc -m "$mem" -smp 1
 		-nodefaults -no-user-config -display none -no-reboot
 		-kernel "$dir/vmlinuz" -initrd "$initrd"
 		-append "console=ttyS0 quiet panic=-1${VM_APPEND:+ $VM_APPEND}${append:+ $append}")
 	[ "$guid" = none ] || a+=(-device "vmgenid,guid=$guid")
+	[ $vmclock = 0 ] || a+=(-device vmclock)
 	if [ -n "$serial" ]; then a+=(-serial "file:$serial"); else a+=(-serial stdio); fi
 	[ -n "$qmp" ] && a+=(-qmp "unix:$qmp,server=on,wait=off")
 	case $incoming in
@@ -532,21 +595,35 @@ cmd_path() { # the cache dir; exit 1 if not built (the test looks here before bo
 	return 1
 }
 
-cmd_clean() { # remove cache dirs of other script versions
-	local keep d
+cmd_clean() { # remove cache dirs of other script versions (of this bed)
+	local keep rootfs="" d
 	keep=$(cache_dir)
+	[ "$VM_BED" = default ] || rootfs=$(bp_rootfs_path)
 	shopt -s nullglob
-	for d in "$CACHE_ROOT"/vm-[0-9a-f]*[0-9a-f] "$CACHE_ROOT"/.vm-build.*; do
-		[[ $d =~ /(vm-[0-9a-f]{16}|\.vm-build\..{6})$ ]] || continue
-		[ "$d" != "$keep" ] || continue
-		log "removing $d"; rm -rf "$d"
+	for d in "$CACHE_ROOT"/vm-*[0-9a-f] "$CACHE_ROOT"/.vm-build.*; do
+		[[ $d =~ /(vm-[0-9a-f]{16}|vm-backports-[0-9a-f]{16}|vm-backports-rootfs-[0-9a-f]{16}|\.vm-build\..{6})$ ]] || continue
+		[[ $VM_BED == backports ]] && [[ $d =~ /vm-[0-9a-f]{16}$ ]] && continue
+		[[ $VM_BED == default ]] && [[ $d =~ /vm-backports- ]] && continue
+		[ "$d" != "$keep" ] && [ "$d" != "$rootfs" ] || continue
+		log "removing $d"; rm -rf --one-file-system "$d"
 	done
 	shopt -u nullglob
 	return 0
 }
 
+# qemu ARGS...: the bed's QEMU
+cmd_qemu() {
+	if [ "$VM_BED" = backports ]; then
+		local dir; dir=$(cache_dir)
+		[ -f "$dir/meta.env" ] || die "not built: $dir (run: VM_BED=backports $0 build)"
+		bp_qemu "$(sed -n 's/^ROOTFS=//p' "$dir/meta.env")" "$dir" "$@"
+	fi
+	exec "$VM_QEMU" "$@"
+}
+
 case ${1:-} in
 build) shift; cmd_build "$@";;
+qemu) shift; cmd_qemu "$@";;
 clean) cmd_clean;;
 path) cmd_path;;
 initramfs) shift; cmd_initramfs "$@";;

@@ -10,6 +10,7 @@ package backend
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,11 +22,30 @@ import (
 type Backend interface {
 	// Name is the backend's name as --backends and status spell it.
 	Name() string
-	// Run takes its baseline first (what happened before Run started never
-	// counts), then sends one Event on events per change it sees, until
-	// ctx ends. It returns nil when ctx ended and an error when it cannot
-	// go on.
-	Run(ctx context.Context, events chan<- Event) error
+	// Run first looks back at what happened while no daemon watched (see
+	// Lookback), sending one Event if the VM was restored meanwhile; then
+	// it sends one Event per change it sees, until ctx ends. It returns nil
+	// when ctx ended and an error when it cannot go on.
+	Run(ctx context.Context, look Lookback, events chan<- Event) error
+	// Mark is what the backend has accounted for once Run returned:
+	// everything up to it was no change, or a change whose Event the
+	// daemon received. The daemon keeps it for the next daemon of the
+	// boot, which looks back from it (Lookback.Mark). Nil: nothing yet.
+	Mark() json.RawMessage
+}
+
+// Lookback is where a backend takes up the watch: what the boot's previous
+// daemon accounted for. See docs/state.md.
+type Lookback struct {
+	// Mark is the Mark that the previous daemon's backend of the same
+	// name left, nil if none.
+	Mark json.RawMessage
+	// First tells that no daemon served the run dir before in this boot:
+	// no process can have read a generation, so nothing that happened
+	// before now is a change to bump for. Without a Mark and not First,
+	// a backend cannot tell what the previous daemon saw, and counts
+	// what the device shows of the whole boot.
+	First bool
 }
 
 // Event is a backend's report that the VM was restored (or cloned): every
@@ -33,17 +53,24 @@ type Backend interface {
 type Event struct {
 	// Backend is the reporting backend's name, the bumps' reason.
 	Backend string
+	// Mark is what the backend has accounted for once the daemon bumped
+	// for this event: the daemon keeps it after its bump.
+	Mark json.RawMessage
+	// MarkOnly says there is nothing to bump: the backend only hands its
+	// Mark over, once it has looked back, so that a daemon that crashes
+	// later is not followed by one that looks back further.
+	MarkOnly bool
 }
 
 // sender turns a Run's events channel into the bump function the
 // backends' loops call: it sends, or gives up when ctx ends.
-func sender(ctx context.Context, events chan<- Event) func(reason string) error {
-	return func(reason string) error {
+func sender(ctx context.Context, events chan<- Event) func(Event) error {
+	return func(ev Event) error {
 		if err := ctx.Err(); err != nil {
 			return err // the daemon is stopping: nobody would bump
 		}
 		select {
-		case events <- Event{Backend: reason}:
+		case events <- ev:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -79,8 +106,6 @@ type Options struct {
 	SysDir string
 	// KmsgPath is the kernel log device, default "/dev/kmsg".
 	KmsgPath string
-	// NoUevent disables vmgenid's kobject uevent source (tests).
-	NoUevent bool
 
 	// VMClockPath is the VMClock device, default "/dev/vmclock0".
 	VMClockPath string

@@ -48,14 +48,14 @@ func TestSender(t *testing.T) {
 	events := make(chan Event, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	bump := sender(ctx, events)
-	if err := bump(NameVMClock); err != nil {
+	if err := bump(Event{Backend: NameVMClock, Mark: []byte(`{"vm_generation_counter":1}`)}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := <-events; ev.Backend != NameVMClock {
+	if ev := <-events; ev.Backend != NameVMClock || string(ev.Mark) != `{"vm_generation_counter":1}` {
 		t.Fatalf("event %+v", ev)
 	}
 	cancel()
-	if err := bump(NameVMClock); !errors.Is(err, context.Canceled) {
+	if err := bump(Event{Backend: NameVMClock}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("send after the end: %v", err)
 	}
 }

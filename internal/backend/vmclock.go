@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,14 @@ type vmclock struct {
 	path     string
 	interval time.Duration // > 0: periodic checks when the device cannot notify
 	maxWait  time.Duration
+
+	mark atomic.Pointer[vmclockMark] // what Mark returns; nil: nothing accounted
+}
+
+// vmclockMark is the vmclock backend's Mark: the vm_generation_counter it
+// accounted for.
+type vmclockMark struct {
+	Generation uint64 `json:"vm_generation_counter"`
 }
 
 func newVMClock(opts Options) *vmclock {
@@ -74,6 +83,16 @@ func newVMClock(opts Options) *vmclock {
 }
 
 func (v *vmclock) Name() string { return NameVMClock }
+
+// Mark returns the vm_generation_counter accounted for.
+func (v *vmclock) Mark() json.RawMessage {
+	m := v.mark.Load()
+	if m == nil {
+		return nil
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
 
 // detectVMClock tells why the vmclock backend cannot run here (nil: it can).
 // Auto mode takes it only if it can be event-driven, or if periodic checks
@@ -101,15 +120,19 @@ func detectVMClock(opts Options) error {
 	return nil
 }
 
-// Run takes the current vm_generation_counter as its baseline and bumps
-// each time it changes, waiting in poll() for the device's notifications,
-// or checking every interval if that was asked for and the device cannot
-// notify.
-func (v *vmclock) Run(ctx context.Context, events chan<- Event) error {
-	return v.run(ctx, sender(ctx, events))
+// Run compares the vm_generation_counter with the one the previous daemon
+// of the boot accounted for (look's Mark), and bumps once if it differs:
+// the VM was restored while no daemon watched (without a Mark, and unless
+// this is the boot's first daemon, it cannot tell, and bumps). Then it
+// bumps each time the counter changes, waiting in poll() for the device's
+// notifications, or checking every interval if that was asked for and the
+// device cannot notify. The counter changes to a new value, not
+// necessarily a higher one: any difference is a change.
+func (v *vmclock) Run(ctx context.Context, look Lookback, events chan<- Event) error {
+	return v.run(ctx, look, sender(ctx, events))
 }
 
-func (v *vmclock) run(ctx context.Context, bump func(reason string) error) error {
+func (v *vmclock) run(ctx context.Context, look Lookback, bump func(Event) error) error {
 	dev, err := openVMClockDev(v.path, v.maxWait)
 	if err != nil {
 		return err
@@ -127,7 +150,8 @@ func (v *vmclock) run(ctx context.Context, bump func(reason string) error) error
 	if !st.hasGeneration() {
 		return fmt.Errorf("%s: %w", v.path, errVMClockNoGeneration)
 	}
-	w := &vmclockWatch{dev: dev, last: st.gen, log: v.log}
+	w := &vmclockWatch{dev: dev, last: st.gen, log: v.log, mark: &v.mark}
+	v.lookBack(look, st.gen, w, bump)
 	nerr := dev.canNotify(st)
 	if nerr == nil {
 		v.log.Info("watching", "path", v.path, "generation", st.gen, "mode", "notifications")
@@ -149,6 +173,34 @@ func (v *vmclock) run(ctx context.Context, bump func(reason string) error) error
 			}
 		}
 	}
+}
+
+// lookBack bumps once if the counter gen is not the one the previous
+// daemon accounted for, and takes gen as accounted for.
+func (v *vmclock) lookBack(look Lookback, gen uint64, w *vmclockWatch, bump func(Event) error) {
+	var m vmclockMark
+	why := ""
+	switch {
+	case look.Mark != nil && json.Unmarshal(look.Mark, &m) == nil:
+		if m.Generation != gen {
+			why = fmt.Sprintf("vm_generation_counter %d, the previous daemon's %d", gen, m.Generation)
+		}
+	case look.Mark != nil:
+		why = "the previous daemon's mark cannot be read"
+	case !look.First:
+		why = "a daemon ran before in this boot, and left no mark of the counter"
+	}
+	if why == "" {
+		w.account(gen)
+		bump(Event{Backend: NameVMClock, Mark: w.markOf(gen), MarkOnly: true})
+		return
+	}
+	v.log.Info("VM generation change while no daemon watched", "why", why)
+	if err := bump(Event{Backend: NameVMClock, Mark: w.markOf(gen)}); err != nil {
+		v.log.Error("bump failed", "err", err)
+		return
+	}
+	w.account(gen)
 }
 
 // vmclockDev is the device (or a file laid out like it), mapped read-only.
@@ -296,10 +348,22 @@ type vmclockWatch struct {
 	dev  *vmclockDev
 	last uint64
 	log  *slog.Logger
+	mark *atomic.Pointer[vmclockMark]
+}
+
+// account records gen as accounted for: the backend's Mark.
+func (w *vmclockWatch) account(gen uint64) {
+	w.last = gen
+	w.mark.Store(&vmclockMark{Generation: gen})
+}
+
+func (w *vmclockWatch) markOf(gen uint64) json.RawMessage {
+	b, _ := json.Marshal(vmclockMark{Generation: gen})
+	return b
 }
 
 // check bumps once if vm_generation_counter moved since the last check.
-func (w *vmclockWatch) check(bump func(string) error) error {
+func (w *vmclockWatch) check(bump func(Event) error) error {
 	st, err := w.dev.snapshot()
 	if err != nil {
 		if errors.Is(err, errVMClockInProgress) {
@@ -312,7 +376,7 @@ func (w *vmclockWatch) check(bump func(string) error) error {
 		// one that does not, say): whatever changed then went unseen.
 		// Bump once, as for a change, before this backend ends.
 		w.log.Warn("the device no longer provides vm_generation_counter: bumping once in case the VM was restored")
-		if err := bump(NameVMClock); err != nil {
+		if err := bump(Event{Backend: NameVMClock, Mark: w.markOf(w.last)}); err != nil {
 			w.log.Error("bump failed", "err", err)
 		}
 		return fmt.Errorf("%s: %w", w.dev.path, errVMClockNoGeneration)
@@ -321,16 +385,17 @@ func (w *vmclockWatch) check(bump func(string) error) error {
 		return nil
 	}
 	w.log.Info("VM generation change", "from", w.last, "to", st.gen)
-	w.last = st.gen
-	if err := bump(NameVMClock); err != nil {
+	if err := bump(Event{Backend: NameVMClock, Mark: w.markOf(st.gen)}); err != nil {
 		w.log.Error("bump failed", "err", err)
+		return nil
 	}
+	w.account(st.gen)
 	return nil
 }
 
 // runEvents waits in poll() on the device and an eventfd that ctx's end
 // writes to, and checks the generation each time the device reports.
-func (w *vmclockWatch) runEvents(ctx context.Context, bump func(string) error) error {
+func (w *vmclockWatch) runEvents(ctx context.Context, bump func(Event) error) error {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return fmt.Errorf("vmclock: eventfd: %w", err)
@@ -377,7 +442,7 @@ func (w *vmclockWatch) runEvents(ctx context.Context, bump func(string) error) e
 // revents handles what poll() reported for the device: a notification is
 // read and checked; a hang-up or an error ends the watch, after a last check
 // so that a change that came with it is not missed.
-func (w *vmclockWatch) revents(r int16, bump func(string) error) error {
+func (w *vmclockWatch) revents(r int16, bump func(Event) error) error {
 	if r&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
 		if err := w.check(bump); err != nil && !errors.Is(err, errVMClockInProgress) {
 			return err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,17 +70,32 @@ func openTestDev(t *testing.T, path string, maxWait time.Duration) *vmclockDev {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// bumps counts bump calls and their reasons.
+// bumps counts bump calls, their reasons and their marks, and the marks
+// handed over without a bump.
 type bumps struct {
-	mu      sync.Mutex
-	reasons []string
+	mu       sync.Mutex
+	reasons  []string
+	marks    []string
+	markOnly []string
 }
 
-func (b *bumps) bump(reason string) error {
+func (b *bumps) bump(ev Event) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.reasons = append(b.reasons, reason)
+	if ev.MarkOnly {
+		b.markOnly = append(b.markOnly, string(ev.Mark))
+		return nil
+	}
+	b.reasons = append(b.reasons, ev.Backend)
+	b.marks = append(b.marks, string(ev.Mark))
 	return nil
+}
+
+// mark returns the mark of bump i.
+func (b *bumps) mark(i int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.marks[i]
 }
 
 func (b *bumps) count() int {
@@ -111,7 +127,7 @@ func TestVMClockOddSeqInProgress(t *testing.T) {
 	if time.Since(start) < 20*time.Millisecond {
 		t.Fatalf("gave up after %v, before the retry bound", time.Since(start))
 	}
-	w := &vmclockWatch{dev: d, last: 7, log: quiet()}
+	w := &vmclockWatch{dev: d, last: 7, log: quiet(), mark: new(atomic.Pointer[vmclockMark])}
 	var b bumps
 	if err := w.check(b.bump); !errors.Is(err, errVMClockInProgress) || b.count() != 0 {
 		t.Fatalf("check during update: err %v, %d bumps; want in progress, none", err, b.count())
@@ -148,7 +164,7 @@ func TestVMClockBadMagic(t *testing.T) {
 	if err := detectVMClock(Options{VMClockPath: path}); !errors.Is(err, errVMClockBadMagic) {
 		t.Fatalf("detect: err = %v, want bad magic", err)
 	}
-	err := newVMClock(Options{VMClockPath: path, Logger: quiet()}).run(context.Background(), (&bumps{}).bump)
+	err := newVMClock(Options{VMClockPath: path, Logger: quiet()}).run(context.Background(), Lookback{First: true}, (&bumps{}).bump)
 	if !errors.Is(err, errVMClockBadMagic) {
 		t.Fatalf("run: err = %v, want bad magic", err)
 	}
@@ -171,7 +187,7 @@ func TestVMClockNoGeneration(t *testing.T) {
 			if err := detectVMClock(Options{VMClockPath: path, VMClockPoll: time.Second}); !errors.Is(err, errVMClockNoGeneration) {
 				t.Fatalf("detect: err = %v, want no generation", err)
 			}
-			err = newVMClock(Options{VMClockPath: path, VMClockPoll: time.Second, Logger: quiet()}).run(context.Background(), (&bumps{}).bump)
+			err = newVMClock(Options{VMClockPath: path, VMClockPoll: time.Second, Logger: quiet()}).run(context.Background(), Lookback{First: true}, (&bumps{}).bump)
 			if !errors.Is(err, errVMClockNoGeneration) {
 				t.Fatalf("run: err = %v, want no generation", err)
 			}
@@ -187,7 +203,7 @@ func TestVMClockGenerationChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &vmclockWatch{dev: d, last: st.gen, log: quiet()}
+	w := &vmclockWatch{dev: d, last: st.gen, log: quiet(), mark: new(atomic.Pointer[vmclockMark])}
 	var b bumps
 	if err := w.check(b.bump); err != nil || b.count() != 0 {
 		t.Fatalf("check without change: err %v, %d bumps; want none", err, b.count())
@@ -233,7 +249,7 @@ func TestVMClockWatchEnds(t *testing.T) {
 			p := validPage()
 			path := pageFile(t, p)
 			d := openTestDev(t, path, vmclockMaxWait)
-			w := &vmclockWatch{dev: d, last: p.gen, log: quiet()}
+			w := &vmclockWatch{dev: d, last: p.gen, log: quiet(), mark: new(atomic.Pointer[vmclockMark])}
 			p.seq, p.gen, p.flags = 4, 8, tc.flags
 			writePage(t, path, p)
 			var b bumps
@@ -269,7 +285,7 @@ func TestVMClockNotEventDriven(t *testing.T) {
 			if err := detectVMClock(Options{VMClockPath: path, VMClockPoll: time.Second}); err != nil {
 				t.Fatalf("detect with periodic checks: %v", err)
 			}
-			err := newVMClock(Options{VMClockPath: path, Logger: quiet()}).run(context.Background(), (&bumps{}).bump)
+			err := newVMClock(Options{VMClockPath: path, Logger: quiet()}).run(context.Background(), Lookback{First: true}, (&bumps{}).bump)
 			if !errors.Is(err, errVMClockNotEventDriven) {
 				t.Fatalf("run: err = %v, want not event-driven", err)
 			}
@@ -284,7 +300,7 @@ func TestVMClockRunPeriodic(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var b bumps
 	done := make(chan error, 1)
-	go func() { done <- v.run(ctx, b.bump) }()
+	go func() { done <- v.run(ctx, Lookback{First: true}, b.bump) }()
 	time.Sleep(30 * time.Millisecond)
 	if b.count() != 0 {
 		t.Fatalf("%d bumps before any change; the start value must not bump", b.count())
@@ -309,5 +325,82 @@ func TestVMClockMissingDevice(t *testing.T) {
 	err := detectVMClock(Options{VMClockPath: filepath.Join(t.TempDir(), "nope")})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("detect: err = %v, want not exist", err)
+	}
+}
+
+// At start, the counter is compared with the one the previous daemon of the
+// boot accounted for: any difference (lower too: the counter changes to a
+// new value, not necessarily upward) bumps once, as does not knowing it
+// when a daemon ran before; the boot's first daemon has nothing to bump for.
+func TestVMClockLookback(t *testing.T) {
+	for name, tc := range map[string]struct {
+		look  Lookback
+		bumps int
+	}{
+		"same counter":                {Lookback{Mark: []byte(`{"vm_generation_counter":7}`)}, 0},
+		"same counter, first":         {Lookback{Mark: []byte(`{"vm_generation_counter":7}`), First: true}, 0},
+		"restored while down":         {Lookback{Mark: []byte(`{"vm_generation_counter":6}`)}, 1},
+		"restored to a lower counter": {Lookback{Mark: []byte(`{"vm_generation_counter":9}`)}, 1},
+		"first daemon of the boot":    {Lookback{First: true}, 0},
+		"a daemon ran, no mark":       {Lookback{}, 1},
+		"a mark that cannot be read":  {Lookback{Mark: []byte(`{"vm_generation_counter":"x"}`), First: true}, 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := pageFile(t, validPage()) // counter 7
+			v := newVMClock(Options{VMClockPath: path, VMClockPoll: time.Hour, Logger: quiet()})
+			ctx, cancel := context.WithCancel(context.Background())
+			var b bumps
+			done := make(chan error, 1)
+			go func() { done <- v.run(ctx, tc.look, b.bump) }()
+			deadline := time.Now().Add(5 * time.Second)
+			for string(v.Mark()) == "" && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if b.count() != tc.bumps {
+				t.Fatalf("%d bumps, want %d", b.count(), tc.bumps)
+			}
+			const want = `{"vm_generation_counter":7}`
+			if tc.bumps == 1 && b.mark(0) != want {
+				t.Fatalf("the bump's mark %s, want %s", b.mark(0), want)
+			}
+			if got := string(v.Mark()); got != want {
+				t.Fatalf("Mark() = %s, want %s", got, want)
+			}
+			if tc.bumps == 0 && (len(b.markOnly) != 1 || b.markOnly[0] != want) {
+				t.Fatalf("marks handed over without a bump: %q, want %s once", b.markOnly, want)
+			}
+		})
+	}
+}
+
+// A change seen while running moves the Mark with its bump, and only once
+// the bump was handed over: a bump that fails (the daemon stopping) leaves
+// the Mark where it was, so the next daemon looks back at it.
+func TestVMClockMarkFollowsBumps(t *testing.T) {
+	p := validPage()
+	path := pageFile(t, p)
+	d := openTestDev(t, path, vmclockMaxWait)
+	v := newVMClock(Options{VMClockPath: path, Logger: quiet()})
+	w := &vmclockWatch{dev: d, log: quiet(), mark: &v.mark}
+	w.account(7)
+	p.seq, p.gen = 4, 3
+	writePage(t, path, p)
+	failing := func(Event) error { return context.Canceled }
+	if err := w.check(failing); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(v.Mark()); got != `{"vm_generation_counter":7}` {
+		t.Fatalf("Mark after a failed bump = %s, want 7's", got)
+	}
+	var b bumps
+	if err := w.check(b.bump); err != nil || b.count() != 1 {
+		t.Fatalf("check: %v, %d bumps; want 1", err, b.count())
+	}
+	if got := string(v.Mark()); got != `{"vm_generation_counter":3}` || b.mark(0) != got {
+		t.Fatalf("Mark after the bump = %s (the bump's: %s), want 3's", got, b.mark(0))
 	}
 }

@@ -3,6 +3,7 @@ package backend
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,15 +22,15 @@ import (
 // The vmgenid backend. The kernel's vmgenid driver (ACPI VMGENCTR /
 // VM_GEN_COUNTER, devicetree microsoft,vmgenid) exposes neither the 16-byte
 // ID nor a counter to user space; what it does give, on each change of the
-// ID, is:
+// ID, since 5.18, is the line add_vmfork_randomness() logs: "random: crng
+// reseeded due to virtual machine fork" (only once the RNG is ready), which
+// /dev/kmsg delivers with its sequence number. (6.8 also sent a uevent,
+// NEW_VMGENID=1; it was reverted in 6.9 and in 6.8's stable releases, so no
+// kernel that is still maintained sends it, and it is not watched.)
 //
-//   - every kernel since 5.18: add_vmfork_randomness() logs
-//     "random: crng reseeded due to virtual machine fork" (only once the RNG
-//     is ready), which /dev/kmsg delivers;
-//   - 6.8 only (reverted in 6.9): a KOBJ_CHANGE uevent with NEW_VMGENID=1,
-//     sent right after that log line.
-//
-// Both are watched; the pairing rule of dedup makes one change one bump.
+// The kernel log is also what a daemon starting later reads to look back:
+// the records after the sequence number that the previous daemon of the
+// boot accounted for (its Mark) tell whether the VM forked meanwhile.
 
 // vmforkMessage is what add_vmfork_randomness() logs on a VM generation
 // change: the whole message, with the "random: " of the driver's pr_fmt.
@@ -36,13 +38,6 @@ import (
 // a user gave it (a mount option, a device name), so a line that merely
 // contains these words can be had by anyone.
 const vmforkMessage = "random: crng reseeded due to virtual machine fork"
-
-// DefaultPairWindow is how long an event of one vmgenid source waits for its
-// partner from the other source. Both are emitted by the same kernel
-// function microseconds apart; the window only absorbs our own scheduling
-// delays (a just-restored guest may be busy). It is not a rate limit: see
-// dedup.
-const DefaultPairWindow = 2 * time.Second
 
 // vmgenidDriverDirs are the sysfs driver directories (relative to /sys) the
 // vmgenid driver appears in: an ACPI driver from 5.18 to 6.9, a platform
@@ -57,10 +52,18 @@ type vmgenid struct {
 	log      *slog.Logger
 	sysDir   string
 	kmsgPath string
-	noUevent bool
-	window   time.Duration
+	// open opens the kernel log at its first record; tests replace it.
+	open func(path string) (io.ReadCloser, error)
 	// lostEvery is the package's lostEvery, shorter in tests.
 	lostEvery time.Duration
+
+	mark atomic.Pointer[kmsgMark] // what Mark returns; nil: nothing accounted
+}
+
+// kmsgMark is the vmgenid backend's Mark: the sequence number of the last
+// kernel log record it accounted for.
+type kmsgMark struct {
+	Seq uint64 `json:"kmsg_seq"`
 }
 
 func newVMGenID(opts Options) *vmgenid {
@@ -69,13 +72,22 @@ func newVMGenID(opts Options) *vmgenid {
 		log:       opts.Logger.With("backend", NameVMGenID),
 		sysDir:    opts.SysDir,
 		kmsgPath:  opts.KmsgPath,
-		noUevent:  opts.NoUevent,
-		window:    DefaultPairWindow,
+		open:      openKmsg,
 		lostEvery: lostEvery,
 	}
 }
 
 func (v *vmgenid) Name() string { return NameVMGenID }
+
+// Mark returns the last kernel log record accounted for.
+func (v *vmgenid) Mark() json.RawMessage {
+	m := v.mark.Load()
+	if m == nil {
+		return nil
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
 
 // detectVMGenID tells why the vmgenid backend cannot run here (nil: it can).
 // It needs a device bound to the driver, not just the driver: a kernel built
@@ -114,154 +126,199 @@ func boundVMGenIDDevice(sysDir string) (string, error) {
 	return "", fmt.Errorf("no device bound to the vmgenid driver (looked in %v)", checked)
 }
 
-// source is where a vmgenid event came from.
-type source int
+// item is what the kernel log reader hands the loop.
+type item struct {
+	kind itemKind
+	seq  int64 // of a record; -1 if its header has none
+	fork bool  // the record is the vmfork line
+}
+
+type itemKind int
 
 const (
-	srcKmsg source = iota
-	srcUevent
-	// srcLost is kernel log records lost unread: it always bumps, and
-	// pairs with nothing (dedup does not see it).
-	srcLost
+	itemRecord   itemKind = iota
+	itemLost              // records overwritten before they were read
+	itemCaughtUp          // every record logged so far was read
 )
 
-func (s source) String() string {
-	switch s {
-	case srcKmsg:
-		return "kmsg"
-	case srcUevent:
-		return "uevent"
-	}
-	return "lost kmsg records"
+// Run reads the kernel log from its first record: the records up to the
+// Mark of look were accounted for by the previous daemon; those after it,
+// up to the end of the log, are what happened while no daemon watched, and
+// bump once if they hold the vmfork line or records were lost (Lookback).
+// From then on it bumps once per vmfork line, until ctx ends. It needs a
+// device bound to the driver: the kernel log exists everywhere, and without
+// the device Run would wait for ever, the backend listed as active with
+// nothing to watch.
+func (v *vmgenid) Run(ctx context.Context, look Lookback, events chan<- Event) error {
+	return v.run(ctx, look, sender(ctx, events))
 }
 
-// Run opens the kernel log (at its end, so the machine's boot-time vmfork
-// line and anything else logged before now never count) and, when it can,
-// the uevent socket, then bumps once per generation change until ctx ends.
-// It needs a device bound to the driver: the kernel log exists everywhere,
-// and without the device Run would wait for ever, the backend listed as
-// active with nothing to watch. The kernel log is required; the uevent
-// socket is a bonus that only 6.8 kernels use, so failing to open it only
-// logs a warning.
-func (v *vmgenid) Run(ctx context.Context, events chan<- Event) error {
-	return v.run(ctx, sender(ctx, events))
-}
-
-func (v *vmgenid) run(ctx context.Context, bump func(reason string) error) error {
+func (v *vmgenid) run(ctx context.Context, look Lookback, bump func(Event) error) error {
 	if _, err := boundVMGenIDDevice(v.sysDir); err != nil {
 		return err
 	}
-	kmsg, err := openKmsg(v.kmsgPath)
+	kmsg, err := v.open(v.kmsgPath)
 	if err != nil {
 		return err
 	}
-	var uev *os.File
-	if !v.noUevent {
-		if uev, err = openUevent(); err != nil {
-			v.log.Warn("no uevent source; watching the kernel log only", "err", err)
-			uev = nil
-		}
-	}
-	v.log.Info("watching", "kmsg", v.kmsgPath, "uevent", uev != nil)
+	v.log.Info("watching", "kmsg", v.kmsgPath)
 
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
-		cancel() // closes the files (below), so the readers return
+		cancel() // closes the file (below), so the reader returns
 		wg.Wait()
 	}()
-	// Closing the files is what wakes the readers, which sleep in the
+	// Closing the file is what wakes the reader, which sleeps in the
 	// runtime's poller.
-	context.AfterFunc(ctx, func() {
-		kmsg.Close()
-		if uev != nil {
-			uev.Close()
-		}
-	})
+	context.AfterFunc(ctx, func() { kmsg.Close() })
 
-	events := make(chan source)
-	send := func(s source) {
+	items := make(chan item)
+	send := func(it item) {
 		select {
-		case events <- s:
+		case items <- it:
 		case <-ctx.Done():
 		}
 	}
 	fatal := make(chan error, 1)
 	wg.Go(func() {
 		err := readKmsg(kmsg, func(rec []byte) {
-			if isVMForkRecord(rec) {
-				send(srcKmsg)
-			}
+			send(item{kind: itemRecord, seq: recordSeq(rec), fork: isVMForkRecord(rec)})
 		}, func(err error) {
 			// Records were overwritten before we read them, a vmfork
 			// line possibly among them. A missed change lets clones
 			// share a generation; an extra bump only makes watchers
 			// rebuild: count the loss as a change.
 			v.log.Warn("kernel log records lost before they could be read: bumping in case a VM generation change was among them", "err", err)
-			send(srcLost)
-		})
+			send(item{kind: itemLost})
+		}, func() { send(item{kind: itemCaughtUp}) })
 		if ctx.Err() == nil {
 			fatal <- fmt.Errorf("kernel log %s: %w", v.kmsgPath, err)
 		}
 	})
-	if uev != nil {
-		wg.Go(func() {
-			err := readUevents(uev, func(msg []byte) {
-				u, err := parseUevent(msg)
-				if err != nil {
-					v.log.Debug("uevent ignored", "err", err)
-					return
-				}
-				if u.isVMGenIDChange() {
-					send(srcUevent)
-				}
-			}, func(err error) {
-				v.log.Warn("uevents lost (socket buffer overrun)", "err", err)
-			})
-			if ctx.Err() == nil {
-				// Not fatal: the kernel log still covers every kernel.
-				v.log.Warn("uevent source stopped; watching the kernel log only", "err", err)
-			}
-		})
-	}
-	return v.loop(ctx, events, fatal, bump)
+	return v.loop(ctx, look, items, fatal, bump)
 }
 
-// loop turns source events into bumps until ctx ends or fatal reports.
-func (v *vmgenid) loop(ctx context.Context, events <-chan source, fatal <-chan error, bump func(string) error) error {
-	d := dedup{window: v.window}
-	var lastLost time.Time
-	var lostDue <-chan time.Time // a loss waiting for its bump (see lostEvery)
+// loop turns the reader's items into bumps until ctx ends or fatal reports.
+// It alone moves the Mark, and never past a change it has not handed to
+// the daemon: past a vmfork line only once its event was received, past a
+// loss only once the loss's bump was.
+func (v *vmgenid) loop(ctx context.Context, look Lookback, items <-chan item, fatal <-chan error, bump func(Event) error) error {
+	var (
+		from     = int64(-1) // the records up to it were accounted for before
+		pos      = int64(-1) // the records up to it are accounted for now
+		last     = int64(-1) // the last record read
+		backlog  = true      // reading what was logged before Run
+		ignore   = look.First && look.Mark == nil
+		first    = true
+		change   string // why the backlog bumps, if it does
+		lastLost time.Time
+		lostDue  <-chan time.Time // a loss waiting for its bump (see lostEvery)
+	)
+	var m kmsgMark
+	if look.Mark != nil {
+		if err := json.Unmarshal(look.Mark, &m); err == nil {
+			from, pos = int64(m.Seq), int64(m.Seq)
+			v.mark.Store(&m)
+		} else {
+			v.log.Warn("the previous daemon's mark cannot be read: looking back at the whole boot", "err", err)
+		}
+	}
+	account := func(seq int64) {
+		if seq > pos {
+			pos = seq
+			v.mark.Store(&kmsgMark{Seq: uint64(seq)})
+		}
+	}
+	// send hands a change over; it fails only once the daemon stops (ctx
+	// ended), and the loop then ends at once: nothing read after the change
+	// may move the Mark past it.
+	send := func(why string) bool {
+		v.log.Info("VM generation change", "why", why)
+		upTo := max(pos, last)
+		if lostDue != nil {
+			upTo = pos // not past a loss whose bump is still due
+		}
+		if err := bump(Event{Backend: NameVMGenID, Mark: markOf(upTo)}); err != nil {
+			v.log.Info("change not handed over: the daemon is stopping", "err", err)
+			return false
+		}
+		return true
+	}
 	for {
-		var src source
+		var it item
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-fatal:
 			return err
 		case <-lostDue:
-			lostDue, lastLost, src = nil, time.Now(), srcLost
-		case src = <-events:
-			switch {
-			case src == srcLost:
-				if lostDue != nil {
-					continue // its bump is due already
-				}
-				if wait := v.lostEvery - time.Since(lastLost); wait > 0 {
-					lostDue = time.After(wait)
-					continue
-				}
-				lastLost = time.Now()
-			case !d.event(src, time.Now()):
-				v.log.Debug("VM generation change already counted", "source", src)
+			lostDue, lastLost = nil, time.Now()
+			if !send("kernel log records lost") {
+				return nil
+			}
+			account(last)
+			continue
+		case it = <-items:
+		}
+		switch {
+		case it.kind == itemCaughtUp && backlog:
+			backlog = false
+			if change != "" && !send(change+" while no daemon watched") {
+				return nil
+			}
+			account(last)
+			if change == "" && last >= 0 {
+				bump(Event{Backend: NameVMGenID, Mark: markOf(last), MarkOnly: true})
+			}
+		case it.kind == itemCaughtUp:
+		case it.kind == itemLost && backlog:
+			if !ignore {
+				change = "kernel log records lost"
+			}
+		case it.kind == itemLost:
+			if lostDue != nil {
+				continue // its bump is due already
+			}
+			if wait := v.lostEvery - time.Since(lastLost); wait > 0 {
+				lostDue = time.After(wait)
 				continue
 			}
-		}
-		v.log.Info("VM generation change", "source", src)
-		if err := bump(NameVMGenID); err != nil {
-			v.log.Error("bump failed", "err", err)
+			lastLost = time.Now()
+			if !send("kernel log records lost") {
+				return nil
+			}
+			account(last)
+		case it.seq < 0:
+			// A record without a sequence number is no /dev/kmsg record.
+		case backlog:
+			if first && !ignore && it.seq > from+1 {
+				change = "kernel log records lost"
+			}
+			if it.fork && !ignore && it.seq > from {
+				change = "vmfork line"
+			}
+			first = false
+			last = max(last, it.seq)
+		default:
+			last = max(last, it.seq)
+			if it.fork && !send("vmfork line") {
+				return nil
+			}
+			if lostDue == nil {
+				account(it.seq)
+			}
 		}
 	}
+}
+
+// markOf is the Mark of the records up to seq (nil if none).
+func markOf(seq int64) json.RawMessage {
+	if seq < 0 {
+		return nil
+	}
+	b, _ := json.Marshal(kmsgMark{Seq: uint64(seq)})
+	return b
 }
 
 // lostEvery is how often, at most, kernel log records lost unread bump.
@@ -270,68 +327,55 @@ func (v *vmgenid) loop(ctx context.Context, events <-chan source, fatal <-chan e
 // so that no loss goes without a bump after it.
 const lostEvery = time.Second
 
-// dedup makes one hardware change one bump when both sources report it.
-//
-// The rule is pairing, not a quiet period: an event pairs with at most one
-// unpaired event of the *other* source seen within the window, and only an
-// event that finds no partner bumps. A 6.8 kernel sends exactly one log line
-// and one uevent per change, so each change bumps once, and two changes in
-// quick succession still bump twice (kmsg, uevent, kmsg, uevent, or even
-// kmsg, kmsg, uevent, uevent), which a "nothing within N seconds" rule would
-// merge into one, letting clones share a generation.
-//
-// Failure modes lean to safety. Bumps = events − pairs and pairs never exceed
-// the events of the less complete source, so after N changes there are at
-// least N bumps if either source saw them all. If one source loses an event
-// (log records overwritten, which also bumps on its own; uevent buffer
-// overrun; RNG not ready so no log line), a later event may pair with the
-// orphan, but its partner then bumps instead; an orphan older than the
-// window expires so it cannot swallow an unrelated change later. A partner
-// later than the window costs one extra bump, which is harmless.
-type dedup struct {
-	window  time.Duration
-	pending [2][]time.Time // unpaired events per source, oldest first
-}
-
-// maxPending bounds memory if one source fires in a burst without partners.
-const maxPending = 64
-
-// event records an event of src at now and reports whether it is a new
-// change (bump) rather than the partner of one already counted.
-func (d *dedup) event(src source, now time.Time) bool {
-	for s := range d.pending {
-		p := d.pending[s]
-		for len(p) > 0 && now.Sub(p[0]) > d.window {
-			p = p[1:]
-		}
-		d.pending[s] = p
-	}
-	other := 1 - src
-	if len(d.pending[other]) > 0 {
-		d.pending[other] = d.pending[other][1:]
-		return false
-	}
-	if len(d.pending[src]) >= maxPending {
-		d.pending[src] = d.pending[src][1:]
-	}
-	d.pending[src] = append(d.pending[src], now)
-	return true
-}
-
-// openKmsg opens the kernel log positioned at its end: /dev/kmsg starts a
-// new reader at the oldest record, and the boot log of a VM that ever had
-// its generation ID changed already holds a vmfork line, which must not
-// bump.
-func openKmsg(path string) (*os.File, error) {
+// openKmsg opens the kernel log at its oldest record, for reads that tell
+// when they have caught up with the kernel (see kmsgFile).
+func openKmsg(path string) (io.ReadCloser, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("kernel log: %w", err)
 	}
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+	rc, err := f.SyscallConn()
+	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("kernel log %s: seek to end: %w", path, err)
+		return nil, fmt.Errorf("kernel log %s: %w", path, err)
 	}
-	return f, nil
+	return &kmsgFile{File: f, rc: rc}, nil
+}
+
+// errCaughtUp is what a kmsgFile's Read returns, once, when every record
+// logged so far has been read.
+var errCaughtUp = fmt.Errorf("kernel log read to its end: %w", syscall.EAGAIN)
+
+// kmsgFile reads /dev/kmsg one record per Read. The device is non-blocking
+// in the runtime's poller: the first time it has no record ready, Read
+// returns errCaughtUp; after that it waits for the next record.
+type kmsgFile struct {
+	*os.File
+	rc       syscall.RawConn
+	caughtUp bool
+}
+
+func (k *kmsgFile) Read(p []byte) (int, error) {
+	var (
+		n    int
+		rerr error
+	)
+	err := k.rc.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), p)
+		return rerr != unix.EAGAIN || !k.caughtUp
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr == unix.EAGAIN:
+		k.caughtUp = true
+		return 0, errCaughtUp
+	case rerr != nil:
+		return 0, &os.PathError{Op: "read", Path: k.Name(), Err: rerr}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // kmsgRecordMax is more than one /dev/kmsg record can be (a read with a
@@ -341,9 +385,11 @@ const kmsgRecordMax = 16 << 10
 // readKmsg reads /dev/kmsg records (one per read) and passes each to
 // onRecord until r fails. EPIPE means records were overwritten before we
 // read them; the kernel then moves us to the oldest record left, so reading
-// goes on after telling lost.
-func readKmsg(r io.Reader, onRecord func([]byte), lost func(error)) error {
+// goes on after telling lost. EAGAIN means every record logged so far was
+// read: caughtUp is told the first time.
+func readKmsg(r io.Reader, onRecord func([]byte), lost func(error), caughtUp func()) error {
 	buf := make([]byte, kmsgRecordMax)
+	told := false
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
@@ -353,11 +399,34 @@ func readKmsg(r io.Reader, onRecord func([]byte), lost func(error)) error {
 		case err == nil:
 		case errors.Is(err, syscall.EPIPE):
 			lost(err)
-		case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.EAGAIN):
+		case errors.Is(err, syscall.EAGAIN):
+			if !told {
+				told = true
+				caughtUp()
+			}
+		case errors.Is(err, syscall.EINTR):
 		default:
 			return err
 		}
 	}
+}
+
+// recordSeq returns the sequence number of a /dev/kmsg record ("PRIO,SEQ,
+// ..."), -1 if it has none.
+func recordSeq(rec []byte) int64 {
+	hdr, _, ok := bytes.Cut(rec, []byte{';'})
+	if !ok {
+		return -1
+	}
+	f := bytes.SplitN(hdr, []byte{','}, 3)
+	if len(f) < 3 {
+		return -1
+	}
+	seq, err := strconv.ParseInt(string(f[1]), 10, 64)
+	if err != nil || seq < 0 {
+		return -1
+	}
+	return seq
 }
 
 // isVMForkRecord tells whether a /dev/kmsg record ("PRIO,SEQ,USEC,FLAGS
@@ -379,93 +448,4 @@ func isVMForkRecord(rec []byte) bool {
 	}
 	msg, _, _ = bytes.Cut(msg, []byte{'\n'}) // continuation lines are metadata
 	return string(msg) == vmforkMessage
-}
-
-// openUevent opens a kobject uevent socket bound to the kernel's multicast
-// group (1; udev re-broadcasts on group 2, which we do not want), non-blocking
-// so that the runtime poller waits on it and Close wakes the reader.
-func openUevent() (*os.File, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_KOBJECT_UEVENT)
-	if err != nil {
-		return nil, fmt.Errorf("uevent socket: %w", err)
-	}
-	// A hotplug storm on restore must not overflow the buffer and drop the
-	// one uevent we want; FORCE needs CAP_NET_ADMIN, else take what we get.
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<20) != nil {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("uevent socket: bind to group 1: %w", err)
-	}
-	return os.NewFile(uintptr(fd), "uevent"), nil
-}
-
-// readUevents passes each uevent sent by the kernel (sender port 0) to onMsg
-// until f is closed or fails. ENOBUFS means uevents were dropped; reading
-// goes on after telling lost.
-func readUevents(f *os.File, onMsg func([]byte), lost func(error)) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("uevent socket: %w", err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		var (
-			n    int
-			from unix.Sockaddr
-			rerr error
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
-			return rerr != unix.EAGAIN
-		})
-		switch {
-		case err != nil:
-			return err
-		case rerr == unix.ENOBUFS:
-			lost(rerr)
-			continue
-		case rerr == unix.EINTR:
-			continue
-		case rerr != nil:
-			return fmt.Errorf("uevent socket: %w", rerr)
-		}
-		if nl, ok := from.(*unix.SockaddrNetlink); !ok || nl.Pid != 0 {
-			continue // not from the kernel
-		}
-		onMsg(buf[:n])
-	}
-}
-
-// uevent is a parsed kernel uevent.
-type uevent struct {
-	Action  string
-	DevPath string
-	Env     map[string]string
-}
-
-// parseUevent parses a kernel uevent: "ACTION@DEVPATH\0KEY=VALUE\0...".
-func parseUevent(msg []byte) (uevent, error) {
-	fields := bytes.Split(bytes.TrimRight(msg, "\x00"), []byte{0})
-	action, devpath, ok := bytes.Cut(fields[0], []byte{'@'})
-	if !ok || len(action) == 0 || len(devpath) == 0 || bytes.HasPrefix(fields[0], []byte("libudev")) {
-		return uevent{}, fmt.Errorf("uevent: bad header %q", fields[0])
-	}
-	u := uevent{Action: string(action), DevPath: string(devpath), Env: make(map[string]string, len(fields)-1)}
-	for _, kv := range fields[1:] {
-		k, val, ok := bytes.Cut(kv, []byte{'='})
-		if !ok || len(k) == 0 {
-			return uevent{}, fmt.Errorf("uevent %s: bad field %q", u.DevPath, kv)
-		}
-		u.Env[string(k)] = string(val)
-	}
-	return u, nil
-}
-
-// isVMGenIDChange tells whether u is the 6.8 vmgenid notification. A
-// synthetic uevent (written to a sysfs uevent file) cannot forge it: the
-// kernel prefixes its variables with SYNTH_ARG_.
-func (u uevent) isVMGenIDChange() bool {
-	return u.Action == "change" && u.Env["NEW_VMGENID"] == "1"
 }

@@ -9,7 +9,7 @@ import (
 // read the new generation; then the events; then the waits that ended.
 func (s *Server) apply(st *scopeState, ch scope.Change[*conn]) {
 	if ch.Bumped {
-		st.page.Store(ch.Gen)
+		s.store(st, ch.Gen)
 	}
 	for _, c := range ch.Notify {
 		c.event(ch.Gen, 0)

@@ -91,6 +91,10 @@ func (s *Server) openPage(name, dir string, dirfd int) (*scopeState, error) {
 	}
 	st.page = pg
 	st.core = scope.New[*conn](pg.Load())
+	if err := s.raiseToFloor(st); err != nil {
+		pg.Close()
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -231,7 +235,7 @@ func (s *Server) createScope(name string, req wire.ScopeCreate) (uint32, error) 
 		return 0, err
 	}
 	if start > 0 {
-		st.page.Store(start)
+		s.store(st, start)
 		st.core = scope.New[*conn](start)
 	}
 	s.log.Info("scope created", "scope", name, "generation", start, "pid", req.PID)
@@ -264,7 +268,7 @@ func (s *Server) newScope(name string, pid int, restored bool) (*scopeState, err
 		return nil, err
 	}
 	st.core = scope.New[*conn](0)
-	st.page.Store(0)
+	s.store(st, 0)
 	st.meta, st.pidfd = meta, pidfd
 	if err := s.writeMeta(meta); err != nil {
 		s.destroy(st)
@@ -360,6 +364,7 @@ func (s *Server) destroy(st *scopeState) {
 		s.log.Warn("scope directory left", "scope", st.name, "err", err)
 	}
 	unix.Unlinkat(s.statefd, st.name+".json", 0)
+	s.dropFloor(st.name)
 }
 
 // removeLeftover removes what a scope of that name left on disk.
@@ -371,6 +376,7 @@ func (s *Server) removeLeftover(name string) {
 		unix.Unlinkat(s.scopesfd, name, unix.AT_REMOVEDIR)
 	}
 	unix.Unlinkat(s.statefd, name+".json", 0)
+	s.dropFloor(name)
 }
 
 // scopeOwnerGone removes a scope whose process ended.
@@ -420,7 +426,7 @@ func (s *Server) writeMeta(m scopeMeta) error {
 	if err != nil {
 		return fmt.Errorf("scope state: %w", err)
 	}
-	return nil
+	return s.recordMeta(m)
 }
 
 func (s *Server) readMeta(name string) (scopeMeta, error) {

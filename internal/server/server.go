@@ -28,6 +28,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,12 +40,20 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/floor"
 	"github.com/genid-project/genid/internal/wire"
 )
 
 // Config holds the daemon's settings. Zero values mean the defaults.
 type Config struct {
 	RunDir string // default genid.DefaultRunDir
+	// StateDir keeps what the run dir must not take with it, for the
+	// boot: each scope's floor and the backends' marks (package floor,
+	// docs/state.md). Empty: none, and removing the run dir resets the
+	// generations (the daemon command always gives one).
+	StateDir string
+	// BootIDPath is where the boot's id is read; default floor.BootIDPath.
+	BootIDPath string
 
 	MaxConns            int // connections at once, daemon-wide
 	MaxWatchers         int // watchers at once, daemon-wide
@@ -92,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RunDir == "" {
 		c.RunDir = genid.DefaultRunDir
+	}
+	if c.BootIDPath == "" {
+		c.BootIDPath = floor.BootIDPath
 	}
 	def(&c.MaxConns, DefaultMaxConns)
 	def(&c.MaxWatchers, DefaultMaxWatchers)
@@ -144,6 +156,13 @@ type Server struct {
 	adminConns int
 	queries    queries
 	backends   []string
+	floors     map[string]*floor.Scope // by scope name; nil entries without a state dir
+
+	floor        *floor.Store // nil without a state dir
+	fresh        bool         // the boot's first daemon of the run dir
+	marks        map[string]json.RawMessage
+	markMu       sync.Mutex
+	pendingMarks map[string]json.RawMessage // saved while stopping, written by shutdown
 
 	bgCtx    context.Context // ends when Serve shuts down: the backends' context
 	bgCancel context.CancelFunc
@@ -181,6 +200,14 @@ func New(cfg Config) (*Server, error) {
 	if s.loop, err = newLoop(s); err != nil {
 		return nil, err
 	}
+	// The state before the host scope's page: the page resumes at its
+	// floor, and a page already there means a daemon served the run dir
+	// in this boot (or the run dir outlived one).
+	var pst unix.Stat_t
+	pageExisted := unix.Fstatat(s.rundirfd, genid.PageFile, &pst, unix.AT_SYMLINK_NOFOLLOW) == nil
+	if err := s.openFloor(pageExisted); err != nil {
+		return nil, err
+	}
 	// The host scope's page first: its lock proves that no other daemon
 	// serves this run dir, so the sockets left by a crashed one can go.
 	// Then the admin socket: whoever sees the host scope's socket appear
@@ -209,6 +236,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.loadScopes(); err != nil {
+		return nil, err
+	}
+	if err := s.resumeFromFloor(); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -251,6 +281,7 @@ func (s *Server) release() {
 			unix.Close(fd)
 		}
 	}
+	s.closeFloors()
 }
 
 // SocketPath returns the path of the host scope's socket.
@@ -347,6 +378,7 @@ func (s *Server) shutdown() {
 	s.bgCancel()
 	s.bg.Wait() // backends stopped by bgCancel above
 	s.loop.runPosted()
+	s.saveFinalMarks()
 	gen := s.root.core.Generation()
 	s.release()
 	s.log.Info("stopped", "generation", gen)

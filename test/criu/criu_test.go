@@ -46,10 +46,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// host is one genid daemon: a run dir playing one host's /run/genid.
+// host is one genid daemon: a run dir playing one host's /run/genid, and
+// a state dir of its own beside it (its floors: another host has others).
 type host struct {
 	t      *testing.T
 	dir    string
+	state  string
 	args   []string // extra daemon flags
 	daemon *exec.Cmd
 	log    *syncBuffer
@@ -65,20 +67,25 @@ func newHostAt(t *testing.T, dir string) *host {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h := &host{t: t, dir: dir}
+	h := &host{t: t, dir: dir, state: dir + ".state"}
+	os.RemoveAll(h.state)
 	t.Cleanup(func() {
 		h.stop()
 		os.RemoveAll(dir)
+		os.RemoveAll(h.state)
 	})
 	return h
 }
 
 // start runs a daemon on the host's run dir at generation gen: a fresh host
-// has a fresh page (and no VMClock page, which the daemon resumes from too
-// when it is ahead).
+// has a fresh page, no floor above it, and no VMClock page (which the
+// daemon resumes from too when it is ahead).
 func (h *host) start(gen uint32) {
 	h.t.Helper()
 	h.stop()
+	if err := os.RemoveAll(h.state); err != nil {
+		h.t.Fatal(err)
+	}
 	page := make([]byte, 4096)
 	binaryPut(page, gen)
 	if err := os.WriteFile(filepath.Join(h.dir, "generation"), page, 0o644); err != nil {
@@ -127,7 +134,7 @@ func (b *syncBuffer) String() string {
 func (h *host) startKeep() {
 	h.t.Helper()
 	h.log = &syncBuffer{}
-	h.daemon = exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug"}, h.args...)...)
+	h.daemon = exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug", "--state-dir", h.state}, h.args...)...)
 	h.daemon.Stdout, h.daemon.Stderr = h.log, h.log
 	if err := h.daemon.Start(); err != nil {
 		h.t.Fatal(err)

@@ -38,13 +38,29 @@ type vm struct {
 
 func boot(t *testing.T, work, name, initrd, guid, incoming string) *vm {
 	t.Helper()
+	return bootBed(t, bedDefault, work, name, initrd, guid, incoming)
+}
+
+// The beds of hack/vm.sh (VM_BED).
+const (
+	bedDefault   = "default"   // the host's QEMU and its Debian release's kernel
+	bedBackports = "backports" // trixie-backports' QEMU and kernel, with a vmclock device
+)
+
+// bootBed boots a VM of bed; the backports bed's has a vmclock device.
+func bootBed(t *testing.T, bed, work, name, initrd, guid, incoming string) *vm {
+	t.Helper()
 	v := &vm{t: t, name: name, serial: filepath.Join(work, name+".log")}
 	sock := filepath.Join(work, name+".qmp")
 	args := []string{vmsh, "boot", "--initrd", initrd, "--guid", guid, "--qmp", sock, "--serial", v.serial}
 	if incoming != "" {
 		args = append(args, "--incoming", incoming)
 	}
+	if bed == bedBackports {
+		args = append(args, "--vmclock")
+	}
 	v.cmd = dyingCommand("bash", args...)
+	v.cmd.Env = append(os.Environ(), "VM_BED="+bed)
 	qlog, _ := os.Create(filepath.Join(work, name+".qemu.log"))
 	v.cmd.Stdout, v.cmd.Stderr = qlog, qlog
 	if err := v.cmd.Start(); err != nil {
@@ -290,10 +306,15 @@ func TestVMGenID(t *testing.T) {
 }
 
 // bedDir returns the VM test bed's cache dir, or an error if it is not built.
-func bedDir() (string, error) {
-	out, err := exec.Command("bash", vmsh, "path").Output()
+func bedDir() (string, error) { return bedDirOf(bedDefault) }
+
+// bedDirOf returns bed's cache dir, or an error if it is not built.
+func bedDirOf(bed string) (string, error) {
+	cmd := exec.Command("bash", vmsh, "path")
+	cmd.Env = append(os.Environ(), "VM_BED="+bed)
+	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("the VM test bed is not built (`hack/vm.sh build`): %w", err)
+		return "", fmt.Errorf("the VM test bed %s is not built (`VM_BED=%s hack/vm.sh build`): %w", bed, bed, err)
 	}
 	return strings.TrimSpace(string(out)), nil
 }

@@ -1,0 +1,156 @@
+package floor
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func open(t *testing.T, state, run, boot string) *Store {
+	t.Helper()
+	s, err := Open(state, run, boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// A store keeps its floors, metas and marks across opens of the same boot,
+// and wipes them at the first open of another.
+func TestStoreBoot(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	s := open(t, state, "/run/genid", "b1")
+	if !s.Fresh() {
+		t.Fatal("a new store is not fresh")
+	}
+	s.Host().Store(7)
+	f, err := s.Scope("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Store(3)
+	if err := s.SetMeta("c1", []byte(`{"pid":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetMark("vmgenid", json.RawMessage(`{"kmsg_seq":4}`)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s.Close()
+
+	s = open(t, state, "/run/genid", "b1")
+	if s.Fresh() || s.Host().Load() != 7 {
+		t.Fatalf("same boot: fresh %v, host %d; want false, 7", s.Fresh(), s.Host().Load())
+	}
+	recs, err := s.Records()
+	if err != nil || len(recs) != 1 || recs[0].Name != "c1" || recs[0].Floor != 3 || string(recs[0].Meta) != `{"pid":1}` {
+		t.Fatalf("records %+v %v", recs, err)
+	}
+	if m := s.Marks(); string(m["vmgenid"]) != `{"kmsg_seq":4}` {
+		t.Fatalf("marks %s", m)
+	}
+	s.Close()
+
+	s = open(t, state, "/run/genid", "b2")
+	recs, _ = s.Records()
+	if !s.Fresh() || s.Host().Load() != 0 || len(recs) != 0 || len(s.Marks()) != 0 {
+		t.Fatalf("another boot: fresh %v, host %d, records %v, marks %v", s.Fresh(), s.Host().Load(), recs, s.Marks())
+	}
+	// Another run dir has a state of its own.
+	o := open(t, state, "/tmp/other", "b2")
+	if !o.Fresh() || o.Dir() == s.Dir() || Key("/tmp/other") == Key("/run/genid") {
+		t.Fatalf("run dirs share a state: %s", o.Dir())
+	}
+	s.Close()
+	// The first open of a boot removes the states of other boots that no
+	// daemon holds (here: /run/genid's, of b2), and keeps those held and
+	// those of its own boot.
+	held := open(t, state, "/tmp/held", "b2")
+	mine := open(t, state, "/tmp/mine", "b3")
+	mine.Close()
+	open(t, state, "/tmp/third", "b3")
+	if _, err := os.Stat(filepath.Join(state, Key("/run/genid"))); !os.IsNotExist(err) {
+		t.Fatalf("another boot's state left: %v", err)
+	}
+	for _, st := range []*Store{o, held, mine} {
+		if _, err := os.Stat(st.Dir()); err != nil {
+			t.Fatalf("a held state, or one of this boot, removed: %v", err)
+		}
+	}
+}
+
+// One daemon per run dir's state; a removed scope's floor is gone.
+func TestStoreLockAndRemove(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	if _, err := Open(state, "/run/genid", "b1"); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	f, _ := s.Scope("c1")
+	if _, err := s.Scope("c1"); err == nil {
+		t.Fatal("a scope's floor opened twice")
+	}
+	f.Close()
+	s.Remove("c1")
+	if recs, _ := s.Records(); len(recs) != 0 {
+		t.Fatalf("records after remove: %+v", recs)
+	}
+	// Scope names may hold dots: none names another's files.
+	for i, n := range []string{"a", "a.floor", "a.owner", "a.floor.owner"} {
+		f, err := s.Scope(n)
+		if err != nil {
+			t.Fatalf("scope %s beside the others: %v", n, err)
+		}
+		f.Store(uint32(i + 1))
+		defer f.Close()
+		if err := s.SetMeta(n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := s.Records()
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("records %+v %v, want 4", recs, err)
+	}
+	for _, r := range recs {
+		if string(r.Meta) != r.Name {
+			t.Fatalf("record %+v: another's meta", r)
+		}
+	}
+	var none *Scope
+	none.Store(3)
+	if none.Load() != 0 {
+		t.Fatal("a nil floor keeps something")
+	}
+	none.Close()
+}
+
+// A state dir another user could write to is refused: its floors could be
+// lowered.
+func TestStoreRefusesOpenDir(t *testing.T) {
+	state := t.TempDir()
+	os.Chmod(state, 0o777)
+	if _, err := Open(state, "/run/genid", "b1"); err == nil {
+		t.Fatal("opened a state dir that others may write to")
+	}
+	if _, err := Open(t.TempDir(), "/run/genid", ""); err == nil {
+		t.Fatal("opened without a boot id")
+	}
+}
+
+func TestBootID(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "boot_id")
+	os.WriteFile(p, []byte("  \n"), 0o644)
+	if _, err := BootID(p); err == nil {
+		t.Fatal("an empty boot id")
+	}
+	os.WriteFile(p, []byte("65460f2a-0f99\n"), 0o644)
+	if id, err := BootID(p); err != nil || id != "65460f2a-0f99" {
+		t.Fatalf("BootID = %q %v", id, err)
+	}
+	if id, err := BootID(BootIDPath); err != nil || len(id) != 36 {
+		t.Fatalf("this machine's boot id: %q %v", id, err)
+	}
+}

@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Removing the run dir and restarting the daemon loses no generation: the
+// host scope, and a container scope whose process still runs, resume from
+// the state dir, not from 0.
+func TestRunDirRemoved(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	state := t.TempDir()
+	d := startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state)
+	owner := exec.Command("sleep", "1000")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Process.Kill()
+	for range 3 {
+		mustCtl(t, bin, dir, "bump", "--reason", "before")
+	}
+	mustCtl(t, bin, dir, "scope", "create", "--start", "40", "--pid", strconv.Itoa(owner.Process.Pid), "c1")
+	mustCtl(t, bin, dir, "bump", "--scope", "c1")
+	if err := d.kill(syscall.SIGTERM); err != nil {
+		t.Fatalf("daemon: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state)
+	if g := mustCtl(t, bin, dir, "get"); g != "3" {
+		t.Fatalf("host generation after the run dir was removed: %s, want 3", g)
+	}
+	if g := mustCtl(t, bin, dir, "get", "--scope", "c1"); g != "41" {
+		t.Fatalf("c1's generation after the run dir was removed: %s, want 41", g)
+	}
+	if g := mustCtl(t, bin, dir, "bump"); g != "4" {
+		t.Fatalf("bump after: %s, want 4", g)
+	}
+}
+
+// The vmgenid backend finds a real VM generation ID device where the
+// machine has one (this Firecracker microVM has: ACPI VMGENCTR:00, bound to
+// the kernel's vmgenid driver, and the vmfork line of its own clone in its
+// kernel log) and is off where it has none. The boot's first daemon bumps
+// for nothing logged before it, and a daemon started after it crashed looks
+// back from its mark: the kernel log's old vmfork line bumps neither.
+func TestVMGenIDRealDevice(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	state := t.TempDir()
+	dev := vmgenidDevices(t)
+	t.Logf("VM generation ID devices (ACPI): %v", dev)
+	d := startDaemon(t, bin, dir, "--backends", "auto", "--state-dir", state)
+	backends := waitBackends(t, bin, dir)
+	if active := slices.Contains(backends, "vmgenid"); active != (len(dev) > 0) {
+		t.Fatalf("backends %v with the devices %v: vmgenid active %v", backends, dev, active)
+	}
+	if len(dev) == 0 {
+		return
+	}
+	mark := waitMark(t, state, "vmgenid")
+	t.Logf("vmgenid's mark after the first start: %s", mark)
+	if g := mustCtl(t, bin, dir, "get"); g != "0" {
+		t.Fatalf("the boot's first daemon bumped to %s for what the kernel logged before it", g)
+	}
+	d.kill(syscall.SIGKILL) // a crash: the mark it handed over once it had looked back is all there is
+	startDaemon(t, bin, dir, "--backends", "auto", "--state-dir", state)
+	waitBackends(t, bin, dir)
+	time.Sleep(500 * time.Millisecond) // its look back is done well within
+	if g := mustCtl(t, bin, dir, "get"); g != "0" {
+		t.Fatalf("a restarted daemon bumped to %s for a vmfork line before its mark", g)
+	}
+}
+
+// vmgenidDevices lists the ACPI devices that the kernel's vmgenid driver
+// takes (HID VMGENCTR, or QEMU's QEMUVGID with CID VM_GEN_COUNTER).
+func vmgenidDevices(t *testing.T) []string {
+	var out []string
+	for _, pat := range []string{"VMGENCTR:*", "QEMUVGID:*"} {
+		m, err := filepath.Glob(filepath.Join("/sys/bus/acpi/devices", pat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m...)
+	}
+	return out
+}
+
+// waitBackends waits until the daemon's status names its backends (they
+// start with it), and returns them.
+func waitBackends(t *testing.T, bin, dir string) []string {
+	t.Helper()
+	var st struct {
+		Backends []string `json:"backends"`
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := mustCtl(t, bin, dir, "status", "--json")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		if len(st.Backends) > 0 || time.Now().After(deadline) {
+			return st.Backends
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitMark waits until the state dir holds a mark of backend name, and
+// returns it.
+func waitMark(t *testing.T, state, name string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		files, _ := filepath.Glob(filepath.Join(state, "*", "marks.json"))
+		for _, f := range files {
+			var marks map[string]json.RawMessage
+			b, _ := os.ReadFile(f)
+			if json.Unmarshal(b, &marks) == nil && marks[name] != nil {
+				return string(marks[name])
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no mark of %s in %s", name, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
