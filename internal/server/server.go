@@ -66,6 +66,11 @@ type Config struct {
 	Logger       *slog.Logger
 	// Now is the clock of the bump records (tests); default time.Now.
 	Now func() time.Time
+
+	// HooksDir holds the after-restore hooks, run on each bump (hooks.go);
+	// "" for none. HookTimeout bounds each (default hooks.DefaultTimeout).
+	HooksDir    string
+	HookTimeout time.Duration
 }
 
 // Defaults of Config.
@@ -143,6 +148,7 @@ type Server struct {
 	adminConns int
 	queries    queries
 	backends   []string
+	obs        observer // history, metrics, hooks (history.go)
 
 	bgCtx    context.Context // ends when Serve shuts down: the backends' context
 	bgCancel context.CancelFunc
@@ -180,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 	if s.loop, err = newLoop(s); err != nil {
 		return nil, err
 	}
+	s.observeInit()
 	// The host scope's page first: its lock proves that no other daemon
 	// serves this run dir, so the sockets left by a crashed one can go.
 	// Then the admin socket: whoever sees the host scope's socket appear
@@ -245,6 +252,7 @@ func (s *Server) release() {
 		unix.Close(s.adminfd)
 		unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0)
 	}
+	s.observeClose()
 	for _, fd := range []int{s.statefd, s.scopesfd, s.rundirfd} {
 		if fd >= 0 {
 			unix.Close(fd)
@@ -300,7 +308,7 @@ func (s *Server) Bump(name string, min uint32, reason string) (uint32, error) {
 			err = fmt.Errorf("no scope %q: %w", name, errNotFound)
 			return
 		}
-		gen, err = s.bump(st, min, reason, peer{pid: os.Getpid(), uid: s.euid})
+		gen, err = s.bump(st, min, s.daemonCause(reason, false))
 	}); derr != nil {
 		return 0, derr
 	}
@@ -309,7 +317,7 @@ func (s *Server) Bump(name string, min uint32, reason string) (uint32, error) {
 
 // BumpAll bumps every scope: a backend saw the VM restored.
 func (s *Server) BumpAll(reason string) error {
-	return s.do(func() { s.bumpAll(reason, peer{pid: os.Getpid(), uid: s.euid}) })
+	return s.do(func() { s.bumpAll(s.daemonCause(reason, true)) })
 }
 
 // Status returns a scope's status as an administrator sees it.
