@@ -80,4 +80,3 @@ func symbolData(f *elf.File, syms []elf.Symbol, name string, min uint64) ([]byte
 	}
 	return nil, fmt.Errorf("no symbol %s", name)
 }
-
