@@ -54,5 +54,8 @@ func init() {
 	for range childCalls {
 		target()
 	}
+	if calls != childCalls {
+		os.Exit(1)
+	}
 	os.Exit(0)
 }
