@@ -125,7 +125,7 @@ func (s *Server) recordBump(st *scopeState, prev uint32, ch scope.Change[*conn],
 	if outdated > 0 {
 		e.Barrier = genid.BarrierPending
 	}
-	if s.cfg.HooksDir != "" {
+	if s.hooksPresent() {
 		e.Hooks = genid.HooksPending
 	}
 	seq := s.obs.ring.Add(e)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -15,21 +16,23 @@ import (
 )
 
 // historyQueue bounds the changes waiting for the writer; past it, a change
-// is not written (the log says so once). historyDelay is how long the
-// writer gathers changes before it writes them: in a storm of bumps, each
-// entry's latest state is written once per delay, whatever the rate.
+// is not written (the log says so once). historyEvery is the least time
+// between two writes: in a storm of bumps, the changes gather meanwhile,
+// and each entry's latest state is written once, whatever the rate.
 const (
 	historyQueue = 4096
-	historyDelay = 100 * time.Millisecond
+	historyEvery = 20 * time.Millisecond
 )
 
 // historyWriter keeps the history's file, off the loop: the loop hands it
 // each entry as it changes (put), and it writes the latest state of the
-// entries that changed, historyDelay after the first change, as lines
-// appended to the file; it rewrites the file from its own copy of the ring
-// once the file has twice as many lines as the ring entries. The loop
-// spends a copy of an entry per change; a daemon that dies loses at most
-// the last delay's changes.
+// entries that changed, as lines appended to the file: at once, unless it
+// wrote less than historyEvery ago (then when that has passed); it rewrites
+// the file from its own copy of the ring once the file has twice as many
+// lines as the ring entries. The loop spends a copy of an entry per change;
+// a daemon that dies loses at most historyEvery's changes. The appends are
+// raw system calls (sys.go), which leave the runtime's sysmon asleep, and
+// bumps further apart than historyEvery arm no timer.
 type historyWriter struct {
 	log     *slog.Logger
 	statefd int
@@ -49,7 +52,7 @@ type historyWriter struct {
 // the entries of ring (copied: the writer keeps its own).
 func startHistoryWriter(log *slog.Logger, statefd int, f *os.File, lines int, ring *history.Ring) *historyWriter {
 	w := &historyWriter{log: log, statefd: statefd, ch: make(chan genid.HistoryEntry, historyQueue),
-		file: f, buf: bufio.NewWriterSize(f, 16<<10), lines: lines, mirror: history.New(ring.Size())}
+		file: f, buf: bufio.NewWriterSize(rawFile{f}, 16<<10), lines: lines, mirror: history.New(ring.Size())}
 	for _, e := range ring.List(nil, 0) {
 		w.mirror.Keep(e)
 	}
@@ -76,16 +79,19 @@ func (w *historyWriter) close() {
 }
 
 func (w *historyWriter) run() {
-	defer w.file.Close()
+	defer func() { w.file.Close() }()
 	changed := make(map[uint64]bool) // seqs to write
-	timer := time.NewTimer(historyDelay)
-	timer.Stop()
+	timer := time.NewTimer(0)
+	<-timer.C
+	waiting := false // for the timer
+	var last time.Time
 	flush := func() {
 		if err := w.write(changed); err != nil && !w.failed {
 			w.failed = true
 			w.log.Warn("history file not written: kept in memory", "err", err)
 		}
 		clear(changed)
+		last = time.Now()
 	}
 	for {
 		select {
@@ -94,17 +100,43 @@ func (w *historyWriter) run() {
 				flush()
 				return
 			}
-			if !w.mirror.Keep(e) {
-				continue // dropped from the ring already
+			if w.mirror.Keep(e) {
+				changed[e.Seq] = true
 			}
-			if len(changed) == 0 {
-				timer.Reset(historyDelay)
+			if len(w.ch) > 0 || waiting || len(changed) == 0 {
+				continue // more to gather first
 			}
-			changed[e.Seq] = true
+			if wait := historyEvery - time.Since(last); wait > 0 {
+				timer.Reset(wait)
+				waiting = true
+				continue
+			}
+			flush()
 		case <-timer.C:
+			waiting = false
 			flush()
 		}
 	}
+}
+
+// rawFile writes with raw system calls: a write to the run dir's tmpfs
+// returns at once.
+type rawFile struct{ f *os.File }
+
+func (r rawFile) Write(b []byte) (int, error) {
+	fd := r.f.Fd()
+	n := 0
+	for n < len(b) {
+		m, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno != 0:
+			return n, errno
+		}
+		n += int(m)
+	}
+	return n, nil
 }
 
 // write appends the lines of the entries changed, oldest first, or
@@ -117,7 +149,7 @@ func (w *historyWriter) write(changed map[uint64]bool) error {
 	if history.Compact(w.lines+len(changed), w.mirror.Size()) {
 		return w.compact()
 	}
-	w.buf.Reset(w.file)
+	w.buf.Reset(rawFile{w.file})
 	n, err := w.writeLines(func(e *genid.HistoryEntry) bool { return changed[e.Seq] })
 	w.lines += n
 	return err
@@ -151,7 +183,7 @@ func (w *historyWriter) compact() error {
 		return fmt.Errorf("history: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), historyFile)
-	w.buf.Reset(f)
+	w.buf.Reset(rawFile{f})
 	n, err := w.writeLines(func(*genid.HistoryEntry) bool { return true })
 	if err != nil {
 		f.Close()

@@ -3,6 +3,9 @@ package server
 import (
 	"slices"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/hooks"
@@ -19,11 +22,29 @@ type hookJob struct {
 	bump hooks.Bump
 }
 
+// atFDCWD is AT_FDCWD as a system call's argument.
+var atFDCWD = uintptr(^uint(0) - 99) // -100
+
+// hooksPresent tells whether the hooks directory is there, with a raw
+// system call (sys.go): without it, a bump wakes no worker at all.
+func (s *Server) hooksPresent() bool {
+	if s.cfg.HooksDir == "" {
+		return false
+	}
+	p, err := unix.BytePtrFromString(s.cfg.HooksDir)
+	if err != nil {
+		return false
+	}
+	var st unix.Stat_t
+	_, _, errno := unix.RawSyscall6(unix.SYS_NEWFSTATAT, atFDCWD, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&st)), 0, 0, 0)
+	return errno == 0
+}
+
 // runHooks hands a bump's hooks to the worker, which runs them off the
 // loop: the bump neither waits for them nor fails with them.
 func (s *Server) runHooks(st *scopeState, e *genid.HistoryEntry) {
-	if s.cfg.HooksDir == "" {
-		return
+	if e.Hooks != genid.HooksPending {
+		return // no hooks directory
 	}
 	if s.obs.hooks == nil {
 		s.obs.hooks = make(chan hookJob, maxPendingHooks)

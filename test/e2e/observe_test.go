@@ -101,6 +101,7 @@ func TestHistoryCommand(t *testing.T) {
 	dir := runDir(t)
 	d := startDaemon(t, bin, dir)
 	w := startWatch(t, bin, dir)
+	waitRegistered(t, bin, dir, 1)
 	mustCtl(t, bin, dir, "scope", "create", "web")
 	mustCtl(t, bin, dir, "bump", "--avoid", "6", "--reason", "test restore")
 	if got := w.next(t); got != "7" {
@@ -156,6 +157,7 @@ func TestMetricsCommand(t *testing.T) {
 	tcpDir := runDir(t)
 	startDaemon(t, bin, tcpDir, "--metrics-listen", port)
 	w := startWatch(t, bin, dir)
+	waitRegistered(t, bin, dir, 1)
 	mustCtl(t, bin, dir, "bump")
 	w.next(t)
 	mustCtl(t, bin, dir, "wait-watchers", "--timeout", "10s")
