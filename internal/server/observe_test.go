@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -693,5 +694,27 @@ func TestMetricsRefusedConnections(t *testing.T) {
 	}
 	if n, ok := value(t, scrape(t, text), "genid_refusals_total", "socket", "admin", "code", "limit"); !ok || n != 1 {
 		t.Errorf("limit refusals %v %v", n, ok)
+	}
+}
+
+// A second daemon on a run dir that one serves fails, and leaves the
+// first one's history alone.
+func TestHistoryOfAnotherDaemonLeftAlone(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := admin(t, d)
+	watcher(t, d.dir)
+	a.Bump(context.Background(), "", 0, "")
+	time.Sleep(50 * time.Millisecond) // written
+	path := filepath.Join(d.dir, "state", "history.jsonl")
+	before, _ := os.ReadFile(path)
+	if _, err := server.New(server.Config{RunDir: d.dir, Logger: slog.New(slog.DiscardHandler)}); err == nil {
+		t.Fatal("a second daemon on the run dir")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) || !bytes.Contains(after, []byte(`"barrier":"pending"`)) {
+		t.Errorf("history file changed by the second daemon:\n%s\n%s", before, after)
+	}
+	if e := history(t, a, genid.HistoryOptions{})[0]; e.Barrier != genid.BarrierPending {
+		t.Errorf("%+v", e)
 	}
 }

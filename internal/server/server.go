@@ -22,6 +22,8 @@
 //	peer.go      who is at the other end, and who is an administrator
 //	diag.go      query-peer (sock_diag)
 //	status.go    status and scope lists
+//	history.go   the history of bumps, their barriers; historyfile.go its file
+//	metrics.go   the metrics; hooks.go the after-restore hooks
 //	sys.go       raw system calls
 package server
 
@@ -186,7 +188,6 @@ func New(cfg Config) (*Server, error) {
 	if s.loop, err = newLoop(s); err != nil {
 		return nil, err
 	}
-	s.observeInit()
 	// The host scope's page first: its lock proves that no other daemon
 	// serves this run dir, so the sockets left by a crashed one can go.
 	// Then the admin socket: whoever sees the host scope's socket appear
@@ -194,6 +195,7 @@ func New(cfg Config) (*Server, error) {
 	if s.root, err = s.openPage("", cfg.RunDir, s.rundirfd); err != nil {
 		return nil, err
 	}
+	s.observeInit() // the history's file is this daemon's now
 	s.adminSock = filepath.Join(cfg.RunDir, genid.AdminSocketFile)
 	if err := unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return nil, fmt.Errorf("stale admin socket: %w", err)
