@@ -388,9 +388,14 @@ func groupName(gid uint32) string {
 	return strconv.FormatUint(uint64(gid), 10)
 }
 
-// checkHooks: the after-restore hooks the daemon would run, or refuse.
+// checkHooks: the after-restore hooks the daemon would run, or refuse: it
+// takes those of root and of its own user, who owns its admin socket.
 func (d *doctor) checkHooks() {
-	list, refused, err := hooks.List(d.hooksDir, []uint32{0})
+	owners := []uint32{0}
+	if fi, err := os.Stat(filepath.Join(d.runDir, genid.AdminSocketFile)); err == nil {
+		owners = append(owners, fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	list, refused, err := hooks.List(d.hooksDir, owners)
 	switch {
 	case err != nil:
 		d.add("hooks", statusFail, fmt.Sprintf("%s: %v", d.hooksDir, err), "chown root and chmod go-w the directory and those above it")

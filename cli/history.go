@@ -89,7 +89,7 @@ func who(e genid.HistoryEntry) string {
 	case "admin":
 		fmt.Fprintf(&b, "admin pid %d uid %d", e.PID, e.UID)
 	case "restore":
-		fmt.Fprintf(&b, "criu pid %d", e.PID)
+		fmt.Fprintf(&b, "restore by pid %d", e.PID)
 		if r := e.Restore; r != nil {
 			if r.RecordedScope != "" {
 				fmt.Fprintf(&b, ", checkpoint of %s", r.RecordedScope)
