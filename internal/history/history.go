@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sort"
 
 	"github.com/genid-project/genid/genid"
 )
@@ -92,33 +94,23 @@ func (r *Ring) put(e genid.HistoryEntry) {
 // Get returns the entry numbered seq for the caller to update in place,
 // or nil when it is no longer kept.
 func (r *Ring) Get(seq uint64) *genid.HistoryEntry {
-	if r.n == 0 {
+	// Seqs grow from the oldest to the newest, with gaps where a file read
+	// back lacked lines.
+	i := sort.Search(r.n, func(i int) bool { return r.at(i).Seq >= seq })
+	if i == r.n || r.at(i).Seq != seq {
 		return nil
 	}
-	oldest := r.buf[r.start].Seq
-	if seq < oldest || seq > r.last {
-		return nil
-	}
-	// Seqs are consecutive from the oldest, except across a file that was
-	// read back with gaps: look from where it would be.
-	i := int(seq - oldest)
-	for i = min(i, r.n-1); i >= 0; i-- {
-		e := &r.buf[(r.start+i)%len(r.buf)]
-		if e.Seq == seq {
-			return e
-		}
-		if e.Seq < seq {
-			break
-		}
-	}
-	return nil
+	return r.at(i)
 }
+
+// at returns the i-th oldest entry.
+func (r *Ring) at(i int) *genid.HistoryEntry { return &r.buf[(r.start+i)%len(r.buf)] }
 
 // Range calls f with each entry, oldest first, until f returns false. f
 // must not keep e nor change the ring.
 func (r *Ring) Range(f func(e *genid.HistoryEntry) bool) {
 	for i := range r.n {
-		if !f(&r.buf[(r.start+i)%len(r.buf)]) {
+		if !f(r.at(i)) {
 			return
 		}
 	}
@@ -129,14 +121,11 @@ func (r *Ring) Range(f func(e *genid.HistoryEntry) bool) {
 func (r *Ring) List(keep func(*genid.HistoryEntry) bool, max int) []genid.HistoryEntry {
 	out := []genid.HistoryEntry{}
 	for i := r.n - 1; i >= 0 && (max <= 0 || len(out) < max); i-- {
-		e := &r.buf[(r.start+i)%len(r.buf)]
-		if keep == nil || keep(e) {
+		if e := r.at(i); keep == nil || keep(e) {
 			out = append(out, Clone(e))
 		}
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out
 }
 

@@ -85,6 +85,9 @@ func TestListCopies(t *testing.T) {
 
 func TestKeep(t *testing.T) {
 	r := New(2)
+	if r.Keep(genid.HistoryEntry{}) || r.Len() != 0 {
+		t.Fatal("an entry of no seq kept")
+	}
 	if !r.Keep(genid.HistoryEntry{Seq: 5, Reason: "a"}) || r.Last() != 5 {
 		t.Fatal("a first entry")
 	}
@@ -144,7 +147,19 @@ func TestReadLongLine(t *testing.T) {
 	if err != nil || bad != 1 || back.Len() != 1 {
 		t.Fatalf("%d bad, %d kept, %v", bad, back.Len(), err)
 	}
-	if _, err := Line(&genid.HistoryEntry{Seq: 1, Reason: strings.Repeat("x", MaxLine)}); err == nil {
+	// The longest line that Read takes back is what Line writes, and no
+	// longer.
+	base, _ := Line(&genid.HistoryEntry{Seq: 1})
+	longest := genid.HistoryEntry{Seq: 1, Reason: strings.Repeat("x", MaxLine-len(base))}
+	line, err := Line(&longest)
+	if err != nil || len(line) != MaxLine {
+		t.Fatalf("a line of %d bytes: %v", len(line), err)
+	}
+	if back, _, bad, err := Read(bytes.NewReader(line), 3); err != nil || bad != 0 || back.Get(1) == nil {
+		t.Fatalf("the longest line not read back: %d bad, %v", bad, err)
+	}
+	longest.Reason += "x"
+	if _, err := Line(&longest); err == nil {
 		t.Fatal("a line too long to read back is written")
 	}
 }
