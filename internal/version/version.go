@@ -2,7 +2,10 @@
 // status and metrics and genidctl prints it.
 package version
 
-import "runtime/debug"
+import (
+	"runtime/debug"
+	"sync"
+)
 
 // version is set at build time: go build -ldflags "-X
 // github.com/genid-project/genid/internal/version.version=V" (the Makefile
@@ -11,7 +14,10 @@ var version string
 
 // String returns the version: the one set at build time, else the module's
 // (go install ...@vX), else the commit the build recorded, else "devel".
-func String() string {
+// Worked out once: every status reply carries it.
+var String = sync.OnceValue(find)
+
+func find() string {
 	if version != "" {
 		return version
 	}
