@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +25,7 @@ func write(t *testing.T, dir, name, body string, mode os.FileMode) string {
 
 func TestValidName(t *testing.T) {
 	for name, want := range map[string]bool{
-		"10-ssh": true, "a_b": true, "Z9": true,
+		"10-ssh": true, "a_b": true, "Z9": true, "az": true, "AZ": true, "09": true,
 		"": false, "x.sh": false, "x~": false, ".hidden": false, "a b": false, "x.dpkg-old": false, "ü": false,
 	} {
 		if ValidName(name) != want {
@@ -95,6 +96,13 @@ func TestTrusted(t *testing.T) {
 	if err := Trusted(filepath.Join(dir, "none"), owners); err == nil {
 		t.Error("a missing file")
 	}
+	// A hook as it should be, in a directory others may write.
+	open := filepath.Join(dir, "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	if err := Trusted(write(t, open, "h", "", 0o755), owners); err == nil || !strings.Contains(err.Error(), open+" is writable") {
+		t.Errorf("in a directory others may write: %v", err)
+	}
 }
 
 func TestRun(t *testing.T) {
@@ -114,6 +122,14 @@ func TestRun(t *testing.T) {
 	}
 	if res, _ := Run(context.Background(), Hook{Name: "x", Path: filepath.Join(dir, "none")}, b, time.Minute); res.OK() || res.Error == "" || res.Exit != -1 {
 		t.Errorf("missing: %+v", res)
+	}
+	killed := Hook{Name: "killed", Path: write(t, dir, "killed", "kill -9 $$", 0o755)}
+	if res, _ := Run(context.Background(), killed, b, time.Minute); res.OK() || res.Exit != -1 || res.TimedOut || res.Error != "signal: killed" {
+		t.Errorf("killed by a signal: %+v", res)
+	}
+	exact := Hook{Name: "exact", Path: write(t, dir, "exact", fmt.Sprintf("yes a | tr -d '\\n' | head -c %d", MaxOutput), 0o755)}
+	if _, out := Run(context.Background(), exact, b, time.Minute); len(out) != MaxOutput || out[0] != 'a' {
+		t.Errorf("output of exactly %d bytes: %d, %q...", MaxOutput, len(out), out[:min(len(out), 8)])
 	}
 	// The output's end is kept.
 	loud := Hook{Name: "loud", Path: write(t, dir, "loud", "yes a | tr -d '\\n' | head -c 10000; echo END", 0o755)}
