@@ -34,8 +34,11 @@ BUILD_TIMEOUT     := 20m
 
 all: build
 
+# The version the daemon reports (status, metrics) and doctor compares.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cli
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -X github.com/genid-project/genid/internal/version.version=$(VERSION)' -o $(BIN) ./cli
 
 run: build
 	./$(BIN) daemon

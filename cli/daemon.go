@@ -19,6 +19,7 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/backend"
+	"github.com/genid-project/genid/internal/hooks"
 	"github.com/genid-project/genid/internal/server"
 	"github.com/genid-project/genid/internal/wire"
 )
@@ -53,6 +54,9 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, EnvVars: []string{"GENID_STATE_DIR"}, Usage: "`DIR` that keeps, for the boot, " +
 				"each scope's floor and what the backends saw, so that neither a removed run dir nor a restart loses them " +
 				"(docs/state.md); none: no state dir. A user who cannot write the default gets $XDG_STATE_HOME/genid"},
+			&cli.StringFlag{Name: "hooks-dir", Value: defaultHooksDir, Usage: "`DIR` of after-restore hooks, run on each bump (\"\": none; see docs/observe.md)"},
+			&cli.DurationFlag{Name: "hook-timeout", Value: hooks.DefaultTimeout, Usage: "time a hook may run before it is killed"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at `ADDR`/metrics: HOST:PORT, or the path of a unix socket (default: off; genidctl metrics prints them)"},
 		},
 		Action: runDaemon,
 	}
@@ -91,6 +95,9 @@ func checkDaemonFlags(c *cli.Context) error {
 	}
 	if d := c.Duration("vmclock-poll"); d < 0 {
 		return usageError{fmt.Errorf("daemon: --vmclock-poll %v is negative", d)}
+	}
+	if d := c.Duration("hook-timeout"); d <= 0 {
+		return usageError{fmt.Errorf("daemon: --hook-timeout %v: must be positive", d)}
 	}
 	return nil
 }
@@ -156,9 +163,18 @@ func runDaemon(c *cli.Context) error {
 		MaxPayload:          uint32(c.Uint("max-frame")),
 		FrameTimeout:        c.Duration("frame-timeout"),
 		Logger:              log,
+		HooksDir:            c.String("hooks-dir"),
+		HookTimeout:         c.Duration("hook-timeout"),
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
+	}
+	if addr := c.String("metrics-listen"); addr != "" {
+		ln, err := listenMetrics(addr, adminGroup)
+		if err != nil {
+			return fmt.Errorf("daemon: --metrics-listen: %w", err)
+		}
+		srv.ServeMetrics(ln)
 	}
 	log.Info("run dir", "path", dir, "page", filepath.Join(dir, genid.PageFile))
 	// All the daemon's work is its event loop's: a second processor only adds

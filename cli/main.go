@@ -51,7 +51,9 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "genidctl: %v\n", err)
+	if msg := err.Error(); msg != "" { // cli.Exit("", code) has said all already
+		fmt.Fprintf(os.Stderr, "genidctl: %v\n", msg)
+	}
 	return exitCode(err)
 }
 
@@ -71,6 +73,9 @@ func newApp() *cli.App {
 		ociHookCommand(),
 		hooksDCommand(),
 		cdiSpecCommand(),
+		historyCommand(),
+		metricsCommand(),
+		doctorCommand(),
 	}
 	var each func([]*cli.Command)
 	each = func(cmds []*cli.Command) {

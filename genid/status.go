@@ -13,6 +13,8 @@ type Status struct {
 	LastBump    *BumpRecord   `json:"last_bump"`
 	WatcherList []WatcherInfo `json:"watcher_list,omitempty"`
 	Backends    []string      `json:"backends,omitempty"`
+	// Version is the daemon's (the host scope's status only).
+	Version string `json:"version,omitempty"`
 }
 
 // BumpRecord describes a scope's last bump.

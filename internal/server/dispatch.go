@@ -102,7 +102,7 @@ func (s *Server) handleMember(c *conn, f wire.Frame) {
 	case wire.OpBump, wire.OpQueryPeer:
 		c.replyErr(f.Header, fmt.Errorf("%s: only on the admin socket %s: %w", f.Op, s.AdminSocketPath(), errPermission))
 
-	case wire.OpScopeCreate, wire.OpScopeRemove, wire.OpScopes, wire.OpRestore:
+	case wire.OpScopeCreate, wire.OpScopeRemove, wire.OpScopes, wire.OpRestore, wire.OpHistory, wire.OpMetrics:
 		c.replyStatus(f.Header, wire.StatusUnknownOp, fmt.Sprintf("%s: only on the admin socket %s", f.Op, s.AdminSocketPath()))
 
 	default:
@@ -153,6 +153,31 @@ func (s *Server) handleAdmin(c *conn, f wire.Frame, priv bool) {
 		}
 		s.restore(c, f.Header, name, req, priv)
 		return
+	case wire.OpHistory:
+		req, err := wire.ParseHistory(p)
+		if err != nil {
+			c.replyErr(f.Header, fmt.Errorf("history: %v: %w", err, errBadRequest))
+			return
+		}
+		list, err := s.historyList(name, req)
+		if err != nil {
+			c.replyErr(f.Header, err)
+			return
+		}
+		s.replyJSON(c, f.Header, list)
+		return
+	case wire.OpMetrics:
+		if name != "" || len(p) != 0 {
+			c.replyErr(f.Header, fmt.Errorf("metrics: takes no scope and no payload: %w", errBadRequest))
+			return
+		}
+		text, err := s.metricsText()
+		if err != nil {
+			c.replyErr(f.Header, fmt.Errorf("metrics: %v: %w", err, errInternal))
+			return
+		}
+		c.reply(f.Header, text)
+		return
 	case wire.OpQueryPeer:
 		ino, err := wire.ParseInode(p)
 		if err != nil {
@@ -172,7 +197,7 @@ func (s *Server) handleAdmin(c *conn, f wire.Frame, priv bool) {
 				c.replyErr(f.Header, fmt.Errorf("bump: every scope, or scope %q: %w", name, errBadRequest))
 				return
 			}
-			s.bumpAll(reasonOr(b.Reason), c.peer)
+			s.bumpAll(cause{reason: reasonOr(b.Reason), by: byAdmin, who: c.peer})
 			c.reply(f.Header, wire.U32(s.root.core.Generation()))
 			return
 		}
@@ -205,7 +230,7 @@ func (s *Server) handleAdmin(c *conn, f wire.Frame, priv bool) {
 		s.startWait(c, st, f.Header, time.Duration(ms)*time.Millisecond)
 	case wire.OpBump:
 		b, _ := wire.ParseBump(p)
-		gen, err := s.bump(st, b.Min, reasonOr(b.Reason), c.peer)
+		gen, err := s.bump(st, b.Min, cause{reason: reasonOr(b.Reason), by: byAdmin, who: c.peer})
 		if err != nil {
 			c.replyErr(f.Header, fmt.Errorf("bump: %w", err))
 			return

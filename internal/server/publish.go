@@ -17,26 +17,33 @@ func (s *Server) apply(st *scopeState, ch scope.Change[*conn]) {
 	for _, e := range ch.Ended {
 		s.answerWait(e.Owner, e.Err)
 	}
+	s.barrierCheck(st)
 }
 
-// bump bumps one scope on behalf of who (an administrator, a restore, a
-// backend: the daemon itself).
-func (s *Server) bump(st *scopeState, min uint32, reason string, who peer) (uint32, error) {
-	ch, err := st.core.Bump(min, reason, s.clock())
+// bump bumps one scope on behalf of whoever why names (an administrator, a
+// restore, a backend: the daemon itself). The bump is recorded in the
+// history and the log, and its hooks are queued: they run later, off the
+// loop.
+func (s *Server) bump(st *scopeState, min uint32, why cause) (uint32, error) {
+	prev := st.core.Generation()
+	ch, err := st.core.Bump(min, why.reason, s.clock())
 	if err != nil {
-		s.log.Error("bump refused", "scope", st.name, "min", min, "reason", reason, "err", err)
+		s.log.Error("bump refused", "scope", st.label(), "min", min, "reason", why.reason, "by", why.by, "pid", why.who.pid, "uid", why.who.uid, "err", err)
 		return 0, err
 	}
+	e := s.recordBump(st, prev, ch, min, why)
 	s.apply(st, ch)
-	s.log.Info("bumped", "scope", st.label(), "generation", ch.Gen, "min", min, "reason", reason, "pid", who.pid, "uid", who.uid)
+	s.logBump(st, e)
+	s.runHooks(st, e)
 	return ch.Gen, nil
 }
 
 // bumpAll bumps every scope by at least one: what a VM restore does, since
 // every process's memory was duplicated. A scope at its maximum is logged
 // and left.
-func (s *Server) bumpAll(reason string, who peer) {
+func (s *Server) bumpAll(why cause) {
+	why.all = true
 	for _, st := range s.scopeOrder() {
-		s.bump(st, 0, reason, who)
+		s.bump(st, 0, why)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/scope"
 	"github.com/genid-project/genid/internal/wire"
 )
@@ -81,14 +82,16 @@ func (s *Server) restore(c *conn, h wire.Header, hint string, req wire.Restore, 
 		}
 	}
 	min := uint32(0)
+	info := &genid.RestoreInfo{RecordedScope: hint, TasksPID: int(req.PID)}
 	if req.Flags&wire.FlagAvoid != 0 {
 		if req.Avoid == ^uint32(0) {
 			c.replyErr(h, fmt.Errorf("restore: the recorded generation is the maximum: nothing is past it: %w", scope.ErrOverflow))
 			return
 		}
 		min = req.Avoid + 1
+		info.RecordedGeneration = &req.Avoid
 	}
-	gen, err := s.bump(st, min, "criu-restore", c.peer)
+	gen, err := s.bump(st, min, cause{reason: "criu-restore", by: byRestore, who: c.peer, restore: info})
 	if err != nil {
 		c.replyErr(h, fmt.Errorf("restore: %w", err))
 		return

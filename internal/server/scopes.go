@@ -52,6 +52,8 @@ type scopeState struct {
 
 	restorer     *conn // the admin connection restoring it, if any
 	restoreTimer timer
+
+	obs scopeObs // its last bump's barrier (history.go)
 }
 
 // scopeMeta is what the daemon keeps of a scope besides its page, across
@@ -338,6 +340,7 @@ func (s *Server) removeScope(st *scopeState, why string) error {
 		s.loop.unwatch(st.pidfd)
 	}
 	delete(s.scopes, st.name)
+	s.scopeGone(st)
 	s.destroy(st)
 	s.log.Info("scope removed", "scope", st.name, "why", why, "generation", st.core.Generation())
 	return nil

@@ -23,6 +23,8 @@
 //	peer.go      who is at the other end, and who is an administrator
 //	diag.go      query-peer (sock_diag)
 //	status.go    status and scope lists
+//	history.go   the history of bumps, their barriers; historyfile.go its file
+//	metrics.go   the metrics; hooks.go the after-restore hooks
 //	sys.go       raw system calls
 package server
 
@@ -76,6 +78,11 @@ type Config struct {
 	Logger       *slog.Logger
 	// Now is the clock of the bump records (tests); default time.Now.
 	Now func() time.Time
+
+	// HooksDir holds the after-restore hooks, run on each bump (hooks.go);
+	// "" for none. HookTimeout bounds each (default hooks.DefaultTimeout).
+	HooksDir    string
+	HookTimeout time.Duration
 }
 
 // Defaults of Config.
@@ -163,6 +170,7 @@ type Server struct {
 	marks        map[string]json.RawMessage
 	markMu       sync.Mutex
 	pendingMarks map[string]json.RawMessage // saved while stopping, written by shutdown
+	obs          observer                   // history, metrics, hooks (history.go)
 
 	bgCtx    context.Context // ends when Serve shuts down: the backends' context
 	bgCancel context.CancelFunc
@@ -215,6 +223,7 @@ func New(cfg Config) (*Server, error) {
 	if s.root, err = s.openPage("", cfg.RunDir, s.rundirfd); err != nil {
 		return nil, err
 	}
+	s.observeInit() // the history's file is this daemon's now
 	s.adminSock = filepath.Join(cfg.RunDir, genid.AdminSocketFile)
 	if err := unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return nil, fmt.Errorf("stale admin socket: %w", err)
@@ -276,6 +285,7 @@ func (s *Server) release() {
 		unix.Close(s.adminfd)
 		unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0)
 	}
+	s.observeClose()
 	for _, fd := range []int{s.statefd, s.scopesfd, s.rundirfd} {
 		if fd >= 0 {
 			unix.Close(fd)
@@ -332,7 +342,7 @@ func (s *Server) Bump(name string, min uint32, reason string) (uint32, error) {
 			err = fmt.Errorf("no scope %q: %w", name, errNotFound)
 			return
 		}
-		gen, err = s.bump(st, min, reason, peer{pid: os.Getpid(), uid: s.euid})
+		gen, err = s.bump(st, min, s.daemonCause(reason, false))
 	}); derr != nil {
 		return 0, derr
 	}
@@ -341,7 +351,7 @@ func (s *Server) Bump(name string, min uint32, reason string) (uint32, error) {
 
 // BumpAll bumps every scope: a backend saw the VM restored.
 func (s *Server) BumpAll(reason string) error {
-	return s.do(func() { s.bumpAll(reason, peer{pid: os.Getpid(), uid: s.euid}) })
+	return s.do(func() { s.bumpAll(s.daemonCause(reason, true)) })
 }
 
 // Status returns a scope's status as an administrator sees it.

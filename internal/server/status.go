@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/version"
 )
 
 // status is a scope's state for OpStatus. Members see their scope's
@@ -24,6 +25,7 @@ func (s *Server) status(st *scopeState, admin bool) genid.Status {
 		if out.Backends == nil {
 			out.Backends = []string{}
 		}
+		out.Version = version.String()
 	}
 	if admin {
 		out.WatcherList = make([]genid.WatcherInfo, 0, out.Watchers)
@@ -47,7 +49,7 @@ func (s *Server) scopeList() []genid.ScopeInfo {
 			info.Dir = st.dir
 			info.Created = st.meta.Created
 		}
-		info.Backends = nil
+		info.Backends, info.Version = nil, ""
 		out = append(out, info)
 	}
 	return out

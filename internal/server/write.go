@@ -35,6 +35,7 @@ func (c *conn) replyStatus(h wire.Header, st wire.Status, msg string) {
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
+	c.srv.refused(c, st)
 	c.send(wire.Append(nil, wire.Header{Op: h.Op, ID: h.ID, Status: st}, []byte(msg)))
 }
 

@@ -48,6 +48,8 @@ const (
 	OpScopeRemove Op = 11 // -> empty
 	OpScopes      Op = 12 // -> JSON list of scopes
 	OpRestore     Op = 13 // u32 flags, u32 avoid, u32 pid -> u32 generation, Name
+	OpHistory     Op = 14 // u32 flags, u32 max -> JSON list of the last bumps
+	OpMetrics     Op = 15 // -> the metrics, Prometheus text exposition format
 
 	// OpEvent is sent by the daemon unprompted (id 0): u32 generation, u32 flags.
 	OpEvent Op = 0x80
@@ -82,6 +84,10 @@ func (o Op) String() string {
 		return "scopes"
 	case OpRestore:
 		return "restore"
+	case OpHistory:
+		return "history"
+	case OpMetrics:
+		return "metrics"
 	case OpEvent:
 		return "event"
 	}
@@ -120,6 +126,10 @@ const (
 	// administrator's request), for later restore requests of it, which
 	// then need none; no scope is named or bumped.
 	FlagBegin uint32 = 1 << 1
+
+	// FlagEveryScope (history): the bumps of every scope, not only the
+	// named one's; the name must be empty.
+	FlagEveryScope uint32 = 1 << 0
 )
 
 // Status is the result code of a reply. Zero is success; the payload of a
@@ -478,4 +488,25 @@ func ParseRestore(p []byte) (Restore, error) {
 		return Restore{}, fmt.Errorf("wire: unknown restore flags %#x", r.Flags)
 	}
 	return r, nil
+}
+
+// History is the payload of OpHistory, after the name.
+type History struct {
+	Flags uint32 // FlagEveryScope
+	Max   uint32 // the latest Max bumps; 0 for every one kept
+}
+
+// Encode returns the payload of h.
+func (h History) Encode() []byte { return U32s(h.Flags, h.Max) }
+
+// ParseHistory decodes what follows the name of an OpHistory.
+func ParseHistory(p []byte) (History, error) {
+	pr, err := ParsePair(p)
+	if err != nil {
+		return History{}, err
+	}
+	if pr.A&^FlagEveryScope != 0 {
+		return History{}, fmt.Errorf("wire: unknown history flags %#x", pr.A)
+	}
+	return History{Flags: pr.A, Max: pr.B}, nil
 }

@@ -120,3 +120,20 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestHistory(t *testing.T) {
+	h := History{Flags: FlagEveryScope, Max: 7}
+	got, err := ParseHistory(h.Encode())
+	if err != nil || got != h {
+		t.Fatalf("%+v %v", got, err)
+	}
+	if _, err := ParseHistory(U32s(2, 0)); err == nil {
+		t.Error("unknown flags taken")
+	}
+	if _, err := ParseHistory(U32(0)); err == nil {
+		t.Error("a short payload taken")
+	}
+	if OpHistory.String() != "history" || OpMetrics.String() != "metrics" {
+		t.Error("op names")
+	}
+}

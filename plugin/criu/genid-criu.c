@@ -57,8 +57,12 @@
 #include <unistd.h>
 
 #include <criu/criu-plugin.h>
+#include <criu/version.h>
 
 #include "genid.h"
+
+/* The CRIU this plugin was built for: genidctl doctor compares it with criu's. */
+const char genid_criu_built_for[] = CRIU_VERSION;
 
 #define RECORD_NAME	"genid.record"
 #define OLD_RECORD_NAME	"genid.json"	/* genid before scopes */
