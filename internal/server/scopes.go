@@ -43,6 +43,7 @@ type scopeState struct {
 	page  *page.Writer
 	sock  string
 	lfd   int
+	kept  bool // the socket's file is its maker's (socket activation): left when the daemon stops
 	use   usage
 
 	meta    scopeMeta
