@@ -52,7 +52,8 @@ func getCommand() *cli.Command {
 	return &cli.Command{
 		Name:        "get",
 		Usage:       "print the current generation",
-		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.",
+		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.\n" +
+			"Without a page, it connects to the socket: a socket unit then starts the daemon.",
 		Flags:       []cli.Flag{scopeFlag},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
@@ -64,7 +65,7 @@ func getCommand() *cli.Command {
 			}
 			dir := scopeRunDir(c, name)
 			pg, err := page.Open(filepath.Join(dir, genid.PageFile))
-			if errors.Is(err, fs.ErrNotExist) {
+			if fi, serr := os.Stat(filepath.Join(dir, genid.SocketFile)); errors.Is(err, fs.ErrNotExist) && serr == nil && fi.Mode().Type() == fs.ModeSocket {
 				pg, err = activate(c.Context, dir)
 			}
 			if err != nil {
@@ -83,9 +84,10 @@ func getCommand() *cli.Command {
 // the page before it serves; ctx bounds the wait.
 func activate(ctx context.Context, dir string) (*page.Reader, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", filepath.Join(dir, genid.SocketFile))
+	sock := filepath.Join(dir, genid.SocketFile)
+	conn, err := d.DialContext(ctx, "unix", sock)
 	if err != nil {
-		return nil, fmt.Errorf("%w: no page, and its socket: %w", genid.ErrUnreachable, err)
+		return nil, fmt.Errorf("no page yet, and %w at %s: %v", genid.ErrUnreachable, sock, err)
 	}
 	defer conn.Close()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -233,10 +235,23 @@ func runWatch(c *cli.Context) error {
 		return err
 	}
 	defer w.Close()
+	// An ack finds the daemon gone when it restarts: it is sent again, to
+	// the next daemon, until the timeout (the watcher re-registers first,
+	// with what it acked before).
 	ack := func(gen uint32) error {
 		ctx, cancel := exchangeContext(c, timeout)
 		defer cancel()
-		return noAnswer(ctx, fmt.Sprintf("%v (--timeout)", timeout), w.Ack(ctx, gen))
+		for {
+			err := w.Ack(ctx, gen)
+			if !errors.Is(err, genid.ErrUnreachable) {
+				return noAnswer(ctx, fmt.Sprintf("%v (--timeout)", timeout), err)
+			}
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return err
+			}
+		}
 	}
 
 	handled := w.Acked()

@@ -55,9 +55,10 @@ func exchangeContext(c *cli.Context, d time.Duration) (context.Context, context.
 }
 
 // noAnswer turns the failure of a call cut short by its exchange context's
-// deadline (limit says what it was) into a timeout (exit 5) that says so.
+// deadline (limit says what it was) into a timeout (exit 5) that says so:
+// the call's own error is the deadline, or a connect that it ended.
 func noAnswer(ctx context.Context, limit string, err error) error {
-	if err == nil || !errors.Is(context.Cause(ctx), errNoAnswer) || errors.Is(err, genid.ErrTimeout) {
+	if !errors.Is(context.Cause(ctx), errNoAnswer) || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, genid.ErrUnreachable) {
 		return err
 	}
 	return &genid.Error{Code: genid.CodeTimeout, Msg: "the daemon did not answer within " + limit + ": is it stuck, or failing to start? see its log"}
