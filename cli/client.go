@@ -50,11 +50,11 @@ func scopeRunDir(c *cli.Context, name string) string {
 
 func getCommand() *cli.Command {
 	return &cli.Command{
-		Name:        "get",
-		Usage:       "print the current generation",
+		Name:  "get",
+		Usage: "print the current generation",
 		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.\n" +
 			"Without a page, it connects to the socket: a socket unit then starts the daemon.",
-		Flags:       []cli.Flag{scopeFlag},
+		Flags: []cli.Flag{scopeFlag},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
