@@ -264,3 +264,69 @@ func TestPassedAdminJudgedPerSender(t *testing.T) {
 		t.Fatalf("the refused bump moved the generation to %d", g)
 	}
 }
+
+// A passed socket's file gets the daemon's group and mode whatever its
+// maker gave it (the admin group's, or the daemon's own), and each socket
+// passes credentials as the daemon's own would: the admin socket only.
+// The daemon's copies are closed on exec.
+func TestPassedSocketsSettings(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it gives the sockets' files other groups")
+	}
+	for _, tc := range []struct {
+		name       string
+		adminGroup int
+		wantGroup  int
+		wantMode   os.FileMode
+	}{
+		{"admin group", 65534, 65534, 0o660},
+		{"root only", 0, os.Getegid(), 0o600}, // Config's 0: none
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock, admin := filepath.Join(dir, genid.SocketFile), filepath.Join(dir, genid.AdminSocketFile)
+			hostfd := managerSocket(t, sock, 0o600, true)
+			adminfd := managerSocket(t, admin, 0o666, true)
+			for _, p := range []string{sock, admin} {
+				if err := os.Lchown(p, -1, 1234); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Copies without close-on-exec, as a manager may pass them.
+			h, err := unix.Dup(hostfd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := unix.Dup(adminfd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, dir, server.Config{AdminGroup: tc.adminGroup, Listeners: map[string]int{genid.SocketFile: h, genid.AdminSocketFile: a}})
+			var st unix.Stat_t
+			for p, want := range map[string]struct {
+				gid  int
+				mode os.FileMode
+			}{sock: {os.Getegid(), 0o666}, admin: {tc.wantGroup, tc.wantMode}} {
+				if err := unix.Lstat(p, &st); err != nil {
+					t.Fatal(err)
+				}
+				if int(st.Gid) != want.gid || os.FileMode(st.Mode&0o777) != want.mode {
+					t.Errorf("%s: group %d mode %#o, want %d and %#o", filepath.Base(p), st.Gid, st.Mode&0o777, want.gid, want.mode)
+				}
+			}
+			for fd, want := range map[int]int{hostfd: 0, adminfd: 1} {
+				if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED); err != nil || v != want {
+					t.Errorf("SO_PASSCRED %d (%v), want %d", v, err, want)
+				}
+			}
+			for _, fd := range []int{h, a} {
+				if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+					t.Errorf("the daemon's copy %d: flags %#x (%v), want close-on-exec", fd, flags, err)
+				}
+				if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+					t.Errorf("the daemon's copy %d: status flags %#x (%v), want non-blocking", fd, fl, err)
+				}
+			}
+		})
+	}
+}

@@ -352,6 +352,13 @@ func TestPackageUnderSystemd(t *testing.T) {
 	step("restart keeps the generation", func(t *testing.T) {
 		pid := m.mainPID("genid.service")
 		m.must("genidctl", "bump", "--min", "41")
+		// A scope: its directory, page and socket are the daemon's own.
+		if got := m.must("genidctl", "scope", "create", "--start", "5", "c1"); got != "5" {
+			t.Fatalf("scope create: %q", got)
+		}
+		if got := m.must("stat", "-c", "%A", "/run/genid/scopes/c1/genid.sock"); got != "srw-rw-rw-" {
+			t.Fatalf("the scope's socket: %s", got)
+		}
 		m.must("systemctl", "restart", "genid.service")
 		if got := m.mainPID("genid.service"); got == pid || got == 0 {
 			t.Fatalf("main pid %d after restart (was %d)", got, pid)
@@ -365,6 +372,10 @@ func TestPackageUnderSystemd(t *testing.T) {
 		if got := m.must("stat", "-c", "%A", "/run/genid/admin.sock"); got != "srw-------" {
 			t.Errorf("admin.sock after restart: %s", got)
 		}
+		if out := m.must("genidctl", "status", "--scope", "c1"); !strings.Contains(out, "generation: 5") {
+			t.Errorf("the scope after restart: %s", out)
+		}
+		m.must("genidctl", "scope", "remove", "c1")
 	})
 
 	step("stopped: a clear error, at once", func(t *testing.T) {
