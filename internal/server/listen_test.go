@@ -310,8 +310,8 @@ func TestPassedSocketsSettings(t *testing.T) {
 				if err := unix.Lstat(p, &st); err != nil {
 					t.Fatal(err)
 				}
-				if int(st.Gid) != want.gid || os.FileMode(st.Mode&0o777) != want.mode {
-					t.Errorf("%s: group %d mode %#o, want %d and %#o", filepath.Base(p), st.Gid, st.Mode&0o777, want.gid, want.mode)
+				if int(st.Uid) != os.Geteuid() || int(st.Gid) != want.gid || os.FileMode(st.Mode&0o777) != want.mode {
+					t.Errorf("%s: owner %d:%d mode %#o, want %d:%d and %#o", filepath.Base(p), st.Uid, st.Gid, st.Mode&0o777, os.Geteuid(), want.gid, want.mode)
 				}
 			}
 			for fd, want := range map[int]int{hostfd: 0, adminfd: 1} {
