@@ -29,7 +29,27 @@ CRIU_RUN_TIMEOUT  := 1200
 VM_TEST_TIMEOUT   := 20m
 BUILD_TIMEOUT     := 20m
 
-.PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm plugin install-plugin bench clean
+# Installation (`make install`, `make deb`): DESTDIR and PREFIX as usual. CRIU
+# loads plugins from its compiled-in /usr/lib/criu only, whatever PREFIX is;
+# systemd reads units from /usr/lib and /usr/local/lib alike.
+PREFIX          ?= /usr/local
+BINDIR          ?= $(PREFIX)/bin
+MANDIR          ?= $(PREFIX)/share/man
+UNITDIR         ?= $(PREFIX)/lib/systemd/system
+CRIU_PLUGIN_DIR ?= /usr/lib/criu
+BASHCOMPDIR     ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR      ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR     ?= $(PREFIX)/share/fish/vendor_completions.d
+DOCDIR          ?= $(PREFIX)/share/doc/genid
+# The Debian package: a version that grows with each commit.
+DEB_VERSION ?= $(shell git log -1 --format=0.0~git%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0.0~unknown)
+DEB_ARCH    ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB         := bin/genid_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_ROOT    := bin/deb
+SYSTEMD_RUN_TIMEOUT := 600
+SYSTEMD_TEST_TIMEOUT := 8m
+
+.PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm e2e-systemd plugin install-plugin install man deb bench clean
 .PHONY: c-deps c-test fuzz-c install-dev
 
 all: build
@@ -43,7 +63,7 @@ build:
 run: build
 	./$(BIN) daemon
 
-test: build unit fuzz e2e e2e-criu e2e-vm
+test: build unit fuzz e2e e2e-criu e2e-systemd e2e-vm
 
 # Unit and in-process tests, with the race detector.
 unit:
@@ -118,7 +138,6 @@ $(PLUGIN): $(PLUGIN_SRC)
 
 # The C client for developers: genid.h in INCLUDEDIR/genid and genid.pc
 # (`pkg-config --cflags genid`; Version: the protocol genid.h speaks).
-PREFIX       ?= /usr/local
 INCLUDEDIR   ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(PREFIX)/share/pkgconfig
 install-dev:
@@ -131,7 +150,46 @@ install-dev:
 
 # Installs the plugin where CRIU (and so runc) loads it without flags.
 install-plugin: $(PLUGIN)
-	install -D -m 0644 $(PLUGIN) $(DESTDIR)/usr/lib/criu/genid-criu.so
+	install -D -m 0644 $(PLUGIN) $(DESTDIR)$(CRIU_PLUGIN_DIR)/genid-criu.so
+
+# genidctl's man page and shell completions, made by genidctl from its own
+# command definitions.
+man: build
+	./$(BIN) generate man | gzip -9n > bin/genidctl.8.gz
+	./$(BIN) generate bash > bin/genidctl.bash
+	./$(BIN) generate zsh > bin/_genidctl
+	./$(BIN) generate fish > bin/genidctl.fish
+
+# Everything genid installs: genidctl, the CRIU plugin where CRIU loads it
+# without flags, the systemd units (socket activation), the man page and
+# the completions.
+install: build $(PLUGIN) man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/genidctl
+	install -D -m 0644 $(PLUGIN) $(DESTDIR)$(CRIU_PLUGIN_DIR)/genid-criu.so
+	install -d $(DESTDIR)$(UNITDIR)
+	install -m 0644 dist/systemd/genid.socket dist/systemd/genid-admin.socket $(DESTDIR)$(UNITDIR)/
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/systemd/genid.service.in > $(DESTDIR)$(UNITDIR)/genid.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/genid.service
+	install -D -m 0644 bin/genidctl.8.gz $(DESTDIR)$(MANDIR)/man8/genidctl.8.gz
+	install -D -m 0644 bin/genidctl.bash $(DESTDIR)$(BASHCOMPDIR)/genidctl
+	install -D -m 0644 bin/_genidctl $(DESTDIR)$(ZSHCOMPDIR)/_genidctl
+	install -D -m 0644 bin/genidctl.fish $(DESTDIR)$(FISHCOMPDIR)/genidctl.fish
+	install -D -m 0644 LICENSE $(DESTDIR)$(DOCDIR)/copyright
+
+# The same files as a Debian package (dpkg-deb), with maintainer scripts
+# that enable the units and start the sockets (dist/debian/). It needs the
+# C library version the plugin's symbols name, and recommends criu.
+deb: build $(PLUGIN) man
+	rm -rf $(DEB_ROOT) bin/genid_*.deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr
+	install -d $(DEB_ROOT)/DEBIAN
+	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm $(DEB_ROOT)/DEBIAN/
+	cd $(DEB_ROOT) && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums
+	glibc=$$(grep -ao 'GLIBC_2\.[0-9.]*' $(PLUGIN) | sed 's/GLIBC_//' | sort -Vu | tail -n 1) && \
+	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1) && \
+	sed -e 's|@VERSION@|$(DEB_VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e "s|@SIZE@|$$size|" -e "s|@GLIBC@|$$glibc|" \
+		dist/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(DEB)
 
 # Real CRIU 4.x and runc, in the test bed, with the plugin installed in
 # CRIU's default plugin dir. The test bed's selftest first: the bed itself
@@ -145,6 +203,17 @@ e2e-criu: build plugin
 		--bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
 		--env GENIDCTL=/src/bin/genidctl -w /src/test/criu -- \
 		/src/bin/criu-e2e.test -test.v -test.count=1 -test.timeout=$(CRIU_TEST_TIMEOUT)
+
+# The Debian package under a real systemd 257 as pid 1, booted in the test
+# bed: installed with dpkg, socket activation, restart, stop, hardening,
+# purge (test/systemd).
+e2e-systemd: deb
+	timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null
+	CGO_ENABLED=0 $(GO) test -c -o bin/systemd-e2e.test ./test/systemd
+	$(TESTBED) run --rw --timeout $(SYSTEMD_RUN_TIMEOUT) --ro-bind /dev/kmsg \
+		--ro-bind $(CURDIR)/bin:/src/bin --ro-bind $(CURDIR)/$(DEB):/tmp/genid.deb \
+		--env GENID_DEB=/tmp/genid.deb -w /src/bin -- \
+		/src/bin/systemd-e2e.test -test.v -test.count=1 -test.timeout=$(SYSTEMD_TEST_TIMEOUT)
 
 # Real VM snapshots and restores under QEMU: the vmgenid backend, the look
 # back of a daemon started after a restore, and QEMU's vmclock device (the

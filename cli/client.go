@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,10 +50,11 @@ func scopeRunDir(c *cli.Context, name string) string {
 
 func getCommand() *cli.Command {
 	return &cli.Command{
-		Name:        "get",
-		Usage:       "print the current generation",
-		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.",
-		Flags:       []cli.Flag{scopeFlag},
+		Name:  "get",
+		Usage: "print the current generation",
+		Description: "Reads the page (RUN_DIR/generation, or the scope's); works without the daemon.\n" +
+			"Without a page, it connects to the socket: a socket unit then starts the daemon.",
+		Flags: []cli.Flag{scopeFlag},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
 				return err
@@ -60,8 +63,11 @@ func getCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			path := filepath.Join(scopeRunDir(c, name), genid.PageFile)
-			pg, err := page.Open(path)
+			dir := scopeRunDir(c, name)
+			pg, err := page.Open(filepath.Join(dir, genid.PageFile))
+			if fi, serr := os.Stat(filepath.Join(dir, genid.SocketFile)); errors.Is(err, fs.ErrNotExist) && serr == nil && fi.Mode().Type() == fs.ModeSocket {
+				pg, err = activate(c.Context, dir)
+			}
 			if err != nil {
 				return fmt.Errorf("get: %w (has the daemon ever run on this run dir?)", noPage(err))
 			}
@@ -69,6 +75,33 @@ func getCommand() *cli.Command {
 			fmt.Println(pg.Load())
 			return nil
 		},
+	}
+}
+
+// activate starts a daemon that a socket unit stands for (systemd's socket
+// activation: the first connection starts it), when there is no page yet
+// but its socket is there, and opens the page it makes. The daemon makes
+// the page before it serves; ctx bounds the wait.
+func activate(ctx context.Context, dir string) (*page.Reader, error) {
+	var d net.Dialer
+	sock := filepath.Join(dir, genid.SocketFile)
+	conn, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("no page yet, and %w at %s: %v", genid.ErrUnreachable, sock, err)
+	}
+	defer conn.Close()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		pg, err := page.Open(filepath.Join(dir, genid.PageFile))
+		if !errors.Is(err, fs.ErrNotExist) {
+			return pg, err
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no page in %s: %w", dir, context.Cause(ctx))
+		}
 	}
 }
 
@@ -116,7 +149,7 @@ func scopeStatus(c *cli.Context, name string) (*genid.Status, error) {
 		defer a.Close()
 		return a.Status(c.Context, name)
 	}
-	cl, err := openClient(c, runDir(c))
+	cl, err := openClient(runDir(c))
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +200,7 @@ func watchCommand() *cli.Command {
 			scopeFlag,
 			&cli.BoolFlag{Name: "once", Usage: "exit after the first change (0 if acked)"},
 			&cli.BoolFlag{Name: "exec", Usage: "run the arguments that follow as a command on each change"},
+			&cli.DurationFlag{Name: "timeout", Value: defaultTimeout, Usage: "give up when the daemon has not answered a registration or an ack within `DURATION` (exit 5); the wait for a change is not bounded"},
 		},
 		Action: runWatch,
 	}
@@ -184,16 +218,41 @@ func runWatch(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, err := openClient(c, scopeRunDir(c, name))
+	timeout := c.Duration("timeout")
+	if timeout <= 0 {
+		return usageError{fmt.Errorf("watch: --timeout %v: must be positive", timeout)}
+	}
+	cl, err := openClient(scopeRunDir(c, name))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	w, err := cl.Watch(c.Context)
+	ctx, cancel := exchangeContext(c, timeout)
+	w, err := cl.Watch(ctx)
+	err = noAnswer(ctx, fmt.Sprintf("%v (--timeout)", timeout), err)
+	cancel()
 	if err != nil {
 		return err
 	}
 	defer w.Close()
+	// An ack finds the daemon gone when it restarts: it is sent again, to
+	// the next daemon, until the timeout (the watcher re-registers first,
+	// with what it acked before).
+	ack := func(gen uint32) error {
+		ctx, cancel := exchangeContext(c, timeout)
+		defer cancel()
+		for {
+			err := w.Ack(ctx, gen)
+			if !errors.Is(err, genid.ErrUnreachable) {
+				return noAnswer(ctx, fmt.Sprintf("%v (--timeout)", timeout), err)
+			}
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return err
+			}
+		}
+	}
 
 	handled := w.Acked()
 	for {
@@ -216,7 +275,7 @@ func runWatch(c *cli.Context) error {
 				continue
 			}
 		}
-		if err := w.Ack(c.Context, gen); err != nil {
+		if err := ack(gen); err != nil {
 			if errors.Is(err, genid.ErrStale) {
 				continue // a newer generation came meanwhile: handle it next
 			}
@@ -312,6 +371,10 @@ func u32Flag(c *cli.Context, name string) (uint32, error) {
 	return uint32(v), nil
 }
 
+// defaultWaitTimeout is wait-watchers' own: a watcher that never acks
+// would hold a waiter without one for ever.
+const defaultWaitTimeout = 30 * time.Second
+
 func waitWatchersCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "wait-watchers",
@@ -320,7 +383,7 @@ func waitWatchersCommand() *cli.Command {
 			"Another scope than one's own (--scope) is waited on through the admin socket.",
 		Flags: []cli.Flag{
 			scopeFlag,
-			&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (0: wait forever)"},
+			&cli.DurationFlag{Name: "timeout", Value: defaultWaitTimeout, Usage: "give up after this long (0: wait forever)"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := noArgs(c); err != nil {
@@ -335,20 +398,30 @@ func waitWatchersCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			// The daemon ends the wait at the timeout; the client gives it
+			// the usual time to answer after that.
+			timeout := c.Duration("timeout")
+			limit := fmt.Sprintf("%v (--timeout %v, then %v for the answer)", timeout+defaultTimeout, timeout, defaultTimeout)
+			ctx := c.Context
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = exchangeContext(c, timeout+defaultTimeout)
+				defer cancel()
+			}
 			if name != "" {
 				a, err := openAdmin(c)
 				if err != nil {
 					return err
 				}
 				defer a.Close()
-				return a.WaitWatchers(c.Context, name, c.Duration("timeout"))
+				return noAnswer(ctx, limit, a.WaitWatchers(ctx, name, timeout))
 			}
-			cl, err := openClient(c, runDir(c))
+			cl, err := openClient(runDir(c))
 			if err != nil {
 				return err
 			}
 			defer cl.Close()
-			return cl.WaitWatchers(c.Context, c.Duration("timeout"))
+			return noAnswer(ctx, limit, cl.WaitWatchers(ctx, timeout))
 		},
 	}
 }
@@ -376,7 +449,7 @@ func outdatedCommand() *cli.Command {
 				n, err = a.Outdated(c.Context, name)
 			} else {
 				var cl *genid.Client
-				if cl, err = openClient(c, runDir(c)); err != nil {
+				if cl, err = openClient(runDir(c)); err != nil {
 					return err
 				}
 				defer cl.Close()

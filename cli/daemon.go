@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
@@ -30,6 +32,8 @@ func daemonCommand() *cli.Command {
 		Usage: "run the genid daemon in the foreground",
 		Description: "Keeps the generation page RUN_DIR/generation (resuming from its value) and serves\n" +
 			"RUN_DIR/genid.sock. Stops cleanly on SIGTERM or SIGINT: the socket is removed, the page kept.\n" +
+			"Under systemd it takes genid.sock and admin.sock from its socket units (socket activation:\n" +
+			"file descriptor names genid and admin; the files then stay) and reports readiness (Type=notify).\n" +
 			"Hypervisor backends bump the generation when the VM is restored: vmgenid (the kernel's\n" +
 			"vmgenid driver, seen through /dev/kmsg) and vmclock (/dev/vmclock0, event-driven on\n" +
 			"Linux 7.0+). STATE_DIR keeps each scope's floor and what the backends saw, for the boot:\n" +
@@ -147,7 +151,12 @@ func runDaemon(c *cli.Context) error {
 			return usageError{fmt.Errorf("--admin-group: %w", err)}
 		}
 	}
+	passed, err := passedSockets()
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
 	srv, err := server.New(server.Config{
+		Listeners:           passed,
 		RunDir:              dir,
 		StateDir:            stateDir,
 		MaxWatchers:         c.Int("max-watchers"),
@@ -185,7 +194,63 @@ func runDaemon(c *cli.Context) error {
 		runtime.GOMAXPROCS(1)
 	}
 	startBackends(srv, log, backends)
+	notify(log, daemon.SdNotifyReady)
+	stop := context.AfterFunc(c.Context, func() { notify(log, daemon.SdNotifyStopping) })
+	defer stop()
 	return srv.Serve(c.Context)
+}
+
+// Names of the sockets a service manager passes (systemd's
+// FileDescriptorName=), by the run dir's file each is for.
+var socketNames = map[string]string{
+	"genid": genid.SocketFile,
+	"admin": genid.AdminSocketFile,
+}
+
+// passedSockets takes the listening sockets a service manager passed
+// (socket activation), by the run dir's file each is for; nil when
+// started otherwise. The server checks each and owns them.
+func passedSockets() (map[string]int, error) {
+	files := activation.Files(true)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if len(files) == 0 {
+		return nil, nil
+	}
+	fds := map[string]int{}
+	fail := func(err error) (map[string]int, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	for _, f := range files {
+		file, ok := socketNames[f.Name()]
+		if !ok {
+			return fail(fmt.Errorf("socket activation: a socket named %q: name them genid and admin (FileDescriptorName=)", f.Name()))
+		}
+		if _, dup := fds[file]; dup {
+			return fail(fmt.Errorf("socket activation: two sockets named %q", f.Name()))
+		}
+		// The server's own copy: the File closes its fd when collected.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			return fail(fmt.Errorf("socket activation: %s: %w", f.Name(), err))
+		}
+		fds[file] = fd
+	}
+	return fds, nil
+}
+
+// notify tells a service manager (systemd's NOTIFY_SOCKET, Type=notify)
+// the daemon's state; without one it does nothing.
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify", "state", state, "err", err)
+	}
 }
 
 // startBackends runs each backend in its own goroutine under the server,

@@ -76,10 +76,26 @@ func newApp() *cli.App {
 		historyCommand(),
 		metricsCommand(),
 		doctorCommand(),
+		generateCommand(),
+	}
+	// The commands that ask the daemon and return: each bounded by
+	// --timeout (watch and wait-watchers bound their own exchanges).
+	for _, cmd := range commands {
+		switch cmd.Name {
+		case "get", "status", "bump", "outdated", "history", "metrics", "criu-hook", "oci-hook":
+			boundCommand(cmd)
+		case "scope":
+			for _, sub := range cmd.Subcommands {
+				boundCommand(sub)
+			}
+		}
 	}
 	var each func([]*cli.Command)
 	each = func(cmds []*cli.Command) {
 		for _, cmd := range cmds {
+			if cmd.Action != nil {
+				cmd.Action = withStartHint(cmd.Action)
+			}
 			// urfave/cli parses a command's flags with the command's own
 			// set: --run-dir after the command needs a flag there too, and
 			// a bad flag there reaches the command's OnUsageError, not the
@@ -106,11 +122,12 @@ func newApp() *cli.App {
 				EnvVars: []string{"GENID_RUN_DIR"},
 			},
 		},
-		Commands:        commands,
-		Action:          rootAction,
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports and maps errors
-		OnUsageError:    onUsageError,
+		Commands:             commands,
+		EnableBashCompletion: true,
+		Action:               rootAction,
+		HideHelpCommand:      true,
+		ExitErrHandler:       func(*cli.Context, error) {}, // run() reports and maps errors
+		OnUsageError:         onUsageError,
 	}
 }
 
@@ -209,20 +226,19 @@ func userRunDir() string {
 
 // openClient opens a client of the scope whose run dir (or scope dir) is
 // dir.
-func openClient(c *cli.Context, dir string) (*genid.Client, error) {
+func openClient(dir string) (*genid.Client, error) {
 	cl, err := genid.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", noPage(err), dir)
+		return nil, noPage(err)
 	}
 	return cl, nil
 }
 
 // openAdmin opens the admin socket of the run dir.
 func openAdmin(c *cli.Context) (*genid.Admin, error) {
-	dir := runDir(c)
-	a, err := genid.OpenAdmin(dir)
+	a, err := genid.OpenAdmin(runDir(c))
 	if err != nil {
-		return nil, fmt.Errorf("%w (is the daemon running? start it with: genidctl --run-dir %s daemon)", noPage(err), dir)
+		return nil, noPage(err)
 	}
 	return a, nil
 }

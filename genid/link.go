@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -39,17 +41,20 @@ type pendingCall struct {
 	sent  bool // under wmu: written on this connection
 }
 
-// connectRetry is how long dial keeps trying a socket that refuses: the
-// daemon binds its path a moment before it listens, and a client started
-// along with it can come in between. (The bound name cannot appear any
-// later: it is how the CRIU plugin tells the daemon's connections.) A stale
-// socket, left by a daemon that is gone, is refused that much later.
-const connectRetry = 200 * time.Millisecond
+// connectRetry is how long after its socket file appeared dial keeps
+// trying a socket that refuses: a daemon binds its path a moment before it
+// listens, and a client started along with it can come in between. (The
+// bound name cannot appear any later: it is how the CRIU plugin tells the
+// daemon's connections.) An older socket that refuses is stale, its daemon
+// gone, and is reported at once: so is a stopped systemd socket unit's
+// (RUN_DIR/genid.sock made by a socket unit listens before any client
+// comes, and so never refuses while the unit runs).
+const connectRetry = time.Second
 
 func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*link, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
-	for start := time.Now(); errors.Is(err, syscall.ECONNREFUSED) && time.Since(start) < connectRetry && ctx.Err() == nil; {
+	for start := time.Now(); errors.Is(err, syscall.ECONNREFUSED) && justBound(path) && time.Since(start) < connectRetry && ctx.Err() == nil; {
 		time.Sleep(time.Millisecond)
 		c, err = d.DialContext(ctx, "unix", path)
 	}
@@ -68,6 +73,16 @@ func dial(ctx context.Context, path string, onEvent func(gen, flags uint32)) (*l
 	}
 	go l.read()
 	return l, nil
+}
+
+// justBound tells whether the socket file at path was made (or changed)
+// within connectRetry.
+func justBound(path string) bool {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return false
+	}
+	return time.Since(time.Unix(st.Ctim.Unix())) < connectRetry
 }
 
 func (l *link) read() {

@@ -115,8 +115,10 @@ ARCH=amd64
 # to dump and restore a container's network namespace), uidmap (newuidmap/newgidmap for
 # podman's --userns and user-namespaced containers), procps (ps, pgrep and pkill for tests),
 # containerd (1.7: the daemon, its runc shim v2 and ctr).
+# systemd (257: never started by a run; a test boots it as pid 1 of a pid namespace of its own,
+# see test/systemd), for genid's units and its package installed with dpkg.
 PACKAGES=(criu runc iptables gcc libc6-dev libcriu-dev busybox-static jq
-  podman crun conmon libcriu2 iproute2 uidmap procps containerd)
+  podman crun conmon libcriu2 iproute2 uidmap procps containerd systemd)
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -396,6 +398,7 @@ cmd_build() {
       usr/include/criu/criu-plugin.h usr/bin/umount usr/bin/env "${PROBE_BIN#/}" \
       usr/bin/podman usr/bin/crun usr/bin/conmon usr/bin/containerd usr/bin/ctr \
       usr/bin/containerd-shim-runc-v2 usr/bin/ip usr/lib/x86_64-linux-gnu/libcriu.so.2 \
+      usr/lib/systemd/systemd usr/bin/systemctl usr/bin/systemd-analyze \
       "${LIBEXEC#/}/runtimes/crun" "${LIBEXEC#/}/runtimes/runc" "${LIBEXEC#/}/make-image"; do
     [[ -e $tmp/$f ]] || die "built rootfs lacks /$f"
   done

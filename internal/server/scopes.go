@@ -44,6 +44,7 @@ type scopeState struct {
 	page  *pages
 	sock  string
 	lfd   int
+	kept  bool // the socket's file is its maker's (socket activation): left when the daemon stops
 	use   usage
 
 	meta    scopeMeta

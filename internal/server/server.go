@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -72,6 +73,14 @@ type Config struct {
 	// administrators, besides root; the admin socket is then 0660 with
 	// that group. Negative: root only (0600). The zero value means none.
 	AdminGroup int
+
+	// Listeners are listening sockets a service manager made for the
+	// daemon (systemd's socket activation), by the run dir's file each is
+	// for: genid.SocketFile, genid.AdminSocketFile. The daemon serves them
+	// in place of binding its own, after checking them (see adopt), and
+	// closes them, but leaves their files, which are their maker's. New
+	// takes them over, even when it fails.
+	Listeners map[string]int
 
 	MaxPayload   uint32        // largest request payload; default wire.DefaultMaxPayload
 	FrameTimeout time.Duration // a started frame must complete within it; default DefaultFrameTimeout
@@ -154,6 +163,7 @@ type Server struct {
 	rundirfd, scopesfd, statefd int
 	adminfd                     int
 	adminSock                   string
+	adminKept                   bool // the admin socket's file is its maker's
 
 	// Owned by the loop goroutine.
 	scopes     map[string]*scopeState // by name; the host scope is ""
@@ -186,12 +196,28 @@ func New(cfg Config) (*Server, error) {
 		rundirfd: -1, scopesfd: -1, statefd: -1, adminfd: -1,
 		scopes: map[string]*scopeState{}, users: map[uint32]*usage{}}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	passed := maps.Clone(cfg.Listeners)
 	ok := false
 	defer func() {
 		if !ok {
+			for _, fd := range passed {
+				unix.Close(fd)
+			}
 			s.release()
 		}
 	}()
+	// take returns the socket passed for a file of the run dir, now the
+	// server's to close.
+	take := func(file string) (int, bool) {
+		fd, found := passed[file]
+		delete(passed, file)
+		return fd, found
+	}
+	for file := range passed {
+		if file != genid.SocketFile && file != genid.AdminSocketFile {
+			return nil, fmt.Errorf("a socket passed for %q: the daemon takes %s and %s only", file, genid.SocketFile, genid.AdminSocketFile)
+		}
+	}
 	var err error
 	if err := os.MkdirAll(filepath.Dir(cfg.RunDir), 0o755); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
@@ -225,20 +251,32 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.observeInit() // the history's file is this daemon's now
 	s.adminSock = filepath.Join(cfg.RunDir, genid.AdminSocketFile)
-	if err := unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return nil, fmt.Errorf("stale admin socket: %w", err)
-	}
 	mode := uint32(0o600)
 	if cfg.AdminGroup >= 0 {
 		mode = 0o660
 	}
-	if s.adminfd, err = listen(s.adminSock, mode, cfg.AdminGroup, true); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", s.adminSock, err)
+	if fd, found := take(genid.AdminSocketFile); found {
+		s.adminfd, s.adminKept = fd, true
+		if err := adopt(fd, s.rundirfd, genid.AdminSocketFile, s.adminSock, mode, cfg.AdminGroup, true); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("stale admin socket: %w", err)
+		}
+		if s.adminfd, err = listen(s.adminSock, mode, cfg.AdminGroup, true); err != nil {
+			return nil, fmt.Errorf("listen %s: %w", s.adminSock, err)
+		}
 	}
 	if err := s.loop.watch(s.adminfd, special{kind: specialAdmin}); err != nil {
 		return nil, err
 	}
-	if err := s.listenScope(s.root); err != nil {
+	if fd, found := take(genid.SocketFile); found {
+		s.root.lfd, s.root.kept = fd, true
+		if err := adopt(fd, s.rundirfd, genid.SocketFile, s.root.sock, 0o666, -1, false); err != nil {
+			return nil, err
+		}
+	} else if err := s.listenScope(s.root); err != nil {
 		return nil, err
 	}
 	if err := s.serveScope(s.root); err != nil {
@@ -263,7 +301,9 @@ func (s *Server) release() {
 	for _, st := range s.scopes {
 		if st.lfd >= 0 {
 			unix.Close(st.lfd)
-			unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
+			if !st.kept {
+				unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
+			}
 		}
 		if st.pidfd >= 0 {
 			unix.Close(st.pidfd)
@@ -283,7 +323,9 @@ func (s *Server) release() {
 	}
 	if s.adminfd >= 0 {
 		unix.Close(s.adminfd)
-		unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0)
+		if !s.adminKept {
+			unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0)
+		}
 	}
 	s.observeClose()
 	for _, fd := range []int{s.statefd, s.scopesfd, s.rundirfd} {
@@ -374,7 +416,7 @@ func (s *Server) Status(name string) (genid.Status, error) {
 // Serve serves until ctx ends, then removes the sockets, closes every
 // connection and releases the pages (which keep their values).
 func (s *Server) Serve(ctx context.Context) error {
-	s.log.Info("serving", "socket", s.root.sock, "admin_socket", s.adminSock, "generation", s.root.core.Generation(),
+	s.log.Info("serving", "socket", s.root.sock, "admin_socket", s.adminSock, "passed_sockets", len(s.cfg.Listeners), "generation", s.root.core.Generation(),
 		"scopes", len(s.scopes)-1, "max_watchers", s.cfg.MaxWatchers, "max_conns", s.cfg.MaxConns)
 	stop := context.AfterFunc(ctx, s.loop.stop)
 	defer s.shutdown()
