@@ -30,7 +30,7 @@ const (
 	defaultHooksDir  = "/etc/genid/hooks.d"
 	defaultPlugin    = "/usr/lib/criu/genid-criu.so" // CRIU's default plugin dir
 	criuConfig       = "/etc/criu/default.conf"
-	doctorCmdTimeout = 5 * time.Second
+	doctorCmdTimeout = 5 * time.Second // each check's bound (--timeout)
 )
 
 // Results of a check.
@@ -60,6 +60,7 @@ type doctor struct {
 	probe     func() (hwbp.Verdict, string)
 	available func() map[string]error
 	getenv    func(string) string
+	timeout   time.Duration // each exchange with the daemon or criu
 
 	found []finding
 }
@@ -73,6 +74,7 @@ func doctorCommand() *cli.Command {
 			"whether hardware breakpoints fire (else criu needs CRIU_FAULT=130); the sockets and who may bump;\n" +
 			"the after-restore hooks; the container engines' integration. Exits 1 when a check fails.",
 		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "timeout", Value: doctorCmdTimeout, Usage: "bound each check that asks the daemon or runs criu by `DURATION`"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON: {\"ok\": BOOL, \"checks\": [{\"check\", \"status\", \"message\", \"fix\"}]}"},
 			&cli.StringFlag{Name: "criu", Value: "criu", Usage: "the criu `PATH` to check (a name is looked up in PATH)"},
 			&cli.StringFlag{Name: "plugin", Usage: "the CRIU plugin's `PATH` (default: genid-criu.so in CRIU's plugin dir, " + filepath.Dir(defaultPlugin) + ")"},
@@ -90,6 +92,10 @@ func doctorCommand() *cli.Command {
 				probe:     func() (hwbp.Verdict, string) { return hwbp.Probe(hwbp.DefaultTimeout) },
 				available: func() map[string]error { return backend.Availability(backend.Options{}) },
 				getenv:    os.Getenv,
+				timeout:   c.Duration("timeout"),
+			}
+			if d.timeout <= 0 {
+				return usageError{fmt.Errorf("doctor: --timeout %v: must be positive", d.timeout)}
 			}
 			d.run(c.Context)
 			if err := d.print(os.Stdout, c.Bool("json")); err != nil {
@@ -153,7 +159,7 @@ func (d *doctor) checkDaemon(ctx context.Context) *genid.Status {
 		return nil
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(ctx, doctorCmdTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	st, err := cl.Status(ctx)
 	if err != nil {
@@ -217,7 +223,7 @@ func (d *doctor) checkCRIU(ctx context.Context) string {
 			"install CRIU 4.x (Debian: apt-get install criu) if containers or processes are checkpointed on this host")
 		return ""
 	}
-	ctx, cancel := context.WithTimeout(ctx, doctorCmdTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	out, err := commandOutput(ctx, path, "--version")
 	v := criuVersion(out)

@@ -62,7 +62,8 @@ func testDoctor(t *testing.T) *doctor {
 		available: func() map[string]error {
 			return map[string]error{backend.NameVMGenID: nil, backend.NameVMClock: os.ErrNotExist}
 		},
-		getenv: func(string) string { return "" },
+		getenv:  func(string) string { return "" },
+		timeout: doctorCmdTimeout,
 	}
 }
 
