@@ -19,6 +19,7 @@ PLUGIN        := bin/genid-criu.so
 PLUGIN_SRC    := plugin/criu/genid-criu.c plugin/criu/genid.h
 PLUGIN_CFLAGS := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Werror -O2 -shared -fPIC
 CRIU_HEADER   := /usr/include/criu/criu-plugin.h
+CRIU_HEADERS  := $(CRIU_HEADER) /usr/include/criu/version.h
 TESTBED       := hack/testbed.sh
 # Bounds, so that a hang fails its step well within CI's 90 minutes: the test
 # binary's own -test.timeout fails with every goroutine's stack; the test bed
@@ -87,8 +88,9 @@ FUZZ_C_RUNS ?= 500000
 FUZZ_C      := bin/record-fuzz
 fuzz-c: c-deps
 	@mkdir -p bin/fuzz/include/criu bin/fuzz/corpus
-	@if [ -f $(CRIU_HEADER) ]; then cp $(CRIU_HEADER) bin/fuzz/include/criu/; else \
-		root=$$(timeout $(BUILD_TIMEOUT) $(TESTBED) build | tail -1) && cp "$$root$(CRIU_HEADER)" bin/fuzz/include/criu/; fi
+	@if [ -f $(CRIU_HEADER) ]; then cp $(CRIU_HEADERS) bin/fuzz/include/criu/; else \
+		root=$$(timeout $(BUILD_TIMEOUT) $(TESTBED) build | tail -1) && \
+		for h in $(CRIU_HEADERS); do cp "$$root$$h" bin/fuzz/include/criu/ || exit 1; done; fi
 	clang -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=all -Ibin/fuzz/include -o $(FUZZ_C) plugin/criu/fuzz/record_fuzz.c
 	$(GO) run ./plugin/criu/fuzz/seeds bin/fuzz/seeds

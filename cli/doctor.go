@@ -334,7 +334,7 @@ func criuLibdir(conf string) string {
 func (d *doctor) checkBreakpoints(haveCRIU bool) {
 	v, why := d.probe()
 	fix := "give criu CRIU_FAULT=130 in its environment: runc, crun and containerd pass theirs on (systemd: Environment=CRIU_FAULT=130); " +
-		"podman does not: name a wrapper as its runtime that exports it (see README, \"On a VM where hardware breakpoints never fire\")"
+		"podman does not: name a wrapper as its runtime that exports it (see docs/criu.md, \"On a VM where hardware breakpoints never fire\")"
 	switch {
 	case v == hwbp.Fire || v == hwbp.NotX86:
 		d.add("hw breakpoints", statusOK, string(v), "")
