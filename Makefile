@@ -51,7 +51,7 @@ SYSTEMD_RUN_TIMEOUT := 600
 SYSTEMD_TEST_TIMEOUT := 8m
 
 .PHONY: all build run test unit fuzz e2e e2e-criu e2e-vm e2e-systemd plugin install-plugin install man deb bench clean
-.PHONY: c-deps c-test fuzz-c install-dev
+.PHONY: c-deps c-test fuzz-c install-dev torture torture-short
 
 all: build
 
@@ -64,7 +64,7 @@ build:
 run: build
 	./$(BIN) daemon
 
-test: build unit fuzz e2e e2e-criu e2e-systemd e2e-vm
+test: build unit fuzz e2e torture-short e2e-criu e2e-systemd e2e-vm
 
 # Unit and in-process tests, with the race detector.
 unit:
@@ -224,6 +224,19 @@ e2e-vm: build
 	timeout $(BUILD_TIMEOUT) hack/vm.sh build >/dev/null
 	timeout $(BUILD_TIMEOUT) env VM_BED=backports hack/vm.sh build >/dev/null
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout $(VM_TEST_TIMEOUT) ./test/vm/
+
+# Faults, load and hostile peers (test/torture): each case at full size,
+# not part of `make test` (at most 30 minutes on 2 cores, as root); prints
+# a table of what was tried and what held, and writes it to bin/torture.json.
+TORTURE_TIMEOUT := 30m
+torture: build
+	CGO_ENABLED=0 $(GO) test -c -o bin/torture.test ./test/torture
+	GENIDCTL=$(CURDIR)/$(BIN) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
+		-torture.full -torture.json bin/torture.json
+
+# The short version of each torture case, in `make test`.
+torture-short: build
+	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/torture/
 
 # Benchmarks, not part of `make test` (as root, about 8 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in
