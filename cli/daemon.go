@@ -55,6 +55,8 @@ func daemonCommand() *cli.Command {
 				"auto (those this machine has), none, or a comma-separated list of " + strings.Join(backend.Names(), ", ")},
 			&cli.DurationFlag{Name: "vmclock-poll", Usage: "check the VMClock device at this interval when it cannot notify " +
 				"(default off: the vmclock backend is event-driven only)"},
+			&cli.StringFlag{Name: "boot-id", Usage: "the boot's `ID` that ties the state dir to this boot, for a daemon that cannot read " +
+				"/proc/sys/kernel/random/boot_id (systemd's ProcSubset=pid: the unit passes %b); default: read it there"},
 			&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, EnvVars: []string{"GENID_STATE_DIR"}, Usage: "`DIR` that keeps, for the boot, " +
 				"each scope's floor and what the backends saw, so that neither a removed run dir nor a restart loses them " +
 				"(docs/state.md); none: no state dir. A user who cannot write the default gets $XDG_STATE_HOME/genid"},
@@ -159,6 +161,7 @@ func runDaemon(c *cli.Context) error {
 		Listeners:           passed,
 		RunDir:              dir,
 		StateDir:            stateDir,
+		BootID:              c.String("boot-id"),
 		MaxWatchers:         c.Int("max-watchers"),
 		MaxConns:            c.Int("max-conns"),
 		MaxWatchersPerUser:  c.Int("max-watchers-per-user"),

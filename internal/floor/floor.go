@@ -152,11 +152,19 @@ func BootID(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("boot id: %w", err)
 	}
-	id := strings.TrimSpace(string(b))
-	if id == "" {
-		return "", fmt.Errorf("boot id: %s is empty", path)
+	return ParseBootID(string(b))
+}
+
+// ParseBootID returns the boot id s in the kernel's form (a UUID with
+// dashes, lower case), whether s has the dashes or not: systemd's %b
+// specifier gives the 32 hex digits alone, and one boot must have one name
+// whoever started the daemon.
+func ParseBootID(s string) (string, error) {
+	hex := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), "-", ""))
+	if len(hex) != 32 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("boot id %q: not a UUID", strings.TrimSpace(s))
 	}
-	return id, nil
+	return hex[:8] + "-" + hex[8:12] + "-" + hex[12:16] + "-" + hex[16:20] + "-" + hex[20:], nil
 }
 
 // removeOtherBoots removes, from the state dir top, the states of run dirs

@@ -154,3 +154,19 @@ func TestBootID(t *testing.T) {
 		t.Fatalf("this machine's boot id: %q %v", id, err)
 	}
 }
+
+// One boot has one name, in the kernel's form, whether it came from
+// /proc/sys (dashes) or systemd's %b (none); anything else is refused.
+func TestParseBootID(t *testing.T) {
+	const want = "0123abcd-4567-89ef-0123-456789abcdef"
+	for _, in := range []string{want, "0123abcd456789ef0123456789abcdef", " 0123ABCD-4567-89EF-0123-456789ABCDEF\n"} {
+		if got, err := ParseBootID(in); err != nil || got != want {
+			t.Errorf("ParseBootID(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0123abcd456789ef0123456789abcde", "0123abcd456789ef0123456789abcdef0", "g123abcd456789ef0123456789abcdef", "0123abcd 456789ef0123456789abcdef"} {
+		if got, err := ParseBootID(in); err == nil {
+			t.Errorf("ParseBootID(%q) = %q, want an error", in, got)
+		}
+	}
+}

@@ -26,6 +26,9 @@ func (s *Server) openFloor(pageExisted bool) error {
 		return nil
 	}
 	boot, err := floor.BootID(s.cfg.BootIDPath)
+	if s.cfg.BootID != "" {
+		boot, err = floor.ParseBootID(s.cfg.BootID)
+	}
 	if err != nil {
 		return err
 	}

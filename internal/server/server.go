@@ -57,6 +57,9 @@ type Config struct {
 	StateDir string
 	// BootIDPath is where the boot's id is read; default floor.BootIDPath.
 	BootIDPath string
+	// BootID, if set, is the boot's id, for a daemon that cannot read
+	// BootIDPath (systemd's ProcSubset=pid hides /proc/sys).
+	BootID string
 
 	MaxConns            int // connections at once, daemon-wide
 	MaxWatchers         int // watchers at once, daemon-wide

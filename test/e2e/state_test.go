@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -46,6 +47,36 @@ func TestRunDirRemoved(t *testing.T) {
 	}
 	if g := mustCtl(t, bin, dir, "bump"); g != "4" {
 		t.Fatalf("bump after: %s, want 4", g)
+	}
+}
+
+// A daemon given the boot's id by --boot-id in systemd's form (%b: no
+// dashes), as the unit does, and one that reads it from /proc name one
+// boot: the state the first kept outlives a removed run dir for the second.
+func TestBootIDFlag(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	state := t.TempDir()
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	systemdForm := strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")
+	d := startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state, "--boot-id", systemdForm)
+	mustCtl(t, bin, dir, "bump", "--min", "12")
+	if err := d.kill(syscall.SIGTERM); err != nil {
+		t.Fatalf("daemon: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state)
+	if g := mustCtl(t, bin, dir, "get"); g != "12" {
+		t.Fatalf("generation after the run dir was removed, by a daemon that read the boot id itself: %s, want 12", g)
+	}
+	d.kill(syscall.SIGTERM)
+	if r := ctl(t, bin, dir, "daemon", "--backends", "none", "--state-dir", state, "--boot-id", "not-a-boot"); r.code == 0 || !strings.Contains(r.err, "not a UUID") {
+		t.Fatalf("daemon --boot-id not-a-boot: %+v, want a refusal", r)
 	}
 }
 

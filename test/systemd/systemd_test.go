@@ -80,6 +80,10 @@ func boot(t *testing.T) *machine {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
+		if t.Failed() && m.pid > 0 {
+			r := m.run(30*time.Second, "journalctl", "--no-pager", "-o", "short-monotonic", "-n", "300")
+			t.Logf("the journal:\n%s%s", r.out, r.err)
+		}
 		// Killing pid 1 ends every process of its namespace.
 		if m.pid > 0 {
 			syscall.Kill(m.pid, syscall.SIGKILL)
