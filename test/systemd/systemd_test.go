@@ -259,6 +259,15 @@ func TestPackageUnderSystemd(t *testing.T) {
 
 	step("install", func(t *testing.T) {
 		t.Log(m.must("dpkg", "-i", deb))
+		// What the package lays down besides the units: the plugin where
+		// CRIU loads it, the man page and completions genidctl made.
+		if r := m.run(30*time.Second, "sh", "-c", "test -f /usr/lib/criu/genid-criu.so && "+
+			"zcat /usr/share/man/man8/genidctl.8.gz | grep -q '^\\.TH' && "+
+			"bash -n /usr/share/bash-completion/completions/genidctl && "+
+			"test -s /usr/share/zsh/vendor-completions/_genidctl && "+
+			"grep -q 'complete -c genidctl' /usr/share/fish/vendor_completions.d/genidctl.fish"); r.code != 0 {
+			t.Errorf("the package's plugin, man page or completions: exit %d: %s%s", r.code, r.out, r.err)
+		}
 		if got := m.active("genid.socket", "genid-admin.socket", "genid.service"); got != "active active inactive" {
 			t.Fatalf("after dpkg -i: genid.socket, genid-admin.socket, genid.service are %q, want the sockets active, the daemon not yet started", got)
 		}
