@@ -114,6 +114,14 @@ func (d *Daemon) Dead() bool {
 	}
 }
 
+// Err says how the daemon exited; nil while it runs.
+func (d *Daemon) Err() error {
+	if !d.Dead() {
+		return nil
+	}
+	return d.err
+}
+
 // Exited is closed when the daemon has exited.
 func (d *Daemon) Exited() <-chan struct{} { return d.exited }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/genid-project/genid/checkpoint"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/testbed"
 
 	"golang.org/x/sys/unix"
@@ -123,7 +124,7 @@ func (c *container) run() {
 	runcDetached(c.t, c.bundle, c.env, "run", "-d", c.id)
 	c.t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
 	checkCgroup(c.t, c.id)
-	waitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
+	servertest.WaitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
 	waitLine(c.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
 	waitLine(c.t, filepath.Join(c.out, "vmclock.out"), fmt.Sprint("counter ", c.scopeStatus().Generation))
 }
@@ -208,7 +209,7 @@ func TestRuncScopes(t *testing.T) {
 	// A host watcher that never acks: no barrier but the host's may wait
 	// for it.
 	spawn(t, hostOut, nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
-	waitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
 	h.mustCtl("bump", "--reason", "host outdated")
 
 	a, b := newContainer(t, h), newContainer(t, h)
@@ -248,7 +249,7 @@ func TestRuncScopes(t *testing.T) {
 		r.Version != 3 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Scope != a.id {
 		t.Fatalf("record of a's checkpoint %+v (scope %+v)", r, sr)
 	}
-	waitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
+	servertest.WaitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
 
 	check := func(where string, want uint32) {
 		t.Helper()
