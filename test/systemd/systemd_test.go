@@ -329,8 +329,8 @@ func TestPackageUnderSystemd(t *testing.T) {
 			t.Errorf("bump as nobody: exit %d, want 4 (permission): %s%s", r.code, r.out, r.err)
 		}
 		// The vmgenid backend reads /dev/kmsg (the bed's run binds the
-		// host's) and uevents, through the device policy, the capability
-		// bounding set and the address families the unit allows.
+		// host's), through the device policy and the capability bounding
+		// set the unit allows.
 		if vmgenid, _ := filepath.Glob("/sys/bus/*/drivers/vmgenid/*:*"); len(vmgenid) > 0 {
 			if out := m.must("genidctl", "status"); !strings.Contains(out, "backends:   [vmgenid]") {
 				t.Errorf("this machine has a vmgenid device (%s), but the daemon's status does not list the backend:\n%s\n%s",
