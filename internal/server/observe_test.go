@@ -23,6 +23,7 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -72,22 +73,6 @@ func ack(t *testing.T, w *genid.Watcher, gen uint32) {
 	}
 	if err := w.Ack(ctx, gen); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// eventually polls f until it returns nil, for at most 10 s.
-func eventually(t *testing.T, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -268,7 +253,7 @@ func TestBarrierTime(t *testing.T) {
 	// A watcher that goes clears it too.
 	w1.Close()
 	ack(t, w2, 3)
-	eventually(t, func() error {
+	servertest.Eventually(t, func() error {
 		if e := history(t, a, genid.HistoryOptions{})[2]; e.Barrier != genid.BarrierCleared {
 			return fmt.Errorf("after the last outdated watcher acked: %+v", e)
 		}
@@ -386,7 +371,7 @@ func hookDir(t *testing.T, hooks map[string]string) string {
 func hooksOf(t *testing.T, a *genid.Admin) genid.HistoryEntry {
 	t.Helper()
 	var e genid.HistoryEntry
-	eventually(t, func() error {
+	servertest.Eventually(t, func() error {
 		e = history(t, a, genid.HistoryOptions{Max: 1})[0]
 		if e.Hooks != genid.HooksDone {
 			return fmt.Errorf("hooks not done: %+v", e)
@@ -453,7 +438,7 @@ func TestHooksTimeoutAndBumpNeverWaits(t *testing.T) {
 	if err != nil || gen != 1 {
 		t.Fatal(gen, err)
 	}
-	eventually(t, func() error { _, err := os.Stat(started); return err })
+	servertest.Eventually(t, func() error { _, err := os.Stat(started); return err })
 	// The first hook is blocked: bumps go on, each queueing its run.
 	for want := uint32(2); want <= 3; want++ {
 		if gen, err := a.Bump(ctx, "", 0, ""); err != nil || gen != want {
@@ -472,7 +457,7 @@ func TestHooksTimeoutAndBumpNeverWaits(t *testing.T) {
 	f.WriteString("go\n")
 	f.Close()
 	var e genid.HistoryEntry
-	eventually(t, func() error {
+	servertest.Eventually(t, func() error {
 		e = history(t, a, genid.HistoryOptions{})[0]
 		if e.Hooks != genid.HooksDone {
 			return fmt.Errorf("%+v", e)
@@ -491,14 +476,14 @@ func TestHooksTimeoutAndBumpNeverWaits(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("child pid %q", b)
 	}
-	eventually(t, func() error {
+	servertest.Eventually(t, func() error {
 		if err := syscallKill0(pid); err == nil {
 			return fmt.Errorf("the stuck hook's child %d still runs", pid)
 		}
 		return nil
 	})
 	// The queued bumps' hooks ran after.
-	eventually(t, func() error {
+	servertest.Eventually(t, func() error {
 		for _, e := range history(t, a, genid.HistoryOptions{}) {
 			if e.Hooks != genid.HooksDone {
 				return fmt.Errorf("%+v", e)

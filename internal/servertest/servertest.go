@@ -9,10 +9,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/server"
 )
 
@@ -55,7 +55,7 @@ func Start(t TB, dir string, cfg server.Config) *Daemon {
 	}
 	cfg.RunDir = dir
 	if cfg.Logger == nil {
-		log := &logBuffer{}
+		log := &proctest.Buffer{}
 		cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
 		t.Cleanup(func() { // after the Stop registered below: the log is whole
 			if t.Failed() {
@@ -134,6 +134,16 @@ func WaitFor(t TB, what string, cond func() bool) {
 	}
 }
 
+// Eventually polls f until it returns nil, and fails the test with its
+// last error after Patience.
+func Eventually(t TB, f func() error) {
+	t.Helper()
+	var err error
+	if !poll(func() bool { err = f(); return err == nil }) {
+		t.Fatalf("waited %v: %v", Patience, err)
+	}
+}
+
 // poll tells whether cond held within Patience: it tries at once, then
 // ever less often (up to every 10 ms), not to take the CPU from what it
 // waits for.
@@ -146,23 +156,4 @@ func poll(cond func() bool) bool {
 		time.Sleep(pause)
 	}
 	return true
-}
-
-// logBuffer keeps the daemon's log, written by its goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.buf)
 }

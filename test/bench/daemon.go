@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -14,14 +13,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
 // daemon is a `genidctl daemon` process on a run dir of its own.
 type daemon struct {
+	*proctest.Daemon
 	cmd *exec.Cmd
 	dir string
-	log bytes.Buffer
 }
 
 // startDaemon runs the real daemon binary. No hypervisor backend: the
@@ -33,29 +33,18 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 		return nil, err
 	}
 	os.Chmod(dir, 0o755)
-	d := &daemon{dir: dir}
 	args := append([]string{"--run-dir", dir, "daemon", "--backends", "none", "--log-level", "warn",
 		"--max-watchers", "100000", "--max-conns", "200000"}, extra...)
-	d.cmd = exec.Command(bin, args...)
+	cmd := exec.Command(bin, args...)
 	if env := os.Getenv("BENCH_DAEMON_ENV"); env != "" { // experiments: runtime settings
-		d.cmd.Env = append(os.Environ(), strings.Fields(env)...)
+		cmd.Env = append(os.Environ(), strings.Fields(env)...)
 	}
-	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
-	if err := d.cmd.Start(); err != nil {
+	p, err := proctest.Start(cmd, dir)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(d.sock()); err == nil {
-			return d, nil
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return nil, fmt.Errorf("daemon did not start: %s", d.log.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return &daemon{Daemon: p, cmd: cmd, dir: dir}, nil
 }
 
 func (d *daemon) sock() string { return filepath.Join(d.dir, "genid.sock") }
@@ -69,15 +58,9 @@ func (d *daemon) page() string  { return filepath.Join(d.dir, "generation") }
 func (d *daemon) pid() int      { return d.cmd.Process.Pid }
 
 func (d *daemon) stop() {
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { d.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		d.cmd.Process.Kill()
-		<-done
-	}
+	timer := time.AfterFunc(10*time.Second, func() { d.Kill(syscall.SIGKILL) })
+	d.Kill(syscall.SIGTERM)
+	timer.Stop()
 	os.RemoveAll(d.dir)
 }
 

@@ -16,6 +16,8 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/proctest"
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // The test bed's containerd config, as a node that uses CDI has it: the
@@ -35,7 +37,7 @@ func startContainerd(t *testing.T) cri.RuntimeServiceClient {
 	if _, err := exec.LookPath("containerd"); err != nil {
 		t.Fatalf("containerd: %v: run through `make e2e-criu`, inside the test bed", err)
 	}
-	log := &syncBuffer{}
+	log := &proctest.Buffer{}
 	cmd := exec.Command("containerd", "--config", containerdConfig)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -48,7 +50,7 @@ func startContainerd(t *testing.T) cri.RuntimeServiceClient {
 			t.Logf("containerd's log:\n%s", tail(log.String(), 60))
 		}
 	})
-	waitFor(t, "containerd's socket", func() bool {
+	servertest.WaitFor(t, "containerd's socket", func() bool {
 		_, err := os.Stat(containerdSocket)
 		return err == nil
 	})
@@ -137,14 +139,14 @@ func TestContainerdCDI(t *testing.T) {
 		t.Fatalf("the container's pid: %v %q", err, st.Info["info"])
 	}
 	var sc string
-	waitFor(t, "the container's scope", func() bool {
+	servertest.WaitFor(t, "the container's scope", func() bool {
 		sc = h.scopeOfPID(info.Pid)
 		return sc != ""
 	})
 	if sc != ctr.ContainerId {
 		t.Fatalf("the container's scope is %q, not its id %s", sc, ctr.ContainerId)
 	}
-	waitFor(t, "the container's watcher", func() bool { return h.scopeStatus(sc).Watchers == 1 })
+	servertest.WaitFor(t, "the container's watcher", func() bool { return h.scopeStatus(sc).Watchers == 1 })
 	waitLine(t, filepath.Join(out, "mmap.out"), "0")
 	h.mustCtl("bump", "--scope", sc, "--min", "7", "--reason", "test")
 	waitLine(t, filepath.Join(out, "watch.out"), "7")
@@ -165,5 +167,5 @@ func TestContainerdCDI(t *testing.T) {
 	if _, err := rt.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
 		t.Fatalf("RemoveContainer: %v", err)
 	}
-	waitFor(t, "the container's scope to go", func() bool { return !h.hasScope(sc) })
+	servertest.WaitFor(t, "the container's scope to go", func() bool { return !h.hasScope(sc) })
 }

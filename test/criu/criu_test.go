@@ -14,12 +14,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/genid-project/genid/checkpoint"
+	"github.com/genid-project/genid/internal/proctest"
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 const pluginPath = "/usr/lib/criu/genid-criu.so"
@@ -53,8 +54,8 @@ type host struct {
 	dir    string
 	state  string
 	args   []string // extra daemon flags
-	daemon *exec.Cmd
-	log    *syncBuffer
+	daemon *proctest.Daemon
+	log    *proctest.Buffer
 }
 
 func newHost(t *testing.T, name string) *host {
@@ -111,43 +112,19 @@ func (h *host) fresh(gen uint32) {
 	h.start(gen)
 }
 
-// syncBuffer is a daemon's log: written by exec's copying goroutine, read
-// by a test's cleanup while the daemon may still run.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startKeep runs a daemon that resumes from the page as it is.
 func (h *host) startKeep() {
 	h.t.Helper()
-	h.log = &syncBuffer{}
-	h.daemon = exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug", "--state-dir", h.state}, h.args...)...)
-	h.daemon.Stdout, h.daemon.Stderr = h.log, h.log
-	if err := h.daemon.Start(); err != nil {
+	cmd := exec.Command(genidctl, append([]string{"--run-dir", h.dir, "daemon", "--log-level", "debug", "--state-dir", h.state}, h.args...)...)
+	d, err := proctest.Start(cmd, h.dir)
+	if err != nil {
 		h.t.Fatal(err)
 	}
-	log := h.log
+	h.daemon, h.log = d, d.Log
 	h.t.Cleanup(func() {
 		if h.t.Failed() {
-			h.t.Logf("daemon log (%s):\n%s", h.dir, log.String())
+			h.t.Logf("daemon log (%s):\n%s", h.dir, d.Log)
 		}
-	})
-	waitFor(h.t, "daemon socket", func() bool {
-		_, err := os.Stat(filepath.Join(h.dir, "genid.sock"))
-		return err == nil
 	})
 }
 
@@ -155,8 +132,7 @@ func (h *host) stop() {
 	if h.daemon == nil {
 		return
 	}
-	h.daemon.Process.Signal(syscall.SIGTERM)
-	h.daemon.Wait()
+	h.daemon.Kill(syscall.SIGTERM)
 	h.daemon = nil
 }
 
@@ -274,17 +250,6 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // lines returns the lines of a file.
 func lines(path string) []string {
 	b, _ := os.ReadFile(path)
@@ -298,7 +263,7 @@ func lines(path string) []string {
 
 func waitLine(t *testing.T, path, want string) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%q in %s", want, path), func() bool {
+	servertest.WaitFor(t, fmt.Sprintf("%q in %s", want, path), func() bool {
 		for _, l := range lines(path) {
 			if l == want {
 				return true
@@ -351,7 +316,7 @@ func checkpointWatcher(t *testing.T, h *host) (string, int, string) {
 	h.mustCtl("bump", "--min", "5", "--reason", "setup")
 	out := filepath.Join(t.TempDir(), "watch.out")
 	p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
-	waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
 
 	images := imagesDir(t)
 	mustCriu(t, nil, "dump", images, "-t", strconv.Itoa(p.Pid))
@@ -362,7 +327,7 @@ func checkpointWatcher(t *testing.T, h *host) (string, int, string) {
 	if info := h.mustCtl("image-info", images); !strings.Contains(info, "scope (host): generation 5") || !strings.Contains(info, "watcher, acked 5") {
 		t.Fatalf("image-info:\n%s", info)
 	}
-	waitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
+	servertest.WaitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
 	return images, p.Pid, out
 }
 
@@ -422,7 +387,7 @@ func TestRestoreTwice(t *testing.T) {
 	h.start(0)
 	g1 := restoreOn(t, h, images, pid, out)
 	syscall.Kill(pid, syscall.SIGKILL)
-	waitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
+	servertest.WaitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
 	g2 := restoreOn(t, h, images, pid, out)
 	if g1 <= 5 || g2 <= 5 || g1 == g2 {
 		t.Fatalf("two restores gave %d and %d", g1, g2)
@@ -464,7 +429,7 @@ func TestRestoreWithoutDaemon(t *testing.T) {
 	}
 	// When the daemon comes back, the restored watcher reconnects by itself.
 	h.startKeep()
-	waitFor(t, "the restored watcher to come back", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the restored watcher to come back", func() bool { return h.status().Watchers == 1 })
 }
 
 // 7. The action-script path, without the plugin: a process holding no genid
@@ -516,7 +481,7 @@ func TestPluginAndActionScript(t *testing.T) {
 		_, err := os.Stat(fmt.Sprintf("/proc/%d", p.Pid))
 		return err != nil
 	}
-	waitFor(t, "the dumped process to go", gone)
+	servertest.WaitFor(t, "the dumped process to go", gone)
 	for i, tc := range []struct {
 		env  []string
 		want uint32
@@ -527,7 +492,7 @@ func TestPluginAndActionScript(t *testing.T) {
 	} {
 		mustCriu(t, tc.env, "restore", images, "-d", "--action-script", genidctl)
 		syscall.Kill(p.Pid, syscall.SIGKILL)
-		waitFor(t, "the restored process to go", gone)
+		servertest.WaitFor(t, "the restored process to go", gone)
 		if g := h.gen(); g != tc.want {
 			t.Fatalf("restore %d: generation %d, want %d", i, g, tc.want)
 		}
@@ -558,9 +523,9 @@ func TestBlockedWaitWatchers(t *testing.T) {
 	h.start(3)
 	// A watcher whose command fails stays outdated, so wait-watchers blocks.
 	spawn(t, filepath.Join(t.TempDir(), "w.out"), nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
-	waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
 	h.mustCtl("bump")
-	waitFor(t, "an outdated watcher", func() bool { return h.status().Outdated == 1 })
+	servertest.WaitFor(t, "an outdated watcher", func() bool { return h.status().Outdated == 1 })
 
 	rc := filepath.Join(t.TempDir(), "rc")
 	p := spawn(t, filepath.Join(t.TempDir(), "ww.out"), nil, "sh", "-c",
@@ -579,7 +544,7 @@ func TestBlockedWaitWatchers(t *testing.T) {
 	target.start(1)
 	mustCriu(t, []string{"GENID_RUN_DIR=" + target.dir}, "restore", images, "-d")
 	defer syscall.Kill(p.Pid, syscall.SIGKILL)
-	waitFor(t, "the restored wait-watchers to finish", func() bool {
+	servertest.WaitFor(t, "the restored wait-watchers to finish", func() bool {
 		b, err := os.ReadFile(rc)
 		return err == nil && strings.TrimSpace(string(b)) != ""
 	})
@@ -599,7 +564,7 @@ func TestLibdir(t *testing.T) {
 	copyFile(t, pluginPath, filepath.Join(lib, "genid-criu.so"))
 	out := filepath.Join(t.TempDir(), "watch.out")
 	p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
-	waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
 	images := imagesDir(t)
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
@@ -762,7 +727,7 @@ func TestRecordLayouts(t *testing.T) {
 	h.start(0)
 	g1 := restoreOn(t, h, images, pid, out)
 	syscall.Kill(pid, syscall.SIGKILL)
-	waitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
+	servertest.WaitFor(t, "the first clone to go", func() bool { return h.status().Watchers == 0 })
 	if g2 := restoreOn(t, h, images, pid, out); g2 != g1+1 {
 		t.Fatalf("second restore gave %d after %d", g2, g1)
 	}
@@ -859,7 +824,7 @@ func TestBumpBeforeFreeze(t *testing.T) {
 		h.start(5)
 		out := filepath.Join(t.TempDir(), "watch.out")
 		p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
-		waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
+		servertest.WaitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
 		images := imagesDir(t)
 		env := []string{"GENID_RUN_DIR=" + h.dir, "RACER_INNER=" + pluginPath, "RACER_SOCK=" + filepath.Join(h.dir, "admin.sock")}
 		mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid), "--libdir", lib)
@@ -938,7 +903,7 @@ func TestRestoreSocketRefused(t *testing.T) {
 	h.args = []string{"--max-watchers", "1"}
 	h.start(0)
 	spawn(t, filepath.Join(t.TempDir(), "other.out"), nil, genidctl, "--run-dir", h.dir, "watch")
-	waitFor(t, "the other watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the other watcher", func() bool { return h.status().Watchers == 1 })
 
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	_, log := criuFails(t, env, "restore", images, "restore-refused.log", "-d", "--ext-unix-sk")
@@ -986,7 +951,7 @@ func TestShortPage(t *testing.T) {
 func TestWedgedDaemon(t *testing.T) {
 	// The subtest's cleanup wakes the daemon before newHost's stops it.
 	wedge := func(t *testing.T, h *host) {
-		p := h.daemon.Process
+		p := h.daemon.Cmd.Process
 		p.Signal(syscall.SIGSTOP)
 		t.Cleanup(func() { p.Signal(syscall.SIGCONT) })
 	}
@@ -1016,7 +981,7 @@ func TestWedgedDaemon(t *testing.T) {
 		h.start(2)
 		out := filepath.Join(t.TempDir(), "watch.out")
 		p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
-		waitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
+		servertest.WaitFor(t, "the watcher", func() bool { return h.status().Watchers == 1 })
 		wedge(t, h)
 		timed(t, nil, "dump", imagesDir(t), "-t", strconv.Itoa(p.Pid))
 		if !alive(p.Pid) {
@@ -1045,7 +1010,7 @@ func TestRecordEscapes(t *testing.T) {
 	h.mustCtl("bump", "--min", "5")
 	out := filepath.Join(t.TempDir(), "watch.out")
 	p := spawn(t, out, nil, genidctl, "--run-dir", h.dir, "watch")
-	waitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the watcher to register", func() bool { return h.status().Watchers == 1 })
 	images := imagesDir(t)
 	env := []string{"GENID_RUN_DIR=" + h.dir}
 	mustCriu(t, env, "dump", images, "-t", strconv.Itoa(p.Pid))
@@ -1057,7 +1022,7 @@ func TestRecordEscapes(t *testing.T) {
 	if r.RunDir != h.dir || len(r.Sockets) != 1 || r.Sockets[0].Path != sock {
 		t.Fatalf("record %+v: want %q", r, sock)
 	}
-	waitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
+	servertest.WaitFor(t, "the dumped watcher to go", func() bool { return h.status().Watchers == 0 })
 	h.start(0)
 	restoreOn(t, h, images, p.Pid, out)
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // examplesC are the four programs of examples/c.
@@ -102,7 +104,7 @@ func TestExamplesCRunc(t *testing.T) {
 	for _, name := range examplesC {
 		waitLine(t, out(name), "ready at generation 0")
 	}
-	waitFor(t, "five watchers in the container's scope", func() bool { return c.scopeStatus().Watchers == 5 })
+	servertest.WaitFor(t, "five watchers in the container's scope", func() bool { return c.scopeStatus().Watchers == 5 })
 
 	// Generation 1: all four rebuild, the holdout does not ack, and the
 	// orchestrator waits for it.
@@ -110,7 +112,7 @@ func TestExamplesCRunc(t *testing.T) {
 	for _, name := range examplesC {
 		waitLine(t, out(name), "rebuilt at generation 1")
 	}
-	waitFor(t, "only the holdout outdated", func() bool { return c.scopeStatus().Outdated == 1 })
+	servertest.WaitFor(t, "only the holdout outdated", func() bool { return c.scopeStatus().Outdated == 1 })
 	time.Sleep(300 * time.Millisecond) // the orchestrator goes from its ack into its barrier
 
 	images := c.checkpoint()

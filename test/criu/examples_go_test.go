@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // goExamples are the programs of examples/go, built static
@@ -111,7 +113,7 @@ func TestGoExamplesRunc(t *testing.T) {
 		}
 	})
 	checkCgroup(t, c.id)
-	waitFor(t, "the five watchers", func() bool { return c.scopeStatus().Watchers == 5 })
+	servertest.WaitFor(t, "the five watchers", func() bool { return c.scopeStatus().Watchers == 5 })
 	for _, name := range goExamples {
 		waitLine(t, filepath.Join(c.out, name+".out"), "ready at generation 0")
 	}
@@ -124,7 +126,7 @@ func TestGoExamplesRunc(t *testing.T) {
 	for _, name := range goExamples {
 		waitLine(t, filepath.Join(c.out, name+".out"), "rebuilt at generation 1")
 	}
-	waitFor(t, "only the slow watcher outdated", func() bool {
+	servertest.WaitFor(t, "only the slow watcher outdated", func() bool {
 		st := c.scopeStatus()
 		return st.Outdated == 1 && st.Generation == 1
 	})
@@ -143,7 +145,7 @@ func TestGoExamplesRunc(t *testing.T) {
 			t.Fatalf("recorded socket %+v: want a watcher of %s", s, c.id)
 		}
 	}
-	waitFor(t, "the scope to go with the container", func() bool { return !c.hasScope() })
+	servertest.WaitFor(t, "the scope to go with the container", func() bool { return !c.hasScope() })
 
 	c.restore(images)
 	st := c.scopeStatus()

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -81,12 +82,12 @@ func TestRestoreUnderFlood(t *testing.T) {
 		}
 	}()
 	// 100 watchers, 10 kept in reserve.
-	waitFor(t, "the flood to take all it may", func() bool { return held.Load() == 90 })
+	servertest.WaitFor(t, "the flood to take all it may", func() bool { return held.Load() == 90 })
 
 	// root watches on the host's socket...
 	rootOut := filepath.Join(t.TempDir(), "root.out")
 	spawn(t, rootOut, nil, genidctl, "--run-dir", h.dir, "watch")
-	waitFor(t, "root's watcher", func() bool { return h.status().Watchers == 91 })
+	servertest.WaitFor(t, "root's watcher", func() bool { return h.status().Watchers == 91 })
 	// ...the admin bumps...
 	if g := h.mustCtl("bump", "--reason", "under flood"); g != "1" {
 		t.Fatalf("bump under flood: %s", g)

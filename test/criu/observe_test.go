@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/testbed"
 )
 
@@ -82,7 +83,7 @@ func TestHistoryOfRestore(t *testing.T) {
 	h.start(0)
 	gen := restoreOn(t, h, images, pid, out)
 	var list []genid.HistoryEntry
-	waitFor(t, "the restore's barrier to clear", func() bool {
+	servertest.WaitFor(t, "the restore's barrier to clear", func() bool {
 		if err := json.Unmarshal([]byte(h.mustCtl("history", "--json")), &list); err != nil {
 			t.Fatal(err)
 		}

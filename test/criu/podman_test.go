@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // integration is how a podman container asks for its scope.
@@ -155,7 +156,7 @@ func (e *engine) run(name string, how integration) *pctr {
 	e.mustPodman(append(args, podmanImage, "sh", "-c", pctrScript)...)
 	c.ack(true)
 	sc := c.scope()
-	waitFor(e.t, name+"'s watcher", func() bool { return e.h.scopeStatus(sc).Watchers == 1 })
+	servertest.WaitFor(e.t, name+"'s watcher", func() bool { return e.h.scopeStatus(sc).Watchers == 1 })
 	waitLine(e.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(e.h.scopeStatus(sc).Generation)))
 	return c
 }
@@ -188,7 +189,7 @@ func (c *pctr) scope() string {
 		c.e.t.Fatalf("%s's pid: %v", c.name, err)
 	}
 	var name string
-	waitFor(c.e.t, c.name+"'s scope", func() bool {
+	servertest.WaitFor(c.e.t, c.name+"'s scope", func() bool {
 		name = c.e.h.scopeOfPID(pid)
 		return name != ""
 	})
@@ -205,7 +206,7 @@ func (c *pctr) rm() {
 	c.e.t.Helper()
 	sc := c.scope()
 	c.e.mustPodman("rm", "-f", "-t", "0", c.name)
-	waitFor(c.e.t, c.name+"'s scope "+sc+" to go", func() bool { return !c.e.h.hasScope(sc) })
+	servertest.WaitFor(c.e.t, c.name+"'s scope "+sc+" to go", func() bool { return !c.e.h.hasScope(sc) })
 }
 
 // checkpoint exports the container as podman does, and keeps its output
@@ -223,7 +224,7 @@ func (c *pctr) checkpoint() *podCheckpoint {
 	sc := c.scope()
 	ck := &podCheckpoint{archive: filepath.Join(c.e.t.TempDir(), c.name+".tar.zst"), id: c.inspect("{{.ID}}"), out: c.out, saved: map[string][]byte{}}
 	c.e.mustPodman("container", "checkpoint", "--export", ck.archive, c.name)
-	waitFor(c.e.t, c.name+"'s scope "+sc+" to go with it", func() bool { return !c.e.h.hasScope(sc) })
+	servertest.WaitFor(c.e.t, c.name+"'s scope "+sc+" to go with it", func() bool { return !c.e.h.hasScope(sc) })
 	ents, _ := os.ReadDir(c.out)
 	for _, ent := range ents {
 		if ent.Name() == "ack" {
@@ -297,7 +298,7 @@ func podmanScopes(t *testing.T, runtime string, target, other integration) {
 	h.start(0)
 	hostOut := filepath.Join(t.TempDir(), "host-watch.out")
 	spawn(t, hostOut, nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
-	waitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
 	h.mustCtl("bump", "--reason", "host outdated")
 
 	e := newEngine(t, h, runtime)
@@ -412,7 +413,7 @@ func podmanScopes(t *testing.T, runtime string, target, other integration) {
 		if st := h.scopeStatus(cs[i]); st.Generation != 6 {
 			t.Fatalf("%s's scope %s at %d, want 6", c.name, cs[i], st.Generation)
 		}
-		waitFor(t, c.name+"'s watcher", func() bool { return h.scopeStatus(cs[i]).Watchers == 1 })
+		servertest.WaitFor(t, c.name+"'s watcher", func() bool { return h.scopeStatus(cs[i]).Watchers == 1 })
 	}
 	if cs[0] == cs[1] {
 		t.Fatalf("the two clones share the scope %s", cs[0])

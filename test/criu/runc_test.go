@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/genid-project/genid/checkpoint"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/testbed"
 
 	"golang.org/x/sys/unix"
@@ -29,7 +30,8 @@ import (
 const commandTimeout = time.Minute
 
 // runHelper is the test binary's second life, inside a container: it maps
-// /dev/sysgenid as AWS-LC does and writes every value it sees to OUT.
+// /dev/sysgenid (a Go hot-path reader; sysgenidread is AWS-LC's way in C)
+// and writes every value it sees to OUT.
 func runHelper(name string) int {
 	switch name {
 	case "mmap-reader":
@@ -69,8 +71,9 @@ func runHelper(name string) int {
 
 // container is a runc container of a busybox bundle, given a genid scope by
 // genidctl oci-config, that runs a watcher of its scope, a process that
-// maps /dev/sysgenid and a C reader of /dev/vmclock0 (vmclockread, which
-// reads it as AWS-LC does), each writing what it sees to a file of out.
+// maps /dev/sysgenid, and C readers of /dev/sysgenid and /dev/vmclock0
+// (sysgenidread and vmclockread, which read them as AWS-LC does), each
+// writing what it sees to a file of out.
 type container struct {
 	t      *testing.T
 	h      *host
@@ -98,11 +101,13 @@ func newContainer(t *testing.T, h *host) *container {
 	self, _ := os.Executable()
 	copyFile(t, self, filepath.Join(rootfs, "bin/genid-test"))
 	buildStatic(t, "../e2e/testdata/vmclockread.c", filepath.Join(rootfs, "bin/vmclockread"))
+	buildStatic(t, "../e2e/testdata/sysgenidread.c", filepath.Join(rootfs, "bin/sysgenidread"))
 
 	run(t, c.bundle, "runc", "spec")
 	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
 		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
 		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & " +
+		"sysgenidread /dev/sysgenid watch >/out/sysgenid.out 2>/out/sysgenid.err & " +
 		"while :; do sleep 1; done"
 	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
 		p := s["process"].(map[string]any)
@@ -123,9 +128,10 @@ func (c *container) run() {
 	runcDetached(c.t, c.bundle, c.env, "run", "-d", c.id)
 	c.t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
 	checkCgroup(c.t, c.id)
-	waitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
+	servertest.WaitFor(c.t, "the container's watcher", func() bool { return c.scopeStatus().Watchers == 1 })
 	waitLine(c.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
 	waitLine(c.t, filepath.Join(c.out, "vmclock.out"), fmt.Sprint("counter ", c.scopeStatus().Generation))
+	waitLine(c.t, filepath.Join(c.out, "sysgenid.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
 }
 
 // vmclock reads /dev/vmclock0 in the container once, as a new process.
@@ -208,7 +214,7 @@ func TestRuncScopes(t *testing.T) {
 	// A host watcher that never acks: no barrier but the host's may wait
 	// for it.
 	spawn(t, hostOut, nil, genidctl, "--run-dir", h.dir, "watch", "--exec", "false")
-	waitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
+	servertest.WaitFor(t, "the host's watcher", func() bool { return h.status().Watchers == 1 })
 	h.mustCtl("bump", "--reason", "host outdated")
 
 	a, b := newContainer(t, h), newContainer(t, h)
@@ -219,6 +225,7 @@ func TestRuncScopes(t *testing.T) {
 	waitLine(t, filepath.Join(a.out, "watch.out"), "5")
 	waitLine(t, filepath.Join(a.out, "mmap.out"), "5")
 	waitLine(t, filepath.Join(a.out, "vmclock.out"), "counter 5")
+	waitLine(t, filepath.Join(a.out, "sysgenid.out"), "5")
 	waitLine(t, filepath.Join(b.out, "mmap.out"), "2")
 	waitLine(t, filepath.Join(b.out, "vmclock.out"), "counter 2")
 	vmclockPage := func(counter uint32) string {
@@ -248,7 +255,7 @@ func TestRuncScopes(t *testing.T) {
 		r.Version != 3 || len(r.Sockets) != 1 || !r.Sockets[0].Watcher || r.Sockets[0].Scope != a.id {
 		t.Fatalf("record of a's checkpoint %+v (scope %+v)", r, sr)
 	}
-	waitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
+	servertest.WaitFor(t, "a's scope to go with it", func() bool { return !a.hasScope() })
 
 	check := func(where string, want uint32) {
 		t.Helper()
@@ -258,6 +265,7 @@ func TestRuncScopes(t *testing.T) {
 		waitLine(t, filepath.Join(a.out, "watch.out"), strconv.Itoa(int(want)))
 		waitLine(t, filepath.Join(a.out, "mmap.out"), strconv.Itoa(int(want)))
 		waitLine(t, filepath.Join(a.out, "vmclock.out"), fmt.Sprint("counter ", want))
+		waitLine(t, filepath.Join(a.out, "sysgenid.out"), strconv.Itoa(int(want)))
 		if got := a.vmclock(); got != vmclockPage(want) {
 			t.Fatalf("%s: a's /dev/vmclock0:\n got %s\nwant %s", where, got, vmclockPage(want))
 		}

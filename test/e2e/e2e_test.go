@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/genid-project/genid/checkpoint"
+	"github.com/genid-project/genid/internal/proctest"
 )
 
 func genidctl(t *testing.T) string {
@@ -66,15 +67,12 @@ func shortRunDir(t *testing.T) string {
 	return d
 }
 
+// daemon is a genidctl daemon process (internal/proctest), with the
+// names these tests use.
 type daemon struct {
+	*proctest.Daemon
 	cmd *exec.Cmd
-	log *bytes.Buffer
-
-	// exited is closed when the process has exited, err then says how: a
-	// goroutine waits for it from the start, so a daemon that dies on its
-	// own is seen too.
-	exited chan struct{}
-	err    error
+	log *proctest.Buffer
 }
 
 // startDaemon starts `genidctl daemon` and waits for its socket.
@@ -87,57 +85,15 @@ func startDaemon(t *testing.T, bin, dir string, args ...string) *daemon {
 // and waits for its socket.
 func spawnDaemon(t *testing.T, bin, dir string, argv ...string) *daemon {
 	t.Helper()
-	var log bytes.Buffer
-	cmd := exec.Command(bin, argv...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{cmd: cmd, log: &log, exited: make(chan struct{})}
-	go func() {
-		d.err = cmd.Wait()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		d.kill(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", log.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "genid.sock")); err == nil {
-			return d
-		}
-		if d.dead() {
-			t.Fatalf("daemon exited: %v\n%s", d.err, log.String())
-		}
-		if time.Now().After(deadline) {
-			d.kill(syscall.SIGKILL) // the log is read only once the process is gone
-			t.Fatalf("daemon did not start:\n%s", log.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	p := proctest.Spawn(t, bin, dir, argv...)
+	return &daemon{Daemon: p, cmd: p.Cmd, log: p.Log}
 }
 
 // kill signals the daemon unless it has exited, and returns how it exited.
-func (d *daemon) kill(sig syscall.Signal) error {
-	if !d.dead() {
-		d.cmd.Process.Signal(sig)
-	}
-	<-d.exited
-	return d.err
-}
+func (d *daemon) kill(sig syscall.Signal) error { return d.Kill(sig) }
 
 // dead tells whether the daemon process has exited.
-func (d *daemon) dead() bool {
-	select {
-	case <-d.exited:
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemon) dead() bool { return d.Dead() }
 
 type result struct {
 	out, err string
@@ -620,8 +576,8 @@ func TestFloodAndGarbage(t *testing.T) {
 	}
 	wg.Wait()
 	select {
-	case <-d.exited:
-		t.Fatalf("daemon died: %v\n%s", d.err, d.log.String())
+	case <-d.Exited():
+		t.Fatalf("daemon died: %v\n%s", d.kill(0), d.log.String())
 	case <-time.After(100 * time.Millisecond): // a crash closes the connections a moment before the exit is seen
 	}
 	if g := mustCtl(t, bin, dir, "status"); !strings.Contains(g, "generation: 0") {
@@ -724,12 +680,12 @@ func TestDaemonDeathSeen(t *testing.T) {
 	}
 	syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
 	select {
-	case <-d.exited:
+	case <-d.Exited():
 	case <-time.After(10 * time.Second):
 		t.Fatal("a killed daemon is not seen as dead")
 	}
-	if !d.dead() || d.err == nil {
-		t.Fatalf("dead %v, exit %v", d.dead(), d.err)
+	if !d.dead() || d.Err() == nil {
+		t.Fatalf("dead %v, exit %v", d.dead(), d.Err())
 	}
 }
 

@@ -21,6 +21,7 @@ func TestClientNeverHangs(t *testing.T) {
 	stuck := [][]string{
 		{"status", "T"}, {"bump", "T"}, {"outdated", "T"}, {"watch", "T"}, {"scope", "list", "T"},
 		{"scope", "create", "T", "s2"}, {"scope", "remove", "T", "s1"}, {"status", "--scope", "s1", "T"},
+		{"history", "T"}, {"metrics", "T"},
 	}
 	withTimeout := func(args []string, d string) []string {
 		var out []string

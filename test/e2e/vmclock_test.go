@@ -116,3 +116,37 @@ func startLines(t *testing.T, cmd *exec.Cmd) *watcher {
 	})
 	return w
 }
+
+// TestSysgenidPage reads the generation page with a C reader that follows
+// AWS-LC's snapsafe detection (map a u32 of /dev/sysgenid once, one load
+// per check), as nobody, across bumps and a daemon's crash and restart.
+func TestSysgenidPage(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	d := startDaemon(t, bin, dir)
+	exe := buildC(t, dir, "sysgenidread")
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	page := filepath.Join(dir, "generation")
+
+	cmd := exec.Command(exe, page, "watch")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	w := startLines(t, cmd)
+	if l := w.next(t); l != "0" {
+		t.Fatalf("reader: %q", l)
+	}
+	mustCtl(t, bin, dir, "bump")
+	if l := w.next(t); l != "1" {
+		t.Fatalf("reader after a bump: %q", l)
+	}
+	d.kill(syscall.SIGKILL)
+	startDaemon(t, bin, dir)
+	mustCtl(t, bin, dir, "bump", "--min", "9")
+	if l := w.next(t); l != "9" {
+		t.Fatalf("reader after a restart and a bump to 9: %q", l)
+	}
+	once := exec.Command(exe, page)
+	once.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	if r := runCmd(t, once, 30*time.Second); r.code != 0 || r.out != "generation 9" {
+		t.Fatalf("sysgenidread %s: %+v", page, r)
+	}
+}

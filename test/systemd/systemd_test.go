@@ -20,10 +20,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/proctest"
 )
 
 var deb string
@@ -65,12 +66,12 @@ exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-sys_boot,-wake_ala
 type machine struct {
 	t   *testing.T
 	pid int // systemd's, in the test's pid namespace
-	log *syncBuffer
+	log *proctest.Buffer
 }
 
 func boot(t *testing.T) *machine {
 	t.Helper()
-	m := &machine{t: t, log: &syncBuffer{}}
+	m := &machine{t: t, log: &proctest.Buffer{}}
 	cmd := exec.Command("unshare", "--fork", "--pid", "--mount", "--cgroup", "--mount-proc", "--", "/bin/sh", "-c", bootScript)
 	cmd.Env = []string{"container=genid-testbed", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.Stdout, cmd.Stderr = m.log, m.log
@@ -341,8 +342,8 @@ func TestPackageUnderSystemd(t *testing.T) {
 			t.Errorf("bump as nobody: exit %d, want 4 (permission): %s%s", r.code, r.out, r.err)
 		}
 		// The vmgenid backend reads /dev/kmsg (the bed's run binds the
-		// host's) and uevents, through the device policy, the capability
-		// bounding set and the address families the unit allows.
+		// host's), through the device policy and the capability bounding
+		// set the unit allows.
 		if vmgenid, _ := filepath.Glob("/sys/bus/*/drivers/vmgenid/*:*"); len(vmgenid) > 0 {
 			if out := m.must("genidctl", "status"); !strings.Contains(out, "backends:   [vmgenid]") {
 				t.Errorf("this machine has a vmgenid device (%s), but the daemon's status does not list the backend:\n%s\n%s",
@@ -457,22 +458,4 @@ func procField(status, name string) string {
 		}
 	}
 	return ""
-}
-
-// syncBuffer is a buffer written by a process and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -45,6 +45,10 @@ func TestLookbackBackports(t *testing.T) {
 	if !regexp.MustCompile(`GENID-LOG .*backend off.* backend=vmclock why=.*flag bit 8 clear`).MatchString(orig) {
 		t.Fatalf("the vmclock backend is not off for want of the counter:\n%s", orig)
 	}
+	if named := regexp.MustCompile(`GENID-NAMED exit=(\d+) (.*)`).FindStringSubmatch(orig); named == nil ||
+		named[1] == "0" || named[1] == "124" || !strings.Contains(named[2], "flag bit 8 clear") {
+		t.Fatalf("a daemon named --backends vmclock on QEMU's device did not fail at start saying why: %q", named)
+	}
 	before := vmclockFields(t, orig)
 	clone := l.restore("clone", "auto")
 	clone.checkBumped(t)
