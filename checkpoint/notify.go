@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/checkpoint-restore/go-criu/v7"
@@ -167,7 +168,8 @@ func Restore(ctx context.Context, imagesDir, runDir string) (*Restored, error) {
 	if host != nil {
 		avoid = host.Generation
 	}
-	gen, _, err := a.Restore(ctx, "", avoid, 0)
+	images, _ := filepath.Abs(imagesDir)
+	gen, _, err := a.RestoreFrom(ctx, images, "", avoid, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -100,6 +100,9 @@ func who(e genid.HistoryEntry) string {
 			if r.TasksPID != 0 {
 				fmt.Fprintf(&b, ", tasks pid %d", r.TasksPID)
 			}
+			if r.ImagesDir != "" {
+				fmt.Fprintf(&b, ", images %s", r.ImagesDir)
+			}
 		}
 	default:
 		b.WriteString(e.By)

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/genid-project/genid/internal/wire"
 )
@@ -168,7 +170,23 @@ func (a *Admin) RemoveScope(ctx context.Context, name string) error {
 // watchers may attach to that scope. Meant for programs that drive CRIU;
 // the CRIU plugin does the same.
 func (a *Admin) Restore(ctx context.Context, recorded string, avoid *uint32, pid int) (uint32, string, error) {
-	req := wire.Restore{PID: uint32(pid)}
+	return a.RestoreFrom(ctx, "", recorded, avoid, pid)
+}
+
+// RestoreFrom is Restore of the checkpoint in images, a directory the
+// history names (its last bytes if it is long; "" for none).
+func (a *Admin) RestoreFrom(ctx context.Context, images, recorded string, avoid *uint32, pid int) (uint32, string, error) {
+	if !utf8.ValidString(images) || strings.ContainsRune(images, 0) {
+		images = "" // the daemon takes text only: the restore matters, not its name
+	}
+	if len(images) > wire.MaxImagesDir {
+		tail := images[len(images)-wire.MaxImagesDir+3:]
+		for len(tail) > 0 && !utf8.RuneStart(tail[0]) {
+			tail = tail[1:]
+		}
+		images = "..." + tail
+	}
+	req := wire.Restore{PID: uint32(pid), ImagesDir: images}
 	if avoid != nil {
 		req.Flags, req.Avoid = wire.FlagAvoid, *avoid
 	}

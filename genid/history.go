@@ -83,6 +83,9 @@ type RestoreInfo struct {
 	RecordedGeneration *uint32 `json:"recorded_generation,omitempty"`
 	// TasksPID is the restored tasks' root, 0 for host processes.
 	TasksPID int `json:"tasks_pid,omitempty"`
+	// ImagesDir is where the checkpoint's images were, as the restorer
+	// named it (its end, if long); "" if it did not.
+	ImagesDir string `json:"images_dir,omitempty"`
 }
 
 // HookResult is what one after-restore hook did.

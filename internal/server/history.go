@@ -150,6 +150,9 @@ func (s *Server) logBump(st *scopeState, e *genid.HistoryEntry) {
 	}
 	if r := e.Restore; r != nil {
 		attrs = append(attrs, "recorded_scope", r.RecordedScope, "tasks_pid", r.TasksPID)
+		if r.ImagesDir != "" {
+			attrs = append(attrs, "images_dir", r.ImagesDir)
+		}
 		if r.RecordedGeneration != nil {
 			attrs = append(attrs, "recorded_generation", *r.RecordedGeneration)
 		}

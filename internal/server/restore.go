@@ -47,7 +47,7 @@ func (r *restoreSession) drop(st *scopeState) {
 // sending with its mapped uid.
 func (s *Server) restore(c *conn, h wire.Header, hint string, req wire.Restore, priv bool) {
 	if req.Flags&wire.FlagBegin != 0 {
-		if hint != "" || req.PID != 0 || req.Flags != wire.FlagBegin {
+		if hint != "" || req.PID != 0 || req.Flags != wire.FlagBegin || req.ImagesDir != "" {
 			c.replyErr(h, fmt.Errorf("restore: begin names no scope, pid or generation: %w", errBadRequest))
 			return
 		}
@@ -82,7 +82,7 @@ func (s *Server) restore(c *conn, h wire.Header, hint string, req wire.Restore, 
 		}
 	}
 	min := uint32(0)
-	info := &genid.RestoreInfo{RecordedScope: hint, TasksPID: int(req.PID)}
+	info := &genid.RestoreInfo{RecordedScope: hint, TasksPID: int(req.PID), ImagesDir: req.ImagesDir}
 	if req.Flags&wire.FlagAvoid != 0 {
 		if req.Avoid == ^uint32(0) {
 			c.replyErr(h, fmt.Errorf("restore: the recorded generation is the maximum: nothing is past it: %w", scope.ErrOverflow))

@@ -5,10 +5,12 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
 
 // Version is the protocol version carried in every frame header.
@@ -473,19 +475,44 @@ type Restore struct {
 	Flags uint32 // FlagAvoid
 	Avoid uint32 // the generation the checkpoint recorded
 	PID   uint32 // the restored tasks' root, as the daemon sees it; 0 for none
+	// ImagesDir is where the checkpoint's images are, for the history; ""
+	// for none. At most MaxImagesDir bytes.
+	ImagesDir string
 }
 
-// Encode returns the payload of r.
-func (r Restore) Encode() []byte { return U32s(r.Flags, r.Avoid, r.PID) }
+// MaxImagesDir bounds a restore's images dir, so that the request fits the
+// smallest frame a daemon takes (a longer path is sent by its end).
+const MaxImagesDir = MaxReason - 8
+
+// Encode returns the payload of r: three u32, then, if it names its images
+// dir, the dir's length (u16) and the dir.
+func (r Restore) Encode() []byte {
+	b := U32s(r.Flags, r.Avoid, r.PID)
+	if r.ImagesDir != "" {
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(r.ImagesDir)))
+		b = append(b, r.ImagesDir...)
+	}
+	return b
+}
 
 // ParseRestore decodes what follows the name of an OpRestore.
 func ParseRestore(p []byte) (Restore, error) {
-	if len(p) != 12 {
+	if len(p) < 12 {
 		return Restore{}, fmt.Errorf("%w: %d bytes, want 12", ErrShort, len(p))
 	}
-	r := Restore{binary.LittleEndian.Uint32(p), binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint32(p[8:])}
+	r := Restore{Flags: binary.LittleEndian.Uint32(p), Avoid: binary.LittleEndian.Uint32(p[4:]), PID: binary.LittleEndian.Uint32(p[8:])}
 	if r.Flags&^(FlagAvoid|FlagBegin) != 0 {
 		return Restore{}, fmt.Errorf("wire: unknown restore flags %#x", r.Flags)
+	}
+	if dir := p[12:]; len(dir) > 0 {
+		if len(dir) < 2 || int(binary.LittleEndian.Uint16(dir)) != len(dir)-2 {
+			return Restore{}, fmt.Errorf("%w: restore: the images dir's length is not what follows it", ErrShort)
+		}
+		dir = dir[2:]
+		if len(dir) == 0 || len(dir) > MaxImagesDir || bytes.IndexByte(dir, 0) >= 0 || !utf8.Valid(dir) {
+			return Restore{}, fmt.Errorf("wire: restore: images dir of %d bytes: empty, over %d, or not text", len(dir), MaxImagesDir)
+		}
+		r.ImagesDir = string(dir)
 	}
 	return r, nil
 }

@@ -175,6 +175,7 @@ static struct {
 	int host_socket;	/* dump: a task is connected to the host scope */
 	int recorded;		/* dump: the record was written */
 	int daemon_ok;		/* restore: the daemon took the restore */
+	char images[PATH_MAX];	/* restore: the images dir, for the daemon's history ("" if unknown) */
 } g;
 
 static void set_rundir(const char *dir)
@@ -882,6 +883,31 @@ static uint32_t restored_pid(void)
 	return (uint32_t)strtoul(buf, NULL, 10);
 }
 
+/*
+ * The images dir's path, as criu opened it, for the daemon's history; ""
+ * if it cannot be told or is not plain text (the daemon takes UTF-8 only).
+ */
+static void images_dir(char *buf, size_t cap)
+{
+	char link[64];
+	ssize_t n, i;
+
+	buf[0] = '\0';
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", criu_get_image_dir());
+	n = readlink(link, buf, cap - 1);
+	if (n <= 0 || buf[0] != '/') {
+		buf[0] = '\0';
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		if (buf[i] < 0x20 || buf[i] > 0x7e) {
+			buf[0] = '\0';
+			return;
+		}
+	}
+	buf[n] = '\0';
+}
+
 static int restore_init(void)
 {
 	char val[16], name[GENID_MAX_NAME + 1];
@@ -889,6 +915,7 @@ static int restore_init(void)
 	int ret;
 
 	unsetenv(RESTORED_ENV);	/* one inherited by criu is not this restore's */
+	images_dir(g.images, sizeof(g.images));
 	ret = read_record();
 	if (ret < 0)
 		return -1;
@@ -936,8 +963,8 @@ static int restore_init(void)
 	g.daemon_ok = 1;
 	if (!host)
 		return 0;
-	ret = genid_admin_restore(&g.ac, host->have_gen ? GENID_FLAG_AVOID : 0, NULL, host->gen, 0,
-				  &host->new_gen, name, sizeof(name));
+	ret = genid_admin_restore_from(&g.ac, host->have_gen ? GENID_FLAG_AVOID : 0, NULL, host->gen, 0, g.images,
+				       &host->new_gen, name, sizeof(name));
 	if (ret) {
 		pr_refuse("restore of the host scope at %s failed: %s\n", g.admin, conn_err(&g.ac, ret));
 		return -1;
@@ -1270,8 +1297,8 @@ static int restore_scope(struct rscope *s)
 		pr_warn("scope %s: daemon unreachable: mounting the scope of that name, if any\n", s->name);
 		return 0;
 	}
-	ret = genid_admin_restore(&g.ac, s->have_gen ? GENID_FLAG_AVOID : 0, s->name, s->gen, pid,
-				  &s->new_gen, s->new_name, sizeof(s->new_name));
+	ret = genid_admin_restore_from(&g.ac, s->have_gen ? GENID_FLAG_AVOID : 0, s->name, s->gen, pid, g.images,
+				       &s->new_gen, s->new_name, sizeof(s->new_name));
 	if (ret) {
 		pr_err("restore of scope %s for the restored tasks (pid %" PRIu32 ") failed: %s\n", s->name, pid,
 		       conn_err(&g.ac, ret));

@@ -76,6 +76,7 @@
 #define GENID_HDR_SIZE		16
 #define GENID_MAX_REASON	256
 #define GENID_MAX_NAME		64	/* a scope's name */
+#define GENID_MAX_IMAGES_DIR	248	/* a restore's images dir, as sent */
 
 enum genid_op {
 	GENID_OP_GET		= 1,
@@ -1157,11 +1158,15 @@ static inline int genid_admin_bump(struct genid_conn *c, const char *scope, uint
 
 /*
  * NAME
- *	genid_admin_restore - give restored tasks their scope
+ *	genid_admin_restore, genid_admin_restore_from - give restored tasks
+ *	their scope
  * SYNOPSIS
  *	int genid_admin_restore(struct genid_conn *c, uint32_t flags, const char *scope,
  *				uint32_t avoid, uint32_t pid, uint32_t *gen,
  *				char *out, size_t cap);
+ *	int genid_admin_restore_from(struct genid_conn *c, uint32_t flags, const char *scope,
+ *				     uint32_t avoid, uint32_t pid, const char *images,
+ *				     uint32_t *gen, char *out, size_t cap);
  * DESCRIPTION
  *	On the admin socket. With GENID_FLAG_BEGIN, opens a restore on the
  *	connection (an administrator's request), after which its restore
@@ -1171,16 +1176,22 @@ static inline int genid_admin_bump(struct genid_conn *c, const char *scope, uint
  *	that name is free; with pid 0, the host scope (scope NULL). *gen and
  *	out (cap bytes) receive its generation and name. The CRIU plugin's
  *	call. See PROTOCOL.md, "restore".
+ *
+ *	genid_admin_restore_from also names the checkpoint's images dir
+ *	(images, NULL for none; "..." and its end if longer than
+ *	GENID_MAX_IMAGES_DIR bytes), which the daemon's history shows beside
+ *	the bump.
  * RETURN VALUE
  *	0, a GENID_ST_* refusal, or a negative errno (-EPROTO: a reply that
  *	does not fit out).
  */
-static inline int genid_admin_restore(struct genid_conn *c, uint32_t flags, const char *scope,
-				      uint32_t avoid, uint32_t pid, uint32_t *gen,
-				      char *out, size_t cap)
+static inline int genid_admin_restore_from(struct genid_conn *c, uint32_t flags, const char *scope,
+					   uint32_t avoid, uint32_t pid, const char *images,
+					   uint32_t *gen, char *out, size_t cap)
 {
-	unsigned char req[1 + GENID_MAX_NAME + 12], rep[4 + 1 + GENID_MAX_NAME];
-	size_t o = genid__put_name(req, scope);
+	unsigned char req[1 + GENID_MAX_NAME + 12 + 2 + GENID_MAX_IMAGES_DIR];
+	unsigned char rep[4 + 1 + GENID_MAX_NAME];
+	size_t o = genid__put_name(req, scope), n = images ? strlen(images) : 0;
 	uint32_t len;
 	int ret;
 
@@ -1189,13 +1200,39 @@ static inline int genid_admin_restore(struct genid_conn *c, uint32_t flags, cons
 	genid__put_le32(req + o, flags);
 	genid__put_le32(req + o + 4, avoid);
 	genid__put_le32(req + o + 8, pid);
-	ret = genid__call(c, GENID_OP_RESTORE, req, o + 12, rep, sizeof(rep), &len);
+	o += 12;
+	if (n) {
+		size_t dots = 0;
+
+		if (n > GENID_MAX_IMAGES_DIR) {	/* "..." and its end */
+			images += n - (GENID_MAX_IMAGES_DIR - 3);
+			n = GENID_MAX_IMAGES_DIR - 3;
+			while (n && (*images & 0xc0) == 0x80) {	/* not amid a UTF-8 sequence */
+				images++;
+				n--;
+			}
+			memcpy(req + o + 2, "...", 3);
+			dots = 3;
+		}
+		req[o] = (n + dots) & 0xff;
+		req[o + 1] = (n + dots) >> 8;
+		memcpy(req + o + 2 + dots, images, n);
+		o += 2 + dots + n;
+	}
+	ret = genid__call(c, GENID_OP_RESTORE, req, o, rep, sizeof(rep), &len);
 	if (ret)
 		return ret;
 	if (len < 4 || len > sizeof(rep) || genid__get_name(rep + 4, len - 4, out, cap) != len - 4)
 		return -EPROTO;
 	*gen = genid__le32(rep);
 	return 0;
+}
+
+static inline int genid_admin_restore(struct genid_conn *c, uint32_t flags, const char *scope,
+				      uint32_t avoid, uint32_t pid, uint32_t *gen,
+				      char *out, size_t cap)
+{
+	return genid_admin_restore_from(c, flags, scope, avoid, pid, NULL, gen, out, cap);
 }
 
 /*

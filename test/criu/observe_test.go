@@ -3,6 +3,7 @@ package criu
 import (
 	"encoding/json"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -96,6 +97,12 @@ func TestHistoryOfRestore(t *testing.T) {
 	}
 	if e.PID <= 0 || e.PID == pid {
 		t.Errorf("the restore's asker is criu, not pid %d", e.PID)
+	}
+	if abs, _ := filepath.Abs(images); e.Restore.ImagesDir != abs {
+		t.Errorf("the restore's images dir: %q, want %q", e.Restore.ImagesDir, abs)
+	}
+	if out := h.mustCtl("history"); !strings.Contains(out, "images "+e.Restore.ImagesDir) {
+		t.Errorf("genidctl history does not name the images:\n%s", out)
 	}
 	// The history of the first daemon's run dir (the same dir, restarted)
 	// holds the setup bump before it.

@@ -1,0 +1,40 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// A restore names its images dir or not; either way it reads back as
+// sent, and a dir that is cut, empty, too long or not text is refused.
+func TestRestoreImagesDir(t *testing.T) {
+	for _, r := range []Restore{
+		{Flags: FlagAvoid, Avoid: 7, PID: 42},
+		{Flags: FlagAvoid, Avoid: 7, PID: 42, ImagesDir: "/var/lib/checkpoints/web"},
+		{ImagesDir: strings.Repeat("d", MaxImagesDir)},
+	} {
+		got, err := ParseRestore(r.Encode())
+		if err != nil || got != r {
+			t.Errorf("ParseRestore(Encode(%+v)) = %+v, %v", r, got, err)
+		}
+	}
+	ok := Restore{PID: 1, ImagesDir: "/img"}.Encode()
+	for name, p := range map[string][]byte{
+		"no length":     append(U32s(0, 0, 1), 4),
+		"cut":           ok[:len(ok)-1],
+		"padded":        append(ok, 0),
+		"empty":         append(U32s(0, 0, 1), 0, 0),
+		"too long":      Restore{ImagesDir: strings.Repeat("d", MaxImagesDir+1)}.Encode(),
+		"a NUL":         Restore{ImagesDir: "/a\x00b"}.Encode(),
+		"not UTF-8":     Restore{ImagesDir: "/a\xffb"}.Encode(),
+		"short":         U32s(0, 0)[:8],
+		"unknown flags": U32s(1<<7, 0, 0),
+	} {
+		if r, err := ParseRestore(p); err == nil {
+			t.Errorf("%s: ParseRestore(% x) = %+v, want an error", name, p, r)
+		} else if name == "cut" && !errors.Is(err, ErrShort) {
+			t.Errorf("%s: %v, want ErrShort", name, err)
+		}
+	}
+}
