@@ -23,10 +23,11 @@ genidctl scope create --start 10 --pid "$owner" c1 >/dev/null
 while ! grep -q kmsg_seq /var/lib/genid/*/marks.json 2>/dev/null; do sleep 0.1; done
 echo "GENID-UP backends=$(genidctl status --json | tr -d ' \n' | grep -o '"backends":\[[^]]*\]')"
 grep 'backend off' /tmp/daemon1.log | sed 's/^/GENID-LOG /'
-# Named, a backend the device cannot serve fails the daemon's start.
+# Named, a backend the device cannot serve fails when the daemon starts,
+# saying why, and the daemon goes on without it.
 if [ -e /dev/vmclock0 ]; then
 	mkdir -p /tmp/named
-	timeout 10 genidctl --run-dir /tmp/named daemon --backends vmclock --state-dir none >/tmp/named.log 2>&1
+	timeout 3 genidctl --run-dir /tmp/named daemon --backends vmclock --state-dir none >/tmp/named.log 2>&1
 	echo "GENID-NAMED exit=$? $(tr '\n' ' ' </tmp/named.log)"
 fi
 vmclock
