@@ -957,3 +957,30 @@ func TestClientManyCallsAtOnce(t *testing.T) {
 		t.Fatal("60 000 status calls on one client did not finish in 30 s: client and daemon wait on each other")
 	}
 }
+
+// PROTOCOL.md, "restored": a wait-watchers sent again with the id of the
+// one pending on the connection is a copy, answered once (a client that
+// resends after a restore must not get a refusal for its own copy); one
+// with another id is refused with limit.
+func TestWaitWatchersCopy(t *testing.T) {
+	d := start(t, "", server.Config{})
+	x := d.dial(t) // outdated until it acks: holds the wait
+	send(t, x, wire.OpWatch, 1, nil)
+	recv(t, x)
+	gen, _ := d.bump(0, "t")
+	c := d.dial(t)
+	send(t, c, wire.OpWaitWatchers, 7, wire.U32(10000))
+	send(t, c, wire.OpWaitWatchers, 7, wire.U32(10000))
+	send(t, c, wire.OpWaitWatchers, 8, wire.U32(10000))
+	if f := recv(t, c); f.ID != 8 || f.Status != wire.StatusLimit {
+		t.Fatalf("a second wait with another id: %+v, want limit", f.Header)
+	}
+	send(t, x, wire.OpAck, 2, wire.U32(gen))
+	if f := recv(t, c); f.ID != 7 || f.Status != wire.StatusOK {
+		t.Fatalf("the wait once x acked: %+v", f.Header)
+	}
+	send(t, c, wire.OpGet, 9, nil)
+	if f := recv(t, c); f.ID != 9 {
+		t.Fatalf("after the wait's one reply, want get's: %+v (a second reply to the copy?)", f.Header)
+	}
+}

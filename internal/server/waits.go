@@ -14,8 +14,13 @@ import (
 // first. No goroutine waits, and nothing is woken on every ack.
 
 // startWait serves a wait-watchers on st for c: one at a time per
-// connection.
+// connection. A copy of the pending one (its id) is the same request, sent
+// again by a client after a restore (PROTOCOL.md, "restored"): the one
+// reply answers both.
 func (s *Server) startWait(c *conn, st *scopeState, h wire.Header, timeout time.Duration) {
+	if c.wait != nil && c.wait.h.ID == h.ID && c.wait.scope == st {
+		return
+	}
 	if c.wait != nil {
 		c.replyErr(h, fmt.Errorf("wait-watchers: one at a time per connection: %w", errLimit))
 		return
