@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -817,7 +818,8 @@ const adminChildEnv = "GENID_TEST_ADMIN_SOCK"
 
 // adminUnprivileged connects to the admin socket as root (the socket is
 // root's), then gives up root (becomes nobody) and, holding the socket
-// root opened, asks for a query-peer and a bump. It prints both statuses.
+// root opened, asks for a query-peer, a bump, the history and the
+// metrics (who bumped: pids and uids). It prints each status.
 func adminUnprivileged(sock string) int {
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -839,6 +841,8 @@ func adminUnprivileged(sock string) int {
 	}{
 		{wire.OpQueryPeer, named("", binary.LittleEndian.AppendUint64(nil, 1))},
 		{wire.OpBump, named("", wire.Bump{Min: 4000000000}.Encode())},
+		{wire.OpHistory, named("", wire.History{Flags: wire.FlagEveryScope}.Encode())},
+		{wire.OpMetrics, named("", nil)},
 	} {
 		if _, err := c.Write(wire.Append(nil, wire.Header{Op: req.op, ID: uint32(i + 1)}, req.p)); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -873,9 +877,9 @@ func TestAdminJudgedPerSender(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unprivileged sender: %v", err)
 	}
-	want := fmt.Sprintf("%d\n%d\n", wire.StatusPermission, wire.StatusPermission)
+	want := strings.Repeat(fmt.Sprintf("%d\n", wire.StatusPermission), 4)
 	if string(out) != want {
-		t.Fatalf("query-peer and bump from nobody on root's socket: statuses %q, want permission (%d) twice", out, wire.StatusPermission)
+		t.Fatalf("query-peer, bump, history and metrics from nobody on root's socket: statuses %q, want permission (%d) for each", out, wire.StatusPermission)
 	}
 	if g := d.status(t).Generation; g != 0 {
 		t.Fatalf("the refused bump moved the generation to %d", g)
