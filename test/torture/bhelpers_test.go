@@ -38,12 +38,10 @@ func init() {
 		err = refChild()
 	case "send-exit":
 		err = refSendAndExit()
+	case "exhaust":
+		err = exhHostile()
 	default:
-		if run, ok := exhModes[mode]; ok {
-			err = run()
-		} else {
-			err = fmt.Errorf("unknown mode %q", mode)
-		}
+		err = fmt.Errorf("unknown mode %q", mode)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hostile %s: %v\n", mode, err)
@@ -51,9 +49,6 @@ func init() {
 	}
 	os.Exit(0)
 }
-
-// exhModes are the exhaustion case's hostile modes (exhaust_test.go).
-var exhModes = map[string]func() error{}
 
 // bUIDNobody and bUIDOther are the unprivileged users of these cases.
 const (
@@ -198,6 +193,7 @@ func bJSONLines[T any](t *testing.T, out []byte) []T {
 type bProc struct {
 	RSSKiB int
 	FDs    int
+	Links  []string // what the fds are
 }
 
 func bProcOf(pid int) bProc {
@@ -209,6 +205,13 @@ func bProcOf(pid int) bProc {
 		}
 	}
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	p.FDs = len(ents)
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if l == "/dev/kmsg" {
+			continue // the vmgenid backend's, opened once the daemon serves: not a peer's
+		}
+		p.Links = append(p.Links, l)
+	}
+	p.FDs = len(p.Links)
 	return p
 }

@@ -1,0 +1,412 @@
+package torture
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/wire"
+)
+
+// exhReport is what the hostile peer took and what it was told.
+type exhReport struct {
+	AdminConnect   string `json:"admin_connect"`   // its try to reach the admin socket
+	ScopeCreate    string `json:"scope_create"`    // its scope-create on its own socket
+	Pipelined      int    `json:"pipelined"`       // connections it pipelined requests on, never reading
+	PipelinedBytes int    `json:"pipelined_bytes"` // what it wrote on them before its writes blocked
+	Blocked        int    `json:"blocked"`         // of them, those whose writes blocked
+	Partials       int    `json:"partials"`        // frames it started and never finished
+	PartialsClosed int    `json:"partials_closed"` // connections the daemon closed for them
+	Watchers       int    `json:"watchers"`        // watchers it holds, never acking
+	WatchRefusal   string `json:"watch_refusal"`   // what its next watch got
+	Conns          int    `json:"conns"`           // connections it holds at the end
+	ConnsRefused   int    `json:"conns_refused"`   // connections the daemon closed at once
+}
+
+// exhHostile is one unprivileged peer that takes all it can of the
+// daemon of GENID_TORTURE_RUN_DIR: connections, watchers that never ack,
+// memory (requests pipelined on connections it never reads, frames it
+// never finishes), and tries to make scopes. It reports what it got, then
+// holds it all until its stdin closes.
+func exhHostile() error {
+	dir := os.Getenv("GENID_TORTURE_RUN_DIR")
+	sock := filepath.Join(dir, genid.SocketFile)
+	pipes, _ := strconv.Atoi(os.Getenv("GENID_TORTURE_PIPES"))
+	partials, _ := strconv.Atoi(os.Getenv("GENID_TORTURE_PARTIALS"))
+	var rep exhReport
+	var held []net.Conn
+	// served is a new connection the daemon serves, or nil once it closes
+	// them at once: its limit.
+	served := func() net.Conn {
+		c, err := bDial(sock)
+		if err != nil {
+			rep.ConnsRefused++
+			return nil
+		}
+		if f, err := bCall(c, 1, wire.OpGet, nil); err != nil || f.Status != 0 {
+			c.Close()
+			rep.ConnsRefused++
+			return nil
+		}
+		held = append(held, c)
+		return c
+	}
+
+	// Scopes: the admin socket is not its to reach; its own socket makes
+	// none.
+	if c, err := bDial(filepath.Join(dir, genid.AdminSocketFile)); err != nil {
+		rep.AdminConnect = bErrno(err)
+	} else {
+		c.Close()
+		rep.AdminConnect = "connected"
+	}
+	c := served()
+	if c == nil {
+		return errors.New("not even one connection")
+	}
+	f, err := bCall(c, 1, wire.OpScopeCreate, append(wire.AppendName(nil, "hostile"), wire.ScopeCreate{}.Encode()...))
+	if err != nil {
+		return err
+	}
+	rep.ScopeCreate = genid.Code(f.Status).String()
+
+	// Memory: requests whose replies it never reads, until its writes
+	// block; and frames it starts and never finishes.
+	batch := make([]byte, 0, 1000*wire.HeaderSize)
+	for i := range 1000 {
+		batch = wire.Append(batch, wire.Header{Op: wire.OpGet, ID: uint32(i + 2)}, nil)
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for range pipes {
+		c := served()
+		if c == nil {
+			break
+		}
+		rep.Pipelined++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			for {
+				n, err := c.Write(batch)
+				mu.Lock()
+				rep.PipelinedBytes += n
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					rep.Blocked++
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var started []net.Conn
+	for range partials {
+		c := served()
+		if c == nil {
+			break
+		}
+		var h [wire.HeaderSize]byte
+		wire.PutHeader(h[:], wire.Header{Op: wire.OpGet, ID: 9, Len: 4})
+		c.Write(append(h[:], 0, 0)) // two bytes of four
+		started = append(started, c)
+		rep.Partials++
+	}
+
+	// Watchers, never acking, until refused.
+	for {
+		c := served()
+		if c == nil {
+			rep.WatchRefusal = "connection refused"
+			break
+		}
+		f, err := bCall(c, 2, wire.OpWatch, nil)
+		if err != nil {
+			return err
+		}
+		if f.Status != 0 {
+			rep.WatchRefusal = genid.Code(f.Status).String()
+			break
+		}
+		rep.Watchers++
+	}
+
+	// The daemon hangs up on the unfinished frames; it takes those
+	// connections back too, and the rest, until refused.
+	for _, c := range started {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err == nil {
+			rep.PartialsClosed++
+		}
+		c.Close()
+	}
+	open := map[net.Conn]bool{}
+	for _, c := range held {
+		open[c] = true
+	}
+	for _, c := range started {
+		delete(open, c)
+	}
+	for served() != nil {
+		open[held[len(held)-1]] = true
+	}
+	rep.Conns = len(open)
+	if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
+		return err
+	}
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// The torture suite's resource exhaustion (issue 20, A.3): one
+// unprivileged peer (nobody) takes every connection and watcher it may on
+// the host's socket, never acks, pipelines requests it never reads the
+// answers of, starts frames it never finishes, and tries to make scopes.
+// Meanwhile: its takings stop at its limits; another unprivileged user
+// still gets and watches; a container scope's watchers see its bumps and
+// its barrier clears; root's bump is served and seen; the host's barrier,
+// held by the peer's watchers, times out naming them rather than hanging;
+// a restore through the admin socket (the CRIU plugin's request; a real
+// CRIU restore under such a flood is test/criu's TestRestoreUnderFlood)
+// gives a new scope and attaches its restored watcher. The daemon's memory
+// stays within what its limits allow, and once the peer is gone its fds
+// return to where they were.
+func TestExhaustion(t *testing.T) {
+	row := record(t, Row{Case: "exhaustion"})
+	maxConns, maxWatchers := size(64, 4096), size(32, 2048)
+	pipes, partials := size(8, 64), size(4, 64)
+	const maxFrame = 4096
+	d, dir := bDaemon(t, "--max-conns-per-user", strconv.Itoa(maxConns), "--max-watchers-per-user", strconv.Itoa(maxWatchers),
+		"--max-frame", strconv.Itoa(maxFrame), "--frame-timeout", "1s")
+	bin := bGenidctl(t)
+	admin, err := genid.OpenAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	if _, err := admin.CreateScope(ctx, "ctr", genid.ScopeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Status(ctx, ""); err != nil { // the admin connection is counted in the baseline
+		t.Fatal(err)
+	}
+	base := bProcOf(d.Pid())
+
+	// The peer takes all it can.
+	hostile := bHostile(bSelf(t), "exhaust", "GENID_TORTURE_RUN_DIR="+dir,
+		"GENID_TORTURE_PIPES="+strconv.Itoa(pipes), "GENID_TORTURE_PARTIALS="+strconv.Itoa(partials))
+	hostile.SysProcAttr = bCred(bUIDNobody)
+	stdin, _ := hostile.StdinPipe()
+	stdout, _ := hostile.StdoutPipe()
+	var stderr strings.Builder
+	hostile.Stderr = &stderr
+	if err := hostile.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hostile.Process.Kill(); hostile.Wait() })
+	var rep exhReport
+	line, err := bufio.NewReader(stdout).ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &rep)
+	}
+	if err != nil {
+		t.Fatalf("the hostile peer: %v\n%s", err, stderr.String())
+	}
+	during := bProcOf(d.Pid())
+	t.Logf("the peer took %+v", rep)
+	failures := 0
+	check := func(ok bool, format string, args ...any) {
+		t.Helper()
+		if !ok {
+			failures++
+			t.Errorf(format, args...)
+		}
+	}
+	check(rep.AdminConnect == "EACCES", "the peer's connect to the admin socket: %s, want EACCES", rep.AdminConnect)
+	check(rep.ScopeCreate == "unknown op", "the peer's scope-create: %s, want unknown op", rep.ScopeCreate)
+	check(rep.Conns == maxConns && rep.ConnsRefused > 0, "the peer holds %d connections (%d refused), want its limit %d", rep.Conns, rep.ConnsRefused, maxConns)
+	check(rep.Watchers == maxWatchers && rep.WatchRefusal == "limit reached", "the peer holds %d watchers, then %s; want its limit %d, then limit reached", rep.Watchers, rep.WatchRefusal, maxWatchers)
+	check(rep.Blocked == pipes, "%d of the peer's %d pipelining connections blocked its writes, want all", rep.Blocked, pipes)
+	check(rep.PartialsClosed == partials, "the daemon hung up on %d of the peer's %d unfinished frames", rep.PartialsClosed, partials)
+	// What the peer's connections may cost at most: a frame being read, a
+	// reply backlog of a socket buffer and 4 KiB more, and the
+	// connection's own state; the Go runtime's and the log's own growth
+	// beside.
+	boundKiB := maxConns*(maxFrame/1024+256+16) + 32*1024
+	check(during.RSSKiB-base.RSSKiB <= boundKiB, "the daemon's RSS grew from %d to %d KiB, more than its limits allow (%d KiB)", base.RSSKiB, during.RSSKiB, boundKiB)
+
+	// Another unprivileged user is served.
+	other := exec.Command(bin, "--run-dir", dir, "watch")
+	other.SysProcAttr = bCred(bUIDOther)
+	otherOut, _ := other.StdoutPipe()
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	otherLines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(otherOut)
+		for sc.Scan() {
+			otherLines <- sc.Text()
+		}
+		close(otherLines)
+	}()
+	nextLine := func() string {
+		select {
+		case l := <-otherLines:
+			return l
+		case <-time.After(10 * time.Second):
+			return "(nothing in 10 s)"
+		}
+	}
+	for st, err := admin.Status(ctx, ""); st == nil || st.Watchers < maxWatchers+1; st, err = admin.Status(ctx, "") {
+		if err != nil || other.ProcessState != nil {
+			t.Fatalf("another user's watcher: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	get := exec.Command(bin, "--run-dir", dir, "get")
+	get.SysProcAttr = bCred(bUIDOther)
+	out, err := get.Output()
+	check(err == nil && strings.TrimSpace(string(out)) == "0", "another user's get: %v %q", err, out)
+
+	// A container scope: its watchers see its bumps, its barrier clears.
+	ctrClient, err := genid.Open(filepath.Join(dir, "scopes", "ctr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrClient.Close()
+	var wg sync.WaitGroup
+	seen := make(chan uint32, 3)
+	var ctrWatchers []*genid.Watcher
+	for range 3 {
+		w, err := ctrClient.Watch(ctx)
+		if err != nil {
+			t.Fatalf("a container's watcher: %v", err)
+		}
+		ctrWatchers = append(ctrWatchers, w)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, err := w.Wait(ctx)
+			if err == nil {
+				err = w.Ack(ctx, g)
+			}
+			if err != nil {
+				t.Errorf("a container's watcher: %v", err)
+			}
+			seen <- g
+		}()
+	}
+	for st, err := admin.Status(ctx, "ctr"); err == nil && st.Watchers < 3; st, err = admin.Status(ctx, "ctr") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g, err := admin.Bump(ctx, "ctr", 0, "under exhaustion"); err != nil || g != 1 {
+		t.Fatalf("bump of the container's scope: %d %v", g, err)
+	}
+	wg.Wait()
+	for range 3 {
+		check(<-seen == 1, "a container's watcher did not see its bump")
+	}
+	check(admin.WaitWatchers(ctx, "ctr", 10*time.Second) == nil, "the container's barrier did not clear")
+
+	// root's bump of the host is served and seen; the host's barrier is
+	// held by the peer's watchers, and says so in time.
+	g, err := admin.Bump(ctx, "", 0, "under exhaustion")
+	check(err == nil && g == 1, "root's bump of the host: %d %v", g, err)
+	check(nextLine() == "1", "another user's watcher did not see root's bump")
+	err = admin.WaitWatchers(ctx, "", time.Second)
+	check(errors.Is(err, genid.ErrTimeout), "the host's barrier, held by the peer: %v, want a timeout", err)
+	if st, err := admin.Status(ctx, ""); err == nil {
+		outdated := 0
+		for _, w := range st.WatcherList {
+			if w.Outdated && w.UID == bUIDNobody {
+				outdated++
+			}
+		}
+		check(outdated == maxWatchers && st.Outdated == maxWatchers, "the host's outdated watchers: %d, %d of them the peer's; want the peer's %d", st.Outdated, outdated, maxWatchers)
+	}
+
+	// A restore: a new scope for the restored tasks, past the record, and
+	// its restored watcher attached.
+	tasks := exec.Command("sleep", "600")
+	if err := tasks.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tasks.Process.Kill(); tasks.Wait() })
+	restorer, err := genid.OpenAdmin(dir) // the plugin's connection: the restore lasts as long
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := uint32(5)
+	rg, name, err := restorer.Restore(ctx, "restored", &rec, tasks.Process.Pid)
+	check(err == nil && rg > 5, "a restore under exhaustion: %d %q %v", rg, name, err)
+	if err == nil {
+		c, err := bDial(filepath.Join(dir, "scopes", name, genid.SocketFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := bCall(c, 1, wire.OpAttach, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 5))
+		check(err == nil && f.Status == 0, "the restored watcher's attach: %+v %v", f.Header, err)
+		c.Close()
+	}
+	restorer.Close()
+
+	// The peer goes: the host's barrier clears. Once the others are gone
+	// too (the restored tasks' scope with them), the daemon holds what it
+	// held before.
+	stdin.Close()
+	hostile.Wait()
+	err = admin.WaitWatchers(ctx, "", 10*time.Second)
+	check(err == nil, "the host's barrier once the peer is gone: %v", err)
+	other.Process.Kill()
+	other.Wait()
+	ctrClient.Close()
+	for _, w := range ctrWatchers {
+		w.Close()
+	}
+	tasks.Process.Kill()
+	tasks.Wait()
+	var after bProc
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		after = bProcOf(d.Pid())
+		if after.FDs <= base.FDs || time.Now().After(deadline) {
+			break
+		}
+	}
+	check(after.FDs == base.FDs, "the daemon holds %d fds once the peer and the others are gone, %d before:\n%v\nbefore:\n%v",
+		after.FDs, base.FDs, after.Links, base.Links)
+	t.Logf("daemon: before %d KiB RSS, %d fds; during %d KiB, %d fds; after %d KiB, %d fds",
+		base.RSSKiB, base.FDs, during.RSSKiB, during.FDs, after.RSSKiB, after.FDs)
+
+	row.Tried = fmt.Sprintf("one unprivileged peer takes %d connections and %d watchers that never ack, pipelines %d KiB on %d connections it never reads, "+
+		"leaves %d frames unfinished, tries to make scopes", rep.Conns, rep.Watchers, rep.PipelinedBytes/1024, rep.Pipelined, rep.Partials)
+	row.Held = fmt.Sprintf("stopped at its limits; another user, a container scope (bump, barrier), root's bump and a restore served; "+
+		"daemon RSS %d -> %d -> %d KiB, fds %d -> %d -> %d", base.RSSKiB, during.RSSKiB, after.RSSKiB, base.FDs, during.FDs, after.FDs)
+	row.Failures = failures
+	row.Figures = map[string]float64{
+		"peer_conns": float64(rep.Conns), "peer_watchers": float64(rep.Watchers), "peer_pipelined_kib": float64(rep.PipelinedBytes / 1024),
+		"rss_kib_before": float64(base.RSSKiB), "rss_kib_during": float64(during.RSSKiB), "rss_kib_after": float64(after.RSSKiB),
+		"fds_before": float64(base.FDs), "fds_during": float64(during.FDs), "fds_after": float64(after.FDs),
+	}
+}
