@@ -1,12 +1,15 @@
 package criu
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -82,34 +85,10 @@ func TestRestoreCycles(t *testing.T) {
 
 	h := newHost(t, "cycles")
 	h.start(0)
-	c := newContainer(t, h)
-	script := "GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
-		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & "
-	for i := range cycleWatchers {
-		script += fmt.Sprintf("genidctl watch >/out/watch%d.out 2>/out/watch%d.err & ", i, i)
-	}
-	script += "while :; do sleep 1; done"
-	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
-		s["process"].(map[string]any)["args"] = []string{"sh", "-c", script}
-	})
-	runcDetached(t, c.bundle, c.env, "run", "-d", c.id)
-	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
-	checkCgroup(t, c.id)
-	waitFor(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
-	waitLine(t, filepath.Join(c.out, "mmap.out"), "0")
-
+	c := newCycledContainer(t, h)
 	for i := range n {
 		began := time.Now()
-		want := uint32(i + 1)
-		work, err := os.MkdirTemp("/tmp", "cycle-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		images := filepath.Join(work, "ckpt")
-		runcLogged(t, c.bundle, c.env, filepath.Join(work, "dump"), "checkpoint", "--image-path", images)(c.id)
-		runcLogged(t, c.bundle, c.env, filepath.Join(work, "restore"), "restore", "-d", "--image-path", images)(c.id)
-		os.RemoveAll(work) // 100 cycles' images would fill the bed's /tmp
-		if !cycleHeld(t, h, c, i, want) {
+		if !restoreCycle(t, h, c, i) {
 			failures++
 		}
 		done++
@@ -136,6 +115,88 @@ func TestRestoreCycles(t *testing.T) {
 		seen = min(seen, got)
 	}
 	t.Logf("%d cycles in %v", n, time.Since(start).Round(time.Second))
+}
+
+// Restore cycles under exhaustion (issue 20, A.3's restore): one
+// unprivileged peer holds every watcher and connection the daemon-wide
+// limits leave outside the reserve, never acking, and takes whatever
+// frees up; the container's watchers, let go at each checkpoint, are
+// re-attached at each restore from the reserve, and the container's
+// barrier clears whatever the peer does.
+func TestRestoreCyclesUnderFlood(t *testing.T) {
+	h := newHost(t, "cycles-flood")
+	h.args = []string{"--max-conns", "400", "--max-watchers", "100", "--reserve", "10",
+		"--max-conns-per-user", "1000", "--max-watchers-per-user", "1000"}
+	h.start(0)
+	c := newCycledContainer(t, h)
+
+	self, _ := os.Executable()
+	fl := exec.Command(self)
+	fl.Env = append(os.Environ(), "GENID_TEST_HELPER=flood", "SOCK="+filepath.Join(h.dir, "genid.sock"))
+	fl.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	fl.Stderr = os.Stderr
+	stdout, err := fl.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fl.Process.Kill(); fl.Wait() })
+	var held atomic.Int64
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			n, _ := strconv.Atoi(sc.Text())
+			held.Store(int64(n))
+		}
+	}()
+	// 100 watchers, 10 kept in reserve, 3 the container's.
+	waitFor(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
+	for i := range 2 {
+		restoreCycle(t, h, c, i)
+		waitFor(t, "the flood to take the checkpointed watchers' places", func() bool { return held.Load() >= 90 })
+		if n := held.Load(); n != 90 {
+			t.Fatalf("cycle %d: the flood holds %d watchers, want the 90 outside the reserve", i, n)
+		}
+	}
+}
+
+// newCycledContainer runs a container with cycleWatchers watchers, a
+// reader of the mapped page and one of /dev/vmclock0, at generation 0.
+func newCycledContainer(t *testing.T, h *host) *container {
+	t.Helper()
+	c := newContainer(t, h)
+	script := "GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
+		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & "
+	for i := range cycleWatchers {
+		script += fmt.Sprintf("genidctl watch >/out/watch%d.out 2>/out/watch%d.err & ", i, i)
+	}
+	script += "while :; do sleep 1; done"
+	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
+		s["process"].(map[string]any)["args"] = []string{"sh", "-c", script}
+	})
+	runcDetached(t, c.bundle, c.env, "run", "-d", c.id)
+	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
+	checkCgroup(t, c.id)
+	waitFor(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
+	waitLine(t, filepath.Join(c.out, "mmap.out"), "0")
+	return c
+}
+
+// restoreCycle checkpoints c and restores it from that checkpoint, its
+// cycle number i, and tells whether all held (cycleHeld).
+func restoreCycle(t *testing.T, h *host, c *container, i int) bool {
+	t.Helper()
+	work, err := os.MkdirTemp("/tmp", "cycle-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work) // 100 cycles' images would fill the bed's /tmp
+	images := filepath.Join(work, "ckpt")
+	runcLogged(t, c.bundle, c.env, filepath.Join(work, "dump"), "checkpoint", "--image-path", images)(c.id)
+	runcLogged(t, c.bundle, c.env, filepath.Join(work, "restore"), "restore", "-d", "--image-path", images)(c.id)
+	return cycleHeld(t, h, c, i, uint32(i+1))
 }
 
 // cycleHeld checks the container after its restore number i: its scope is
