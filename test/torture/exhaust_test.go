@@ -248,11 +248,11 @@ func TestExhaustion(t *testing.T) {
 	check(rep.Watchers == maxWatchers && rep.WatchRefusal == "limit reached", "the peer holds %d watchers, then %s; want its limit %d, then limit reached", rep.Watchers, rep.WatchRefusal, maxWatchers)
 	check(rep.Blocked == pipes, "%d of the peer's %d pipelining connections blocked its writes, want all", rep.Blocked, pipes)
 	check(rep.PartialsClosed == partials, "the daemon hung up on %d of the peer's %d unfinished frames", rep.PartialsClosed, partials)
-	// What the peer's connections may cost at most: a frame being read, a
-	// reply backlog of a socket buffer and 4 KiB more, and the
-	// connection's own state; the Go runtime's and the log's own growth
-	// beside.
-	boundKiB := maxConns*(maxFrame/1024+256+16) + 32*1024
+	// What the peer's connections may cost the daemon at most: a frame
+	// being read, the 4 KiB of replies it lets pile up before it stops
+	// reading (the rest waits in the kernel's socket buffers), and the
+	// connection's own state; and the Go runtime's own growth.
+	boundKiB := maxConns*(maxFrame/1024+4+8) + 16*1024
 	check(during.RSSKiB-base.RSSKiB <= boundKiB, "the daemon's RSS grew from %d to %d KiB, more than its limits allow (%d KiB)", base.RSSKiB, during.RSSKiB, boundKiB)
 
 	// Another unprivileged user is served.
