@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -200,8 +201,8 @@ func restoreCycle(t *testing.T, h *host, c *container, i int) bool {
 }
 
 // cycleHeld checks the container after its restore number i: its scope is
-// at want, by a restore; every watcher was re-attached, saw want and acked
-// it; both readers of the pages saw it.
+// at want, by a restore; every watcher was re-attached by the restore, saw
+// want and acked it; both readers of the pages saw it.
 func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 	t.Helper()
 	st := c.scopeStatus()
@@ -229,6 +230,18 @@ func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 			t.Errorf("cycle %d: watcher %+v, want acked %d", i, wl, want)
 			return false
 		}
+	}
+	// Re-attached by the restore, each on its own connection, not
+	// connected anew.
+	restored := 0
+	for _, l := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(l, `msg="connection restored" scope=`+c.id+" ") {
+			restored++
+		}
+	}
+	if restored != cycleWatchers*(i+1) {
+		t.Errorf("cycle %d: %d connections restored in all, want %d a cycle", i, restored, cycleWatchers)
+		return false
 	}
 	return true
 }
