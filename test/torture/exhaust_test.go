@@ -224,13 +224,15 @@ func TestExhaustion(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hostile.Process.Kill(); hostile.Wait() })
+	// A peer that never has its fill (no limit stops it) fails in time.
+	timer := time.AfterFunc(2*time.Minute, func() { hostile.Process.Kill() })
 	var rep exhReport
 	line, err := bufio.NewReader(stdout).ReadBytes('\n')
 	if err == nil {
 		err = json.Unmarshal(line, &rep)
 	}
-	if err != nil {
-		t.Fatalf("the hostile peer: %v\n%s", err, stderr.String())
+	if !timer.Stop() || err != nil {
+		t.Fatalf("the hostile peer reported nothing (failed, or killed after 2 minutes): %v\n%s", err, stderr.String())
 	}
 	during := bProcOf(d.Pid())
 	t.Logf("the peer took %+v", rep)
@@ -279,9 +281,10 @@ func TestExhaustion(t *testing.T) {
 			return "(nothing in 10 s)"
 		}
 	}
+	deadline := time.Now().Add(10 * time.Second)
 	for st, err := admin.Status(ctx, ""); st == nil || st.Watchers < maxWatchers+1; st, err = admin.Status(ctx, "") {
-		if err != nil || other.ProcessState != nil {
-			t.Fatalf("another user's watcher: %v", err)
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("another user's watcher was not registered in 10 s: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
