@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,14 +37,14 @@ type exhReport struct {
 	ConnsRefused   int    `json:"conns_refused"`   // connections the daemon closed at once
 }
 
-// exhHostile is one unprivileged peer that takes all it can of the
-// daemon of GENID_TORTURE_RUN_DIR: connections, watchers that never ack,
-// memory (requests pipelined on connections it never reads, frames it
-// never finishes), and tries to make scopes. It reports what it got, then
-// holds it all until its stdin closes.
+// exhHostile is a peer that takes all it can of the daemon's socket
+// GENID_TORTURE_SOCK: connections, watchers that never ack, memory
+// (requests pipelined on connections it never reads, frames it never
+// finishes), and tries to make scopes, there and on the admin socket
+// GENID_TORTURE_ADMIN if set. It reports what it got, then holds it all
+// until its stdin closes.
 func exhHostile() error {
-	dir := os.Getenv("GENID_TORTURE_RUN_DIR")
-	sock := filepath.Join(dir, genid.SocketFile)
+	sock := os.Getenv("GENID_TORTURE_SOCK")
 	pipes, _ := strconv.Atoi(os.Getenv("GENID_TORTURE_PIPES"))
 	partials, _ := strconv.Atoi(os.Getenv("GENID_TORTURE_PARTIALS"))
 	var rep exhReport
@@ -67,7 +68,9 @@ func exhHostile() error {
 
 	// Scopes: the admin socket is not its to reach; its own socket makes
 	// none.
-	if c, err := bDial(filepath.Join(dir, genid.AdminSocketFile)); err != nil {
+	if admin := os.Getenv("GENID_TORTURE_ADMIN"); admin == "" {
+		rep.AdminConnect = "not tried"
+	} else if c, err := bDial(admin); err != nil {
 		rep.AdminConnect = bErrno(err)
 	} else {
 		c.Close()
@@ -179,8 +182,10 @@ func exhHostile() error {
 // The torture suite's resource exhaustion (issue 20, A.3): one
 // unprivileged peer (nobody) takes every connection and watcher it may on
 // the host's socket, never acks, pipelines requests it never reads the
-// answers of, starts frames it never finishes, and tries to make scopes.
-// Meanwhile: its takings stop at its limits; another unprivileged user
+// answers of, starts frames it never finishes, and tries to make scopes;
+// a container's root (whom no per-user limit binds) does the same on its
+// scope's socket. Meanwhile: their takings stop at their limits (nobody's
+// per user, the container's per scope); another unprivileged user
 // still gets and watches; a container scope's watchers see its bumps and
 // its barrier clears; root's bump is served and seen; the host's barrier,
 // held by the peer's watchers, times out naming them rather than hanging;
@@ -195,6 +200,7 @@ func TestExhaustion(t *testing.T) {
 	pipes, partials := size(8, 64), size(4, 64)
 	const maxFrame = 4096
 	d, dir := bDaemon(t, "--max-conns-per-user", strconv.Itoa(maxConns), "--max-watchers-per-user", strconv.Itoa(maxWatchers),
+		"--max-conns-per-scope", strconv.Itoa(maxConns), "--max-watchers-per-scope", strconv.Itoa(maxWatchers),
 		"--max-frame", strconv.Itoa(maxFrame), "--frame-timeout", "1s")
 	bin := bGenidctl(t)
 	admin, err := genid.OpenAdmin(dir)
@@ -204,38 +210,26 @@ func TestExhaustion(t *testing.T) {
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	if _, err := admin.CreateScope(ctx, "ctr", genid.ScopeOptions{}); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"ctr", "evil"} {
+		if _, err := admin.CreateScope(ctx, name, genid.ScopeOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := admin.Status(ctx, ""); err != nil { // the admin connection is counted in the baseline
 		t.Fatal(err)
 	}
 	base := bProcOf(d.Pid())
 
-	// The peer takes all it can.
-	hostile := bHostile(bSelf(t), "exhaust", "GENID_TORTURE_RUN_DIR="+dir,
-		"GENID_TORTURE_PIPES="+strconv.Itoa(pipes), "GENID_TORTURE_PARTIALS="+strconv.Itoa(partials))
-	hostile.SysProcAttr = bCred(bUIDNobody)
-	stdin, _ := hostile.StdinPipe()
-	stdout, _ := hostile.StdoutPipe()
-	var stderr strings.Builder
-	hostile.Stderr = &stderr
-	if err := hostile.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hostile.Process.Kill(); hostile.Wait() })
-	// A peer that never has its fill (no limit stops it) fails in time.
-	timer := time.AfterFunc(2*time.Minute, func() { hostile.Process.Kill() })
-	var rep exhReport
-	line, err := bufio.NewReader(stdout).ReadBytes('\n')
-	if err == nil {
-		err = json.Unmarshal(line, &rep)
-	}
-	if !timer.Stop() || err != nil {
-		t.Fatalf("the hostile peer reported nothing (failed, or killed after 2 minutes): %v\n%s", err, stderr.String())
-	}
+	// The peers take all they can: nobody on the host's socket, and a
+	// container's root (not limited per user) on its scope's.
+	self := bSelf(t)
+	env := []string{"GENID_TORTURE_PIPES=" + strconv.Itoa(pipes), "GENID_TORTURE_PARTIALS=" + strconv.Itoa(partials)}
+	hostile, rep := exhStart(t, self, bCred(bUIDNobody), append(env,
+		"GENID_TORTURE_SOCK="+filepath.Join(dir, genid.SocketFile), "GENID_TORTURE_ADMIN="+filepath.Join(dir, genid.AdminSocketFile))...)
+	evil, evilRep := exhStart(t, self, nil, append(env, "GENID_TORTURE_SOCK="+filepath.Join(dir, "scopes", "evil", genid.SocketFile))...)
 	during := bProcOf(d.Pid())
-	t.Logf("the peer took %+v", rep)
+	t.Logf("nobody took %+v", rep)
+	t.Logf("the container's root took %+v", evilRep)
 	failures := 0
 	check := func(ok bool, format string, args ...any) {
 		t.Helper()
@@ -248,13 +242,20 @@ func TestExhaustion(t *testing.T) {
 	check(rep.ScopeCreate == "unknown op", "the peer's scope-create: %s, want unknown op", rep.ScopeCreate)
 	check(rep.Conns == maxConns && rep.ConnsRefused > 0, "the peer holds %d connections (%d refused), want its limit %d", rep.Conns, rep.ConnsRefused, maxConns)
 	check(rep.Watchers == maxWatchers && rep.WatchRefusal == "limit reached", "the peer holds %d watchers, then %s; want its limit %d, then limit reached", rep.Watchers, rep.WatchRefusal, maxWatchers)
-	check(rep.Blocked == pipes, "%d of the peer's %d pipelining connections blocked its writes, want all", rep.Blocked, pipes)
-	check(rep.PartialsClosed == partials, "the daemon hung up on %d of the peer's %d unfinished frames", rep.PartialsClosed, partials)
+	check(evilRep.ScopeCreate == "unknown op", "the container root's scope-create: %s, want unknown op", evilRep.ScopeCreate)
+	check(evilRep.Conns == maxConns && evilRep.ConnsRefused > 0, "the container's root holds %d connections (%d refused), want its scope's limit %d",
+		evilRep.Conns, evilRep.ConnsRefused, maxConns)
+	check(evilRep.Watchers == maxWatchers && evilRep.WatchRefusal == "limit reached", "the container's root holds %d watchers, then %s; want its scope's limit %d, then limit reached",
+		evilRep.Watchers, evilRep.WatchRefusal, maxWatchers)
+	for _, r := range []exhReport{rep, evilRep} {
+		check(r.Blocked == pipes, "%d of a peer's %d pipelining connections blocked its writes, want all", r.Blocked, pipes)
+		check(r.PartialsClosed == partials, "the daemon hung up on %d of a peer's %d unfinished frames", r.PartialsClosed, partials)
+	}
 	// What the peer's connections may cost the daemon at most: a frame
 	// being read, the 4 KiB of replies it lets pile up before it stops
 	// reading (the rest waits in the kernel's socket buffers), and the
 	// connection's own state; and the Go runtime's own growth.
-	boundKiB := maxConns*(maxFrame/1024+4+8) + 16*1024
+	boundKiB := 2*maxConns*(maxFrame/1024+4+8) + 16*1024
 	check(during.RSSKiB-base.RSSKiB <= boundKiB, "the daemon's RSS grew from %d to %d KiB, more than its limits allow (%d KiB)", base.RSSKiB, during.RSSKiB, boundKiB)
 
 	// Another unprivileged user is served.
@@ -375,11 +376,13 @@ func TestExhaustion(t *testing.T) {
 	}
 	restorer.Close()
 
-	// The peer goes: the host's barrier clears. Once the others are gone
+	// The peers go: the host's barrier clears. Once the others are gone
 	// too (the restored tasks' scope with them), the daemon holds what it
 	// held before.
-	stdin.Close()
+	hostile.Process.Kill()
 	hostile.Wait()
+	evil.Process.Kill()
+	evil.Wait()
 	err = admin.WaitWatchers(ctx, "", 10*time.Second)
 	check(err == nil, "the host's barrier once the peer is gone: %v", err)
 	other.Process.Kill()
@@ -403,13 +406,44 @@ func TestExhaustion(t *testing.T) {
 		base.RSSKiB, base.FDs, during.RSSKiB, during.FDs, after.RSSKiB, after.FDs)
 
 	row.Tried = fmt.Sprintf("one unprivileged peer takes %d connections and %d watchers that never ack, pipelines %d KiB on %d connections it never reads, "+
-		"leaves %d frames unfinished, tries to make scopes", rep.Conns, rep.Watchers, rep.PipelinedBytes/1024, rep.Pipelined, rep.Partials)
-	row.Held = fmt.Sprintf("stopped at its limits; another user, a container scope (bump, barrier), root's bump and a restore served; "+
+		"leaves %d frames unfinished, tries to make scopes; a container's root does the same in its scope", rep.Conns, rep.Watchers, rep.PipelinedBytes/1024, rep.Pipelined, rep.Partials)
+	row.Held = fmt.Sprintf("stopped at their limits; another user, a container scope (bump, barrier), root's bump and a restore served; "+
 		"daemon RSS %d -> %d -> %d KiB, fds %d -> %d -> %d", base.RSSKiB, during.RSSKiB, after.RSSKiB, base.FDs, during.FDs, after.FDs)
 	row.Failures = failures
 	row.Figures = map[string]float64{
 		"peer_conns": float64(rep.Conns), "peer_watchers": float64(rep.Watchers), "peer_pipelined_kib": float64(rep.PipelinedBytes / 1024),
+		"container_root_conns": float64(evilRep.Conns), "container_root_watchers": float64(evilRep.Watchers),
 		"rss_kib_before": float64(base.RSSKiB), "rss_kib_during": float64(during.RSSKiB), "rss_kib_after": float64(after.RSSKiB),
 		"fds_before": float64(base.FDs), "fds_during": float64(during.FDs), "fds_after": float64(after.FDs),
 	}
+}
+
+// exhStart starts the hostile peer (exhHostile) at exe as cred (nil: as
+// root) with env, and returns once it reports what it took. It holds it
+// until killed.
+func exhStart(t *testing.T, exe string, cred *syscall.SysProcAttr, env ...string) (*exec.Cmd, exhReport) {
+	t.Helper()
+	cmd := bHostile(exe, "exhaust", env...)
+	cmd.SysProcAttr = cred
+	stdout, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if _, err := cmd.StdinPipe(); err != nil { // held open: the peer holds on until killed
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// A peer that never has its fill (no limit stops it) fails in time.
+	timer := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+	var rep exhReport
+	line, err := bufio.NewReader(stdout).ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &rep)
+	}
+	if !timer.Stop() || err != nil {
+		t.Fatalf("a hostile peer reported nothing (failed, or killed after 2 minutes): %v\n%s", err, stderr.String())
+	}
+	return cmd, rep
 }
