@@ -153,10 +153,10 @@ func TestRestoreCyclesUnderFlood(t *testing.T) {
 		}
 	}()
 	// 100 watchers, 10 kept in reserve, 3 the container's.
-	waitFor(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
+	cycleWait(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
 	for i := range 2 {
 		restoreCycle(t, h, c, i)
-		waitFor(t, "the flood to take the checkpointed watchers' places", func() bool { return held.Load() >= 90 })
+		cycleWait(t, "the flood to take the checkpointed watchers' places", func() bool { return held.Load() >= 90 })
 		if n := held.Load(); n != 90 {
 			t.Fatalf("cycle %d: the flood holds %d watchers, want the 90 outside the reserve", i, n)
 		}
@@ -180,7 +180,7 @@ func newCycledContainer(t *testing.T, h *host) *container {
 	runcDetached(t, c.bundle, c.env, "run", "-d", c.id)
 	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
 	checkCgroup(t, c.id)
-	waitFor(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
+	cycleWait(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
 	waitLine(t, filepath.Join(c.out, "mmap.out"), "0")
 	return c
 }
@@ -244,4 +244,15 @@ func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 		return false
 	}
 	return true
+}
+
+// cycleWait waits up to 15 s for cond, or fails the test naming what it
+// waited for.
+func cycleWait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
 }
