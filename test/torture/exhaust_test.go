@@ -190,7 +190,8 @@ func exhHostile() error {
 // its barrier clears; root's bump is served and seen; the host's barrier,
 // held by the peer's watchers, times out naming them rather than hanging;
 // a restore through the admin socket (the CRIU plugin's request; a real
-// CRIU restore under such a flood is test/criu's TestRestoreUnderFlood)
+// CRIU restore under such a flood is test/criu's TestRestoreUnderFlood
+// and TestRestoreCyclesUnderFlood)
 // gives a new scope and attaches its restored watcher. The daemon's memory
 // stays within what its limits allow, and once the peer is gone its fds
 // return to where they were.
