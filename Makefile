@@ -228,11 +228,24 @@ e2e-vm: build
 # Faults, load and hostile peers (test/torture): each case at full size,
 # not part of `make test` (at most 30 minutes on 2 cores, as root); prints
 # a table of what was tried and what held, and writes it to bin/torture.json.
+# The restore cycles run in the test bed first (about 4 minutes for 100 on
+# 2 cores); their row joins the table, and their failure fails the target
+# once the table is printed.
 TORTURE_TIMEOUT := 30m
-torture: build
+TORTURE_CYCLES  := 100
+torture: build plugin
 	CGO_ENABLED=0 $(GO) test -c -o bin/torture.test ./test/torture
+	timeout $(BUILD_TIMEOUT) $(TESTBED) build >/dev/null
+	CGO_ENABLED=0 $(GO) test -c -o bin/criu-e2e.test ./test/criu
+	rm -f bin/torture-restore.json
+	$(TESTBED) run --timeout 1200 --bind $(CURDIR):/src --ro-bind $(CURDIR)/$(PLUGIN):/usr/lib/criu/genid-criu.so \
+		--env GENIDCTL=/src/bin/genidctl --env GENID_TORTURE_CYCLES=$(TORTURE_CYCLES) \
+		--env GENID_TORTURE_ROW=/src/bin/torture-restore.json -w /src/test/criu -- \
+		/src/bin/criu-e2e.test -test.v -test.count=1 -test.run '^TestRestoreCycles$$' -test.timeout=15m; \
+		echo $$? >bin/torture-restore.rc
 	GENIDCTL=$(CURDIR)/$(BIN) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
-		-torture.full -torture.json bin/torture.json
+		-torture.full -torture.json bin/torture.json -torture.include bin/torture-restore.json
+	@test "$$(cat bin/torture-restore.rc)" = 0 || { echo "torture: the restore cycles failed in the test bed" >&2; exit 1; }
 
 # The short version of each torture case, in `make test`.
 torture-short: build
