@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // tortureRow is test/torture's Row, as JSON: `make torture` runs the
@@ -153,10 +155,10 @@ func TestRestoreCyclesUnderFlood(t *testing.T) {
 		}
 	}()
 	// 100 watchers, 10 kept in reserve, 3 the container's.
-	cycleWait(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
+	servertest.WaitFor(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
 	for i := range 2 {
 		restoreCycle(t, h, c, i)
-		cycleWait(t, "the flood to take the checkpointed watchers' places", func() bool { return held.Load() >= 90 })
+		servertest.WaitFor(t, "the flood to take the checkpointed watchers' places", func() bool { return held.Load() >= 90 })
 		if n := held.Load(); n != 90 {
 			t.Fatalf("cycle %d: the flood holds %d watchers, want the 90 outside the reserve", i, n)
 		}
@@ -180,7 +182,7 @@ func newCycledContainer(t *testing.T, h *host) *container {
 	runcDetached(t, c.bundle, c.env, "run", "-d", c.id)
 	t.Cleanup(func() { runBounded(exec.Command("runc", "delete", "-f", c.id), commandTimeout) })
 	checkCgroup(t, c.id)
-	cycleWait(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
+	servertest.WaitFor(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
 	waitLine(t, filepath.Join(c.out, "mmap.out"), "0")
 	return c
 }
@@ -246,13 +248,3 @@ func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 	return true
 }
 
-// cycleWait waits up to 15 s for cond, or fails the test naming what it
-// waited for.
-func cycleWait(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
