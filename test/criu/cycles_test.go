@@ -247,4 +247,3 @@ func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 	}
 	return true
 }
-
