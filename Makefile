@@ -228,10 +228,13 @@ e2e-vm: build
 # Faults, load and hostile peers (test/torture): each case at full size,
 # not part of `make test` (at most 30 minutes on 2 cores, as root); prints
 # a table of what was tried and what held, and writes it to bin/torture.json.
+# It also runs every fuzzer at depth (10 M inputs in all, with $(GO) and
+# `make fuzz-c`) and copies what the Go fuzzers found into their packages'
+# testdata/fuzz, to be committed. docs/torture.md says how to read it.
 TORTURE_TIMEOUT := 30m
 torture: build
 	CGO_ENABLED=0 $(GO) test -c -o bin/torture.test ./test/torture
-	GENIDCTL=$(CURDIR)/$(BIN) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
+	GENIDCTL=$(CURDIR)/$(BIN) GO=$(GO) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
 		-torture.full -torture.json bin/torture.json
 
 # The short version of each torture case, in `make test`.
