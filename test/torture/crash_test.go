@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -351,38 +353,64 @@ func (r *crashRig) restartAndCheck() {
 	if g != after+1 {
 		t.Errorf("bump after restart at %d: %d", after, g)
 	}
+	missed := false
 	for _, cw := range r.watchers {
 		for cw.seen.Load() < g && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
 		if cw.seen.Load() < g {
 			r.watchersMissed++
+			missed = true
 			t.Errorf("a watcher is at %d %v after the restart, the bump at %d", cw.seen.Load(), crashBound, g)
 		}
 	}
 	// Each is registered with the new daemon and acked.
+	ctx, cancel = context.WithTimeout(context.Background(), crashBound)
+	defer cancel()
+	var last string
 	for {
 		st, err := r.admin.Status(ctx, "")
-		if err != nil && ctx.Err() == nil {
-			t.Fatalf("status: %v", err)
-		}
-		if err != nil {
-			r.watchersMissed += crashWatchers
-			t.Errorf("no status %v after the restart: %v", crashBound, err)
+		if err == nil && st.Watchers == crashWatchers && st.Outdated == 0 {
 			break
 		}
-		if st.Watchers == crashWatchers && st.Outdated == 0 {
-			break
+		if err == nil {
+			last = fmt.Sprintf("%d watchers, %d outdated", st.Watchers, st.Outdated)
 		}
 		if ctx.Err() != nil {
-			r.watchersMissed += max(1, crashWatchers-st.Watchers)
-			t.Errorf("%d watchers registered, %d outdated, %v after the restart", st.Watchers, st.Outdated, crashBound)
+			if !missed {
+				r.watchersMissed++
+			}
+			missed = true
+			t.Errorf("%v after the restart, want %d watchers, none outdated: %s (%v)", crashBound, crashWatchers, last, err)
 			break
 		}
 		time.Sleep(time.Millisecond)
 	}
+	if missed {
+		r.explain()
+	}
 	r.reconnectMax = max(r.reconnectMax, time.Since(t0))
+	ctx, cancel = context.WithTimeout(context.Background(), crashBound)
+	defer cancel()
 	if err := r.admin.WaitWatchers(ctx, "", crashBound); err != nil {
 		t.Errorf("wait-watchers after restart: %v", err)
 	}
+}
+
+// explain logs what the watchers and the daemon think, and where the
+// test's goroutines are, when a watcher missed a bump.
+func (r *crashRig) explain() {
+	t := r.t
+	for i, cw := range r.watchers {
+		g, err := cw.w.TryWait()
+		t.Logf("watcher %d: seen %d, acked %d, TryWait %d %v", i, cw.seen.Load(), cw.w.Acked(), g, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), crashBound)
+	defer cancel()
+	st, err := r.admin.Status(ctx, "")
+	t.Logf("daemon's status: %+v %v", st, err)
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 1)
+	t.Logf("goroutines:\n%s", b.String())
+	t.Logf("daemon log:\n%s", tail([]byte(r.d.Log.String()), 60))
 }
