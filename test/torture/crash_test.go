@@ -64,7 +64,7 @@ type crashRig struct {
 	restartSum     time.Duration
 	reconnectMax   time.Duration
 	bumpsAcked     int64
-	bumpsRefused   int64
+	bumpsFailed    int64
 	backwards      int
 	lost           int
 	watchersMissed int
@@ -164,11 +164,11 @@ func (r *crashRig) report(row *Row) {
 		"rounds":               float64(r.rounds),
 		"kills_while_start":    float64(r.startKills),
 		"bumps_acked":          float64(r.bumpsAcked),
-		"bumps_failed":         float64(r.bumpsRefused),
+		"bumps_failed":         float64(r.bumpsFailed),
 		"watcher_acks":         float64(r.watcherAcks.Load()),
-		"restart_ms_max":       ms(r.restartMax),
-		"restart_ms_mean":      ms(r.restartSum) / float64(max(r.rounds, 1)),
-		"watchers_back_ms_max": ms(r.reconnectMax),
+		"restart_ms_max":       durMs(r.restartMax),
+		"restart_ms_mean":      durMs(r.restartSum) / float64(max(r.rounds, 1)),
+		"watchers_back_ms_max": durMs(r.reconnectMax),
 		"backwards":            float64(r.backwards),
 		"acked_bumps_lost":     float64(r.lost),
 		"watchers_missed":      float64(r.watchersMissed),
@@ -179,7 +179,8 @@ func (r *crashRig) report(row *Row) {
 	}
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+// durMs is d in milliseconds, for a figure.
+func durMs(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // start starts a daemon (proctest.Start returns at once where a killed
 // daemon left its socket file: generation waits until it serves).
@@ -256,7 +257,7 @@ func (r *crashRig) storm(d time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stop atomic.Bool
-	var acked, refused atomic.Int64
+	var acked, failed atomic.Int64
 	var wg sync.WaitGroup
 	for i := range crashBumpers {
 		wg.Go(func() {
@@ -269,7 +270,7 @@ func (r *crashRig) storm(d time.Duration) {
 			for !stop.Load() {
 				g, err := a.Bump(ctx, "", 0, fmt.Sprintf("torture-%d", i))
 				if err != nil {
-					refused.Add(1)
+					failed.Add(1)
 					continue
 				}
 				acked.Add(1)
@@ -288,7 +289,7 @@ func (r *crashRig) storm(d time.Duration) {
 	cut.Stop()
 	r.observe("page", page.Generation())
 	r.bumpsAcked += acked.Load()
-	r.bumpsRefused += refused.Load()
+	r.bumpsFailed += failed.Load()
 }
 
 // killWhileStarting starts a daemon and kills it after d, whether it has
@@ -412,5 +413,5 @@ func (r *crashRig) explain() {
 	var b strings.Builder
 	pprof.Lookup("goroutine").WriteTo(&b, 1)
 	t.Logf("goroutines:\n%s", b.String())
-	t.Logf("daemon log:\n%s", tail([]byte(r.d.Log.String()), 60))
+	t.Logf("daemon log:\n%s", logTail([]byte(r.d.Log.String()), 60))
 }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,7 +29,7 @@ type fuzzer struct {
 
 const fuzzMinInputs = 10_000_000
 
-var fuzzers = []fuzzer{
+var fuzzTargets = []fuzzer{
 	{"FuzzDecode", "./internal/wire", 4_000_000, 6 * time.Minute},
 	{"FuzzDecodeRecord", "./checkpoint", 2_000_000, 8 * time.Minute},
 	{"FuzzAddHooks", "./cli", 300_000, 8 * time.Minute},
@@ -37,7 +38,7 @@ var fuzzers = []fuzzer{
 }
 
 // TestFuzz runs every fuzzer of the project at depth, at full size only:
-// the Go fuzzers with `go test -fuzz`, the C one with `make fuzz-c`, each
+// the Go fuzzTargets with `go test -fuzz`, the C one with `make fuzz-c`, each
 // bounded, from the module's root. What a Go fuzzer found interesting in
 // its cache is copied to its package's testdata/fuzz, to be committed
 // (a failing input Go writes there itself). The short version runs none:
@@ -52,20 +53,20 @@ func TestFuzz(t *testing.T) {
 		return
 	}
 	var total int64
-	for _, f := range fuzzers {
+	for _, f := range fuzzTargets {
 		total += f.inputs
 	}
 	row := record(t, Row{
 		Case:  "fuzz",
-		Tried: fmt.Sprintf("%d inputs over %d fuzzers (wire, checkpoint record in Go and C, OCI config)", total, len(fuzzers)),
+		Tried: fmt.Sprintf("%d inputs over %d fuzzTargets (wire, checkpoint record in Go and C, OCI config)", total, len(fuzzTargets)),
 		Held:  "0 crashes",
 	})
 	if total < fuzzMinInputs {
-		t.Fatalf("the fuzzers are given %d inputs, fewer than %d", total, fuzzMinInputs)
+		t.Fatalf("the fuzzTargets are given %d inputs, fewer than %d", total, fuzzMinInputs)
 	}
-	root := moduleRoot(t)
+	root := fuzzModuleRoot(t)
 	row.Figures = map[string]float64{}
-	for _, f := range fuzzers {
+	for _, f := range fuzzTargets {
 		n, took, err := f.run(t, root)
 		row.Figures[f.name+"_inputs"] = float64(n)
 		row.Figures[f.name+"_seconds"] = took.Seconds()
@@ -77,7 +78,7 @@ func TestFuzz(t *testing.T) {
 			t.Errorf("%s: %v", f.name, err)
 		}
 		if f.pkg != "" {
-			added, err := keepCorpus(root, f)
+			added, err := fuzzKeepCorpus(root, f)
 			if err != nil {
 				t.Errorf("%s: keep its corpus: %v", f.name, err)
 			}
@@ -87,8 +88,8 @@ func TestFuzz(t *testing.T) {
 }
 
 var (
-	goExecs = regexp.MustCompile(`fuzz: elapsed: \S+, execs: (\d+) `)
-	cRuns   = regexp.MustCompile(`Done (\d+) runs in`)
+	fuzzGoExecs = regexp.MustCompile(`fuzz: elapsed: \S+, execs: (\d+) `)
+	fuzzCRuns   = regexp.MustCompile(`Done (\d+) runs in`)
 )
 
 // run runs the fuzzer, bounded, and returns how many inputs it tried.
@@ -96,15 +97,19 @@ func (f fuzzer) run(t *testing.T, root string) (int64, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.bound)
 	defer cancel()
 	var cmd *exec.Cmd
-	re := goExecs
+	re := fuzzGoExecs
 	if f.pkg != "" {
-		cmd = exec.CommandContext(ctx, goTool(), "test", "-run=^$", "-fuzz=^"+f.name+"$",
+		cmd = exec.CommandContext(ctx, fuzzGoTool(), "test", "-run=^$", "-fuzz=^"+f.name+"$",
 			fmt.Sprintf("-fuzztime=%dx", f.inputs), f.pkg)
 	} else {
 		cmd = exec.CommandContext(ctx, "make", "fuzz-c", fmt.Sprintf("FUZZ_C_RUNS=%d", f.inputs))
-		re = cRuns
+		re = fuzzCRuns
 	}
 	cmd.Dir = root
+	// At the bound, the whole process group goes: go test's fuzzing
+	// workers, make's fuzzer.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	t.Logf("%s (at most %v)", strings.Join(cmd.Args, " "), f.bound)
 	start := time.Now()
@@ -119,26 +124,21 @@ func (f fuzzer) run(t *testing.T, root string) (int64, time.Duration, error) {
 		err = fmt.Errorf("not done in %v: %w", f.bound, ctx.Err())
 	}
 	if err != nil {
-		return n, took, fmt.Errorf("%w\n%s", err, tail(out, 40))
+		return n, took, fmt.Errorf("%w\n%s", err, logTail(out, 40))
 	}
 	return n, took, nil
 }
 
-func tail(b []byte, lines int) string {
-	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(l[max(0, len(l)-lines):], "\n")
-}
-
-func goTool() string {
+func fuzzGoTool() string {
 	if g := os.Getenv("GO"); g != "" {
 		return g
 	}
 	return "go"
 }
 
-// moduleRoot is the directory of go.mod above the working directory (the
+// fuzzModuleRoot is the directory of go.mod above the working directory (the
 // package's under go test, the repository's under make torture).
-func moduleRoot(t *testing.T) string {
+func fuzzModuleRoot(t *testing.T) string {
 	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
@@ -156,14 +156,14 @@ func moduleRoot(t *testing.T) string {
 	}
 }
 
-// keepCorpus copies the inputs Go's fuzzing cache holds for f into
+// fuzzKeepCorpus copies the inputs Go's fuzzing cache holds for f into
 // f.pkg/testdata/fuzz/f.name, the new ones only, and returns how many.
-func keepCorpus(root string, f fuzzer) (int, error) {
-	cache, err := goOutput(root, "env", "GOCACHE")
+func fuzzKeepCorpus(root string, f fuzzer) (int, error) {
+	cache, err := fuzzGoOutput(root, "env", "GOCACHE")
 	if err != nil {
 		return 0, err
 	}
-	module, err := goOutput(root, "list", "-m")
+	module, err := fuzzGoOutput(root, "list", "-m")
 	if err != nil {
 		return 0, err
 	}
@@ -188,7 +188,7 @@ func keepCorpus(root string, f fuzzer) (int, error) {
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return added, err
 		}
-		if err := copyFile(filepath.Join(src, e.Name()), target); err != nil {
+		if err := fuzzCopyFile(filepath.Join(src, e.Name()), target); err != nil {
 			return added, err
 		}
 		added++
@@ -196,12 +196,12 @@ func keepCorpus(root string, f fuzzer) (int, error) {
 	return added, nil
 }
 
-// goOutput runs the go command with args in dir, bounded, and returns its
+// fuzzGoOutput runs the go command with args in dir, bounded, and returns its
 // output's one line.
-func goOutput(dir string, args ...string) (string, error) {
+func fuzzGoOutput(dir string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd := exec.CommandContext(ctx, fuzzGoTool(), args...)
 	cmd.Dir = dir
 	out, err := cmd.Output()
 	if err != nil {
@@ -210,7 +210,7 @@ func goOutput(dir string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func copyFile(src, dst string) error {
+func fuzzCopyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err

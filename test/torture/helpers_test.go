@@ -94,3 +94,9 @@ func promValues(b []byte) map[string]float64 {
 	}
 	return out
 }
+
+// logTail is the last lines of a log.
+func logTail(b []byte, lines int) string {
+	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(l[max(0, len(l)-lines):], "\n")
+}

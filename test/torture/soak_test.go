@@ -30,7 +30,9 @@ const (
 
 // TestSoak holds watchers over many scopes under churn (watchers closed and
 // new ones registered in their place) while the host and container scopes
-// are bumped, each bump followed by a barrier wait on its scope: every
+// are bumped, each bump acked by the scope's orchestrator and followed by a
+// barrier wait on the scope (the admin's, a member's or the
+// orchestrator's, in turn): every
 // barrier returns, every live watcher ends at its scope's last generation,
 // and once they are gone the daemon's descriptors and goroutines are back
 // at their baseline, its memory within a loose bound.
@@ -39,7 +41,7 @@ func TestSoak(t *testing.T) {
 	nChurn := nWatchers
 	row := record(t, Row{
 		Case: "soak",
-		Tried: fmt.Sprintf("%d watchers over %d scopes (host and containers), %d closed and replaced, %d bumps each with a barrier wait",
+		Tried: fmt.Sprintf("%d watchers over %d scopes (host and containers), %d closed and replaced, %d bumps each with a barrier wait (3 ways)",
 			nWatchers, nScopes, nChurn, nBumps),
 		Held: "every barrier returned, every watcher at its scope's last generation, daemon fds and goroutines back at baseline",
 	})
@@ -76,7 +78,7 @@ func TestSoak(t *testing.T) {
 		wg.Go(func() {
 			defer a.Close()
 			for i := bumpIdx.Add(1) - 1; i < int64(nBumps) && !t.Failed(); i = bumpIdx.Add(1) - 1 {
-				s.bumpAndWait(a, int(i%int64(nScopes)), i%2 == 0)
+				s.bumpAndWait(a, int(i%int64(nScopes)), int(i/int64(nScopes)%soakBarriers))
 			}
 		})
 	}
@@ -131,7 +133,10 @@ type soak struct {
 	admin   *genid.Admin
 	names   []string        // scope names, "" the host's
 	clients []*genid.Client // one per scope
-	held    []sync.Mutex    // by scope: a bumper's
+	// by scope: a watcher that acks each bump as it is made, then waits
+	// for the others (a bumper's, under held)
+	orchestrators []*genid.Watcher
+	held          []sync.Mutex // by scope: a bumper's
 
 	mu    sync.Mutex
 	slots []*soakWatcher // by slot; slot i watches scope i % len(names)
@@ -156,8 +161,9 @@ func (s *soak) fail(format string, args ...any) {
 	}
 }
 
-// makeScopes makes n scopes, the host's and n-1 containers', and a client
-// of each, already connected, so the baseline counts their connections.
+// makeScopes makes n scopes, the host's and n-1 containers', a client of
+// each, already connected, and its orchestrator, so the baseline counts
+// their connections.
 func (s *soak) makeScopes(n int) {
 	t := s.t
 	ctx, cancel := context.WithTimeout(context.Background(), soakBound)
@@ -180,6 +186,11 @@ func (s *soak) makeScopes(n int) {
 		if _, err := c.Outdated(ctx); err != nil {
 			t.Fatalf("scope %q: %v", name, err)
 		}
+		w, err := c.Watch(ctx)
+		if err != nil {
+			t.Fatalf("scope %q: %v", name, err)
+		}
+		s.orchestrators = append(s.orchestrators, w)
 	}
 }
 
@@ -292,28 +303,49 @@ func (s *soak) churn(i int) {
 	s.churned.Add(1)
 }
 
-// bumpAndWait bumps scope and waits until none of its watchers is
-// outdated: on the admin socket, or on the scope's own (a member's).
-func (s *soak) bumpAndWait(a *genid.Admin, scope int, admin bool) {
+// The three ways to wait until no watcher of a scope is outdated.
+const (
+	soakBarrierAdmin   = iota // Admin.WaitWatchers, on the admin socket
+	soakBarrierMember         // Client.WaitWatchers, on the scope's own socket
+	soakBarrierWatcher        // Watcher.WaitWatchers: an orchestrator that watches too
+	soakBarriers
+)
+
+// bumpAndWait bumps scope; the scope's orchestrator, a watcher itself,
+// takes the new generation and acks it; then a barrier waits until none
+// of the scope's watchers is outdated, the way barrier says.
+func (s *soak) bumpAndWait(a *genid.Admin, scope, barrier int) {
 	s.held[scope].Lock()
 	defer s.held[scope].Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), soakBound)
 	defer cancel()
 	name := s.names[scope]
-	if _, err := a.Bump(ctx, name, 0, "soak"); err != nil {
+	g, err := a.Bump(ctx, name, 0, "soak")
+	if err != nil {
 		s.fail("bump scope %q: %v", name, err)
 		return
 	}
 	s.bumps.Add(1)
-	var err error
-	if admin {
+	orch := s.orchestrators[scope]
+	if got, err := orch.Wait(ctx); err != nil || got != g {
+		s.fail("the orchestrator of scope %q: Wait %d, %v after the bump to %d", name, got, err, g)
+		return
+	}
+	if err := orch.Ack(ctx, g); err != nil {
+		s.fail("the orchestrator of scope %q: ack %d: %v", name, g, err)
+		return
+	}
+	switch barrier {
+	case soakBarrierAdmin:
 		err = a.WaitWatchers(ctx, name, soakBound)
-	} else {
+	case soakBarrierMember:
 		err = s.clients[scope].WaitWatchers(ctx, soakBound)
+	default:
+		err = orch.WaitWatchers(ctx, soakBound)
 	}
 	s.barriers.Add(1)
 	if err != nil {
-		s.fail("wait-watchers of scope %q (admin socket %v): %v", name, admin, err)
+		s.fail("wait-watchers of scope %q (way %d): %v", name, barrier, err)
 	}
 }
 
@@ -353,6 +385,7 @@ func (s *soak) checkEnd() {
 		if err != nil {
 			t.Fatalf("status of %q: %v", name, err)
 		}
+		live[i]++ // its orchestrator
 		if st.Watchers != live[i] || st.Outdated != 0 || st.Generation != last[i] {
 			s.fail("scope %q: %d watchers (%d live), %d outdated, at %d (last %d)", name, st.Watchers, live[i], st.Outdated, st.Generation, last[i])
 		}
@@ -388,6 +421,9 @@ func (s *soak) waitBaseline(base map[string]float64) map[string]float64 {
 }
 
 func (s *soak) closeClients() {
+	for _, w := range s.orchestrators {
+		w.Close()
+	}
 	for _, c := range s.clients {
 		c.Close()
 	}
