@@ -38,7 +38,7 @@ var fuzzTargets = []fuzzer{
 }
 
 // TestFuzz runs every fuzzer of the project at depth, at full size only:
-// the Go fuzzTargets with `go test -fuzz`, the C one with `make fuzz-c`, each
+// the Go fuzzers with `go test -fuzz`, the C one with `make fuzz-c`, each
 // bounded, from the module's root. What a Go fuzzer found interesting in
 // its cache is copied to its package's testdata/fuzz, to be committed
 // (a failing input Go writes there itself). The short version runs none:
@@ -58,11 +58,11 @@ func TestFuzz(t *testing.T) {
 	}
 	row := record(t, Row{
 		Case:  "fuzz",
-		Tried: fmt.Sprintf("%d inputs over %d fuzzTargets (wire, checkpoint record in Go and C, OCI config)", total, len(fuzzTargets)),
+		Tried: fmt.Sprintf("%d inputs over %d fuzzers (wire, checkpoint record in Go and C, OCI config)", total, len(fuzzTargets)),
 		Held:  "0 crashes",
 	})
 	if total < fuzzMinInputs {
-		t.Fatalf("the fuzzTargets are given %d inputs, fewer than %d", total, fuzzMinInputs)
+		t.Fatalf("the fuzzers are given %d inputs, fewer than %d", total, fuzzMinInputs)
 	}
 	root := fuzzModuleRoot(t)
 	row.Figures = map[string]float64{}
