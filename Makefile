@@ -231,6 +231,9 @@ e2e-vm: build
 # The restore cycles run in the test bed first (about 4 minutes for 100 on
 # 2 cores); their row joins the table, and their failure fails the target
 # once the table is printed.
+# It also runs every fuzzer at depth (10 M inputs in all, with $(GO) and
+# `make fuzz-c`) and copies what the Go fuzzers found into their packages'
+# testdata/fuzz, to be committed. docs/torture.md says how to read it.
 TORTURE_TIMEOUT := 30m
 TORTURE_CYCLES  := 100
 torture: build plugin
@@ -243,7 +246,7 @@ torture: build plugin
 		--env GENID_TORTURE_ROW=/src/bin/torture-restore.json -w /src/test/criu -- \
 		/src/bin/criu-e2e.test -test.v -test.count=1 -test.run '^TestRestoreCycles$$' -test.timeout=15m; \
 		echo $$? >bin/torture-restore.rc
-	GENIDCTL=$(CURDIR)/$(BIN) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
+	GENIDCTL=$(CURDIR)/$(BIN) GO=$(GO) bin/torture.test -test.v -test.count=1 -test.timeout=$(TORTURE_TIMEOUT) \
 		-torture.full -torture.json bin/torture.json -torture.include bin/torture-restore.json
 	@test "$$(cat bin/torture-restore.rc)" = 0 || { echo "torture: the restore cycles failed in the test bed" >&2; exit 1; }
 

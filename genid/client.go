@@ -163,6 +163,7 @@ type Watcher struct {
 	closed  bool // the page is released: not to be loaded
 	acked   uint32
 	latest  uint32
+	events  uint64        // events handled, to tell a registration's answer from newer news
 	changed chan struct{} // closed and replaced when latest changes or the link drops
 	fd      *readyFd      // made by Fd, else nil
 
@@ -199,7 +200,7 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 			// A new daemon (or a restarted one): register again with what we
 			// acked, so a change made meanwhile shows as outdated.
 			w.mu.Lock()
-			acked := w.acked
+			acked, events := w.acked, w.events
 			w.mu.Unlock()
 			f, err := l.call(ctx, wire.OpAttach, wire.U32s(wire.FlagWatcher, acked))
 			if err != nil {
@@ -209,7 +210,7 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 			if err != nil {
 				return err
 			}
-			w.event(gen, 0)
+			w.registered(gen, events)
 			return nil
 		},
 	}
@@ -259,6 +260,27 @@ func (w *Watcher) connect(ctx context.Context) *link {
 func (w *Watcher) event(gen, _ uint32) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.events++
+	w.setLatestLocked(gen)
+}
+
+// registered takes gen, the generation a daemon answered a registration
+// with, events being the count of events handled before it was asked.
+// The daemon sends events on the new connection only after its answer, but
+// the link's reader may hand one over before the answer is taken here: it
+// is newer, and must not be overwritten (the watcher would miss that
+// generation). Without one, gen is taken as is, lower or not: a daemon
+// without a state dir starts again at 0 when its run dir was removed.
+func (w *Watcher) registered(gen uint32, events uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.events != events {
+		gen = max(gen, w.latest)
+	}
+	w.setLatestLocked(gen)
+}
+
+func (w *Watcher) setLatestLocked(gen uint32) {
 	if gen != w.latest {
 		w.latest = gen
 		close(w.changed)
