@@ -257,8 +257,8 @@ func TestPassedAdminJudgedPerSender(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unprivileged sender: %v", err)
 	}
-	if want := fmt.Sprintf("%d\n%d\n", wire.StatusPermission, wire.StatusPermission); string(out) != want {
-		t.Fatalf("query-peer and bump from nobody on root's passed socket: statuses %q, want permission (%d) twice", out, wire.StatusPermission)
+	if want := strings.Repeat(fmt.Sprintf("%d\n", wire.StatusPermission), 4); string(out) != want {
+		t.Fatalf("query-peer, bump, history and metrics from nobody on root's passed socket: statuses %q, want permission (%d) for each", out, wire.StatusPermission)
 	}
 	if g := d.status(t).Generation; g != 0 {
 		t.Fatalf("the refused bump moved the generation to %d", g)
