@@ -290,7 +290,13 @@ func TestPackageUnderSystemd(t *testing.T) {
 		if got := m.must("genidctl", "get"); got != "0" {
 			t.Fatalf("genidctl get: %q, want 0", got)
 		}
-		if got := m.active("genid.service"); got != "active" {
+		// The page is made before the daemon tells systemd it is ready:
+		// the unit may still be activating for a moment.
+		got := m.active("genid.service")
+		for deadline := time.Now().Add(10 * time.Second); got == "activating" && time.Now().Before(deadline); got = m.active("genid.service") {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got != "active" {
 			t.Fatalf("genid.service %s after the first client, want active", got)
 		}
 		out := m.must("genidctl", "status")
