@@ -57,6 +57,11 @@ func hostScope(p []byte) []byte { return append(wire.AppendName(nil, ""), p...) 
 func (d *daemon) page() string  { return filepath.Join(d.dir, "generation") }
 func (d *daemon) pid() int      { return d.cmd.Process.Pid }
 
+// failed adds the tail of the daemon's log to err.
+func (d *daemon) failed(err error) error {
+	return fmt.Errorf("%w\n--- daemon log (tail):\n%s", err, tail(d.Log.String(), 20))
+}
+
 func (d *daemon) stop() {
 	timer := time.AfterFunc(10*time.Second, func() { d.Kill(syscall.SIGKILL) })
 	d.Kill(syscall.SIGTERM)
@@ -97,6 +102,22 @@ func statusField(status, key string) int64 {
 	return 0
 }
 
+// ioTimeout bounds every read and write the bench makes on a socket to a
+// process it started (the daemon, the socket sender, dbus-daemon): one that
+// hangs fails the figure within it, with the process's log, not never.
+const ioTimeout = 2 * time.Minute
+
+// bound sets ioTimeout on fd's reads and writes, or with d = 0 clears it
+// (for a watcher's connection, handed to a helper that blocks on it between
+// rounds for as long as the set-up of other mechanisms takes).
+func bound(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+}
+
 // dialRaw connects a blocking unix socket (a helper thread blocks in read()
 // on it), without Go's poller.
 func dialRaw(path string) (int, error) {
@@ -113,11 +134,22 @@ func dialRaw(path string) (int, error) {
 		}
 		time.Sleep(time.Millisecond) // listen backlog full
 	}
+	if err == nil {
+		err = bound(fd, ioTimeout)
+	}
 	if err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
+}
+
+// timedOut names a bounded read or write that ran out of time.
+func timedOut(err error) error {
+	if err == unix.EAGAIN {
+		return fmt.Errorf("no progress in %v: %w", ioTimeout, err)
+	}
+	return err
 }
 
 func writeAll(fd int, b []byte) error {
@@ -127,7 +159,7 @@ func writeAll(fd int, b []byte) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return timedOut(err)
 		}
 		b = b[n:]
 	}
@@ -141,7 +173,7 @@ func readFull(fd int, b []byte) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return timedOut(err)
 		}
 		if n == 0 {
 			return fmt.Errorf("EOF")
@@ -194,7 +226,11 @@ func (d *daemon) watchers(n int) ([]int, error) {
 			return nil, fmt.Errorf("connect watcher %d: %w", len(fds), err)
 		}
 		fds = append(fds, fd)
-		if _, err := rawCall(fd, wire.OpWatch, 1, nil); err != nil {
+		_, err = rawCall(fd, wire.OpWatch, 1, nil)
+		if err == nil {
+			err = bound(fd, 0)
+		}
+		if err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("watcher %d: %w", len(fds), err)
 		}

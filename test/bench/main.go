@@ -196,6 +196,9 @@ func (b *bench) fanout(rep *Report, n int) error {
 			if err == nil {
 				err = a.measure(rounds, n, mech, series, wakes, cpu)
 			}
+			if err != nil && d != nil {
+				err = d.failed(err)
+			}
 			if d != nil {
 				if mech == "genid" && n == 1 && rep.Facts["inotify events from a bump (mmap store to the page)"] == nil {
 					if ev, e := mmapInotifyEvents(d); e == nil {
@@ -259,6 +262,9 @@ func (b *bench) barrier(rep *Report, n int) error {
 			}
 			if err == nil {
 				err = a.measure(rounds, n, mech, series, wakes, cpu)
+			}
+			if err != nil && d != nil {
+				err = d.failed(err)
 			}
 			if d != nil {
 				d.stop()
