@@ -51,7 +51,7 @@ func main() {
 	flag.StringVar(&b.plugin, "plugin", "../../bin/genid-criu.so", "CRIU plugin")
 	flag.StringVar(&b.testbed, "testbed", "../../hack/testbed.sh", "CRIU test bed script")
 	out := flag.String("out", "results.json", "JSON results")
-	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,restore", "sections to run")
+	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,scopes,restore", "sections to run")
 	ns := flag.String("n", "1,100,1000,10000", "fan-out sizes")
 	mechs := flag.String("mech", "genid,socket,eventfd,inotify,D-Bus", "fan-out mechanisms to run (without genid, eventfd, inotify and D-Bus, only medians: for profiling one)")
 	flag.BoolVar(&b.quick, "quick", false, "fewer rounds (a smoke test, not figures)")
@@ -107,6 +107,9 @@ func main() {
 	}
 	if sections["idle"] {
 		try("idle", func() error { return b.idle(rep) })
+	}
+	if sections["scopes"] {
+		try("scopes", func() error { return b.scopes(rep) })
 	}
 	if sections["restore"] {
 		try("restore", func() error { return b.restore(rep) })
@@ -224,23 +227,34 @@ func (b *bench) fanout(rep *Report, n int) error {
 	g := summarise("ms", series["genid"])
 	name := fmt.Sprintf("fan-out N=%d", n)
 	if series["socket"] != nil {
-		s := compare(name, g, "AF_UNIX floor", summarise("ms", series["socket"]), true)
-		s.Note = "no target, at every N: genid over a plain sender on sockets of the same kind is what the daemon itself costs"
-		rep.add(s)
+		floor := summarise("ms", series["socket"])
+		s := compare(name, g, "AF_UNIX floor", floor, true)
+		s.Note = "a plain sender on sockets of the same kind: genid over it is what the daemon itself costs"
+		rep.add(s.goal("≤ 1.15×", *s.Ratio <= 1.15))
+		if n <= 100 {
+			// Where latency rules: the same rounds, the looser
+			// target for a bump → one watcher woken and read.
+			l := compare(fmt.Sprintf("small-N latency, bump → %d watcher(s) read, N=%d", n, n), g, "AF_UNIX floor", floor, true)
+			rep.add(l.goal("≤ 1.3×", *l.Ratio <= 1.3))
+		}
 	}
+	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), true)
+	rep.add(db.goal("≤ 1.0×", *db.Ratio <= 1.0))
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
 	i := compare(name, g, "inotify", summarise("ms", series["inotify"]), true)
-	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), false)
 	if n == 10000 {
-		e = e.goal("≤ 2×", *e.Ratio <= 2)
-		i = i.goal("≤ 1.5×", *i.Ratio <= 1.5)
-		db = db.goal("≥ 10× faster", *db.Ratio >= 10)
+		rep.add(e.goal("≤ 2×", *e.Ratio <= 2))
+		rep.add(i.goal("≤ 1.5×", *i.Ratio <= 1.5))
+	} else {
+		// The physical limits at small N: context, not targets (a socket
+		// costs a wake-up more than an eventfd, whoever writes to it).
+		rep.Facts[fmt.Sprintf("fan-out N=%d: genid / eventfd and genid / inotify (medians; no target under N = 10000)", n)] =
+			map[string]float64{"eventfd": round3(*e.Ratio), "inotify": round3(*i.Ratio)}
 	}
-	rep.add(e)
-	rep.add(i)
-	rep.add(db)
 	return nil
 }
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
 func (b *bench) barrier(rep *Report, n int) error {
 	rounds := map[int]int{1000: 30, 10000: 16}[n]
@@ -331,8 +345,8 @@ func (b *bench) restore(rep *Report) error {
 	}
 	rep.Facts["criu in the test bed"] = r.Mode
 	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
-	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip"
-	rep.add(rr.goal("≤ 1.05×", *rr.Ratio <= 1.05))
+	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip; restores with and without it interleaved, the interval resamples those pairs"
+	rep.add(rr.goalCI("≤ 1.05×, the interval's", 1.05, ratioCI(r.With, r.Without)))
 	return nil
 }
 
