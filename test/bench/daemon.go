@@ -20,8 +20,9 @@ import (
 // daemon is a `genidctl daemon` process on a run dir of its own.
 type daemon struct {
 	*proctest.Daemon
-	cmd *exec.Cmd
-	dir string
+	cmd   *exec.Cmd
+	dir   string
+	state string // its state dir, of its own: the bench leaves nothing in the host's
 }
 
 // startDaemon runs the real daemon binary. No hypervisor backend: the
@@ -33,7 +34,12 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 		return nil, err
 	}
 	os.Chmod(dir, 0o755)
-	args := append([]string{"--run-dir", dir, "daemon", "--backends", "none", "--log-level", "warn",
+	state, err := os.MkdirTemp("", "genid-bench-state-")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	args := append([]string{"--run-dir", dir, "daemon", "--backends", "none", "--log-level", "warn", "--state-dir", state,
 		"--max-watchers", "100000", "--max-conns", "200000"}, extra...)
 	cmd := exec.Command(bin, args...)
 	if env := os.Getenv("BENCH_DAEMON_ENV"); env != "" { // experiments: runtime settings
@@ -42,9 +48,10 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 	p, err := proctest.Start(cmd, dir)
 	if err != nil {
 		os.RemoveAll(dir)
+		os.RemoveAll(state)
 		return nil, err
 	}
-	return &daemon{Daemon: p, cmd: cmd, dir: dir}, nil
+	return &daemon{Daemon: p, cmd: cmd, dir: dir, state: state}, nil
 }
 
 func (d *daemon) sock() string { return filepath.Join(d.dir, "genid.sock") }
@@ -67,12 +74,16 @@ func (d *daemon) stop() {
 	d.Kill(syscall.SIGTERM)
 	timer.Stop()
 	os.RemoveAll(d.dir)
+	os.RemoveAll(d.state)
 }
 
 // rss is the daemon's resident set in bytes.
-func (d *daemon) rss() int64 {
+func (d *daemon) rss() int64 { return d.status("VmRSS:") }
+
+// status is a size field of /proc/PID/status, in bytes.
+func (d *daemon) status(field string) int64 {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.pid()))
-	return statusField(string(b), "VmRSS:") * 1024
+	return statusField(string(b), field) * 1024
 }
 
 // ctxSwitches sums voluntary and involuntary context switches of every

@@ -31,6 +31,9 @@ type scopeBed struct {
 	others *helper // the watchers of every other scope (nil for "one")
 	gen    uint32  // scopeName's generation, from the last reply
 	id     uint32
+	// fileRSS is the growth of the daemon's file-backed RSS from creating
+	// the scopes: the pages it maps.
+	fileRSS int64
 }
 
 // adminCall sends one admin request about scope name and returns its reply.
@@ -66,6 +69,7 @@ func newScopeBed(b *bench, n, owner int, rss *[3]int64) (sb *scopeBed, err error
 		return sb, err
 	}
 	time.Sleep(300 * time.Millisecond)
+	file0 := d.status("RssFile:")
 	rss[0] = d.rss()
 	for i := range n {
 		req := wire.ScopeCreate{}
@@ -78,6 +82,7 @@ func newScopeBed(b *bench, n, owner int, rss *[3]int64) (sb *scopeBed, err error
 	}
 	time.Sleep(300 * time.Millisecond)
 	rss[1] = d.rss()
+	sb.fileRSS = d.status("RssFile:") - file0
 	var own, others []int
 	for i := range n {
 		fds, err := watchersAt(filepath.Join(d.dir, "scopes", scopeNameOf(i), "genid.sock"), scopesWatchers)
@@ -248,6 +253,7 @@ func (b *bench) scopes(rep *Report) error {
 	perScope := float64(rssMany[1]-rssMany[0]) / scopesMany
 	perWatched := float64(rssMany[2]-rssMany[0]) / scopesMany
 	rep.Facts[fmt.Sprintf("scopes: daemon RSS per scope with its %d idle watchers, %d scopes (bytes)", scopesWatchers, scopesMany)] = int64(perWatched)
+	rep.Facts[fmt.Sprintf("scopes: of the daemon's RSS per idle scope, its mapped files (the generation, VMClock and floor pages) (bytes), %d scopes", scopesMany)] = many.fileRSS / scopesMany
 	others0 := many.others.switches()
 
 	rounds := b.runs(200)
