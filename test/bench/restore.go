@@ -181,7 +181,7 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	}
 	must(criu(nil, "dump.log", "dump", "-t", strconv.Itoa(pid)), "dump")
 	p.Wait()
-	if _, err := os.Stat(filepath.Join(images, "genid.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(images, "genid.record")); err != nil {
 		panic("the plugin wrote no record at dump: " + err.Error())
 	}
 	restore := func(plugin bool, i int) float64 {

@@ -256,7 +256,7 @@ func (b *bench) scopes(rep *Report) error {
 	rep.Facts[fmt.Sprintf("scopes: of the daemon's RSS per idle scope, its mapped files (the generation, VMClock and floor pages) (bytes), %d scopes", scopesMany)] = many.fileRSS / scopesMany
 	others0 := many.others.switches()
 
-	rounds := b.runs(200)
+	rounds := b.runs(400) // cheap, and the 1.05 target needs a narrow interval
 	var bumpOne, bumpMany, restOne, restMany []float64
 	for i := range rounds {
 		beds := []*scopeBed{one, many}
