@@ -197,6 +197,19 @@ func (rep *Report) write(path string) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// readReport reads the JSON a run wrote.
+func readReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
+}
+
 func jsonLine(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err

@@ -94,3 +94,24 @@ func TestRatioCI(t *testing.T) {
 		t.Errorf("ratioCI of unequal lengths = %v, want NaN", ci)
 	}
 }
+
+func TestSummaryFromJSON(t *testing.T) {
+	ms := func(v float64) Stat { return Stat{Unit: "ms", N: 3, Median: v, P99: v, Samples: []float64{v}} }
+	rep := &Report{Started: "2026-12-07T05:00:00Z", Facts: map[string]any{}}
+	rep.add(compare("fan-out N=1", ms(2), "AF_UNIX floor", ms(1), true).goalCI("≤ 1.3×", 1.3, [2]float64{1.9, 2.1}))
+	rep.add(compare("restore", ms(1.04), "without", ms(1), true).goalCI("≤ 1.05×", 1.05, [2]float64{1.03, 1.06}))
+	path := t.TempDir() + "/results.json"
+	if err := rep.write(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := readReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := back.Summary(), rep.Summary(); got != want {
+		t.Fatalf("summary from JSON:\n%s\nwant:\n%s", got, want)
+	}
+	if !strings.Contains(back.Summary(), "_inconclusive_") || !strings.Contains(back.Summary(), "**FAIL**") {
+		t.Fatalf("summary lacks a verdict:\n%s", back.Summary())
+	}
+}
