@@ -255,16 +255,19 @@ torture: build plugin
 torture-short: build
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/torture/
 
-# Benchmarks, not part of `make test` (as root, about 8 minutes on 2 cores):
+# Benchmarks, not part of `make test` (as root, about 15 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in
 # one run. Prints a markdown table; the same data goes to
 # test/bench/results.json. BENCHFLAGS: e.g. -quick, -only fanout,barrier.
+# Every command is bounded: the bench bounds what it starts, and the whole
+# run may take BENCH_TIMEOUT.
+BENCH_TIMEOUT ?= 45m
 bench: build plugin
-	@command -v dbus-daemon >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dbus-daemon || \
-		{ DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dbus-daemon; }; }
-	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -o bin/bench-waiters test/bench/waiters/waiters.c
-	CGO_ENABLED=0 $(GO) build -o bin/bench ./test/bench
-	cd test/bench && ../../bin/bench -readme ../../README.md $(BENCHFLAGS)
+	@command -v dbus-daemon >/dev/null || { DEBIAN_FRONTEND=noninteractive timeout 10m apt-get install -y --no-install-recommends dbus-daemon || \
+		{ DEBIAN_FRONTEND=noninteractive timeout 10m apt-get update && DEBIAN_FRONTEND=noninteractive timeout 10m apt-get install -y --no-install-recommends dbus-daemon; }; }
+	timeout 2m $(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -o bin/bench-waiters test/bench/waiters/waiters.c
+	CGO_ENABLED=0 timeout 10m $(GO) build -o bin/bench ./test/bench
+	cd test/bench && timeout -k 30s $(BENCH_TIMEOUT) ../../bin/bench -readme ../../README.md $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -85,7 +85,10 @@ func barrierEventfd(b *bench, n int) (*arena, error) {
 				return 0, err
 			}
 			for got := uint64(0); got < uint64(n); {
-				// A blocking read: the coordinator sleeps until replies come.
+				// A blocking wait: the coordinator sleeps until replies come.
+				if err := waitReadable(rep); err != nil {
+					return 0, fmt.Errorf("eventfd replies (%d of %d): %w", got, n, err)
+				}
 				if _, err := unix.Read(rep, v[:]); err != nil {
 					if err == unix.EINTR {
 						continue

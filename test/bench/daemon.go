@@ -20,8 +20,9 @@ import (
 // daemon is a `genidctl daemon` process on a run dir of its own.
 type daemon struct {
 	*proctest.Daemon
-	cmd *exec.Cmd
-	dir string
+	cmd   *exec.Cmd
+	dir   string
+	state string // its state dir, of its own: the bench leaves nothing in the host's
 }
 
 // startDaemon runs the real daemon binary. No hypervisor backend: the
@@ -33,7 +34,12 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 		return nil, err
 	}
 	os.Chmod(dir, 0o755)
-	args := append([]string{"--run-dir", dir, "daemon", "--backends", "none", "--log-level", "warn",
+	state, err := os.MkdirTemp("", "genid-bench-state-")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	args := append([]string{"--run-dir", dir, "daemon", "--backends", "none", "--log-level", "warn", "--state-dir", state,
 		"--max-watchers", "100000", "--max-conns", "200000"}, extra...)
 	cmd := exec.Command(bin, args...)
 	if env := os.Getenv("BENCH_DAEMON_ENV"); env != "" { // experiments: runtime settings
@@ -42,9 +48,10 @@ func startDaemon(bin string, extra ...string) (*daemon, error) {
 	p, err := proctest.Start(cmd, dir)
 	if err != nil {
 		os.RemoveAll(dir)
+		os.RemoveAll(state)
 		return nil, err
 	}
-	return &daemon{Daemon: p, cmd: cmd, dir: dir}, nil
+	return &daemon{Daemon: p, cmd: cmd, dir: dir, state: state}, nil
 }
 
 func (d *daemon) sock() string { return filepath.Join(d.dir, "genid.sock") }
@@ -57,17 +64,26 @@ func hostScope(p []byte) []byte { return append(wire.AppendName(nil, ""), p...) 
 func (d *daemon) page() string  { return filepath.Join(d.dir, "generation") }
 func (d *daemon) pid() int      { return d.cmd.Process.Pid }
 
+// failed adds the tail of the daemon's log to err.
+func (d *daemon) failed(err error) error {
+	return fmt.Errorf("%w\n--- daemon log (tail):\n%s", err, tail(d.Log.String(), 20))
+}
+
 func (d *daemon) stop() {
 	timer := time.AfterFunc(10*time.Second, func() { d.Kill(syscall.SIGKILL) })
 	d.Kill(syscall.SIGTERM)
 	timer.Stop()
 	os.RemoveAll(d.dir)
+	os.RemoveAll(d.state)
 }
 
 // rss is the daemon's resident set in bytes.
-func (d *daemon) rss() int64 {
+func (d *daemon) rss() int64 { return d.status("VmRSS:") }
+
+// status is a size field of /proc/PID/status, in bytes.
+func (d *daemon) status(field string) int64 {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.pid()))
-	return statusField(string(b), "VmRSS:") * 1024
+	return statusField(string(b), field) * 1024
 }
 
 // ctxSwitches sums voluntary and involuntary context switches of every
@@ -97,6 +113,22 @@ func statusField(status, key string) int64 {
 	return 0
 }
 
+// ioTimeout bounds every read and write the bench makes on a socket to a
+// process it started (the daemon, the socket sender, dbus-daemon): one that
+// hangs fails the figure within it, with the process's log, not never.
+const ioTimeout = 2 * time.Minute
+
+// bound sets ioTimeout on fd's reads and writes, or with d = 0 clears it
+// (for a watcher's connection, handed to a helper that blocks on it between
+// rounds for as long as the set-up of other mechanisms takes).
+func bound(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+}
+
 // dialRaw connects a blocking unix socket (a helper thread blocks in read()
 // on it), without Go's poller.
 func dialRaw(path string) (int, error) {
@@ -113,11 +145,22 @@ func dialRaw(path string) (int, error) {
 		}
 		time.Sleep(time.Millisecond) // listen backlog full
 	}
+	if err == nil {
+		err = bound(fd, ioTimeout)
+	}
 	if err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
+}
+
+// timedOut names a bounded read or write that ran out of time.
+func timedOut(err error) error {
+	if err == unix.EAGAIN {
+		return fmt.Errorf("no progress in %v: %w", ioTimeout, err)
+	}
+	return err
 }
 
 func writeAll(fd int, b []byte) error {
@@ -127,7 +170,7 @@ func writeAll(fd int, b []byte) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return timedOut(err)
 		}
 		b = b[n:]
 	}
@@ -141,7 +184,7 @@ func readFull(fd int, b []byte) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return timedOut(err)
 		}
 		if n == 0 {
 			return fmt.Errorf("EOF")
@@ -194,7 +237,11 @@ func (d *daemon) watchers(n int) ([]int, error) {
 			return nil, fmt.Errorf("connect watcher %d: %w", len(fds), err)
 		}
 		fds = append(fds, fd)
-		if _, err := rawCall(fd, wire.OpWatch, 1, nil); err != nil {
+		_, err = rawCall(fd, wire.OpWatch, 1, nil)
+		if err == nil {
+			err = bound(fd, 0)
+		}
+		if err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("watcher %d: %w", len(fds), err)
 		}

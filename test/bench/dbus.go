@@ -91,7 +91,7 @@ func startBus() (*bus, error) {
 
 func (b *bus) stop() {
 	b.cmd.Process.Signal(syscall.SIGTERM)
-	b.cmd.Wait()
+	waitBounded(b.cmd, 10*time.Second)
 	os.RemoveAll(b.dir)
 }
 
@@ -187,6 +187,9 @@ func (b *bus) subscribe() (int, error) {
 			return fail(fmt.Errorf("dbus setup: %v", m.Body))
 		}
 		if rs, ok := m.Headers[dbus.FieldReplySerial]; ok && m.Type == dbus.TypeMethodReply && rs.Value() == uint32(2) {
+			if err := bound(fd, 0); err != nil { // the helper blocks on it
+				return fail(err)
+			}
 			return fd, nil
 		}
 	}

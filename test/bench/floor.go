@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -48,9 +49,15 @@ func fanoutSocket(b *bench, n int) (*arena, error) {
 		unix.Close(ctl)
 		return nil, err
 	}
+	if err := bound(ctl, ioTimeout); err != nil {
+		unix.Close(ctl)
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
 	stopSender := func() {
 		unix.Close(ctl) // the sender exits on EOF
-		cmd.Wait()
+		waitBounded(cmd, 10*time.Second)
 	}
 	fds, err := recvFds(ctl, n)
 	if err != nil {

@@ -51,13 +51,24 @@ func main() {
 	flag.StringVar(&b.plugin, "plugin", "../../bin/genid-criu.so", "CRIU plugin")
 	flag.StringVar(&b.testbed, "testbed", "../../hack/testbed.sh", "CRIU test bed script")
 	out := flag.String("out", "results.json", "JSON results")
-	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,restore", "sections to run")
+	only := flag.String("only", "hotpath,fanout,barrier,memory,idle,scopes,restore", "sections to run")
 	ns := flag.String("n", "1,100,1000,10000", "fan-out sizes")
 	mechs := flag.String("mech", "genid,socket,eventfd,inotify,D-Bus", "fan-out mechanisms to run (without genid, eventfd, inotify and D-Bus, only medians: for profiling one)")
 	flag.BoolVar(&b.quick, "quick", false, "fewer rounds (a smoke test, not figures)")
 	readme := flag.String("readme", "", "rewrite the results table in this README (a full run only)")
+	from := flag.String("from", "", "rewrite -readme's results table from this results JSON, and measure nothing")
 	flag.Parse()
 	b.mechs = strings.Split(*mechs, ",")
+	if *from != "" {
+		rep, err := readReport(*from)
+		if err == nil {
+			err = rep.updateReadme(*readme)
+		}
+		if err != nil {
+			fatal(err.Error())
+		}
+		return
+	}
 
 	if os.Geteuid() != 0 {
 		fatal("run as root: bumps need CAP_CHECKPOINT_RESTORE, and the limits are raised")
@@ -107,6 +118,9 @@ func main() {
 	}
 	if sections["idle"] {
 		try("idle", func() error { return b.idle(rep) })
+	}
+	if sections["scopes"] {
+		try("scopes", func() error { return b.scopes(rep) })
 	}
 	if sections["restore"] {
 		try("restore", func() error { return b.restore(rep) })
@@ -161,11 +175,20 @@ func (b *bench) hotPath(rep *Report) error {
 // `passes` passes of fresh set-ups, interleaved, so that drift on a shared
 // machine hits them alike.
 func (b *bench) fanout(rep *Report, n int) error {
-	rounds := map[int]int{1: 30, 100: 30, 1000: 20, 10000: 15}[n]
+	// Small N is where latency rules and rounds are cheap: many of them,
+	// in more passes, so that a ratio's interval is narrow enough to
+	// decide a target on this noisy machine.
+	rounds := map[int]int{1: 200, 100: 120, 1000: 20, 10000: 15}[n]
 	if rounds == 0 {
 		rounds = 10
 	}
-	passes := map[bool]int{true: 3, false: 2}[n >= 10000]
+	passes := 2
+	switch {
+	case n >= 10000:
+		passes = 3
+	case n <= 100:
+		passes = 4
+	}
 	rounds = max(1, b.runs(rounds)/passes)
 	series, wakes, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for range passes {
@@ -196,6 +219,9 @@ func (b *bench) fanout(rep *Report, n int) error {
 			if err == nil {
 				err = a.measure(rounds, n, mech, series, wakes, cpu)
 			}
+			if err != nil && d != nil {
+				err = d.failed(err)
+			}
 			if d != nil {
 				if mech == "genid" && n == 1 && rep.Facts["inotify events from a bump (mmap store to the page)"] == nil {
 					if ev, e := mmapInotifyEvents(d); e == nil {
@@ -220,24 +246,38 @@ func (b *bench) fanout(rep *Report, n int) error {
 	}
 	g := summarise("ms", series["genid"])
 	name := fmt.Sprintf("fan-out N=%d", n)
+	// Ratio targets are decided on the ratio's interval: rounds of the
+	// same index ran in the same pass, side by side.
 	if series["socket"] != nil {
-		s := compare(name, g, "AF_UNIX floor", summarise("ms", series["socket"]), true)
-		s.Note = "no target, at every N: genid over a plain sender on sockets of the same kind is what the daemon itself costs"
-		rep.add(s)
+		floor := summarise("ms", series["socket"])
+		ci := ratioCI(series["genid"], series["socket"])
+		s := compare(name, g, "AF_UNIX floor", floor, true)
+		s.Note = "a plain sender on sockets of the same kind: genid over it is what the daemon itself costs"
+		rep.add(s.goalCI("≤ 1.15×", 1.15, ci))
+		if n <= 100 {
+			// Where latency rules: the same rounds, the issue's looser
+			// target for a bump → the watchers woken and read.
+			l := compare(fmt.Sprintf("small-N latency, bump → every watcher read, N=%d", n), g, "AF_UNIX floor", floor, true)
+			rep.add(l.goalCI("≤ 1.3×", 1.3, ci))
+		}
 	}
+	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), true)
+	rep.add(db.goalCI("≤ 1.0×", 1.0, ratioCI(series["genid"], series["D-Bus"])))
 	e := compare(name, g, "eventfd", summarise("ms", series["eventfd"]), true)
 	i := compare(name, g, "inotify", summarise("ms", series["inotify"]), true)
-	db := compare(name, g, "D-Bus", summarise("ms", series["D-Bus"]), false)
 	if n == 10000 {
-		e = e.goal("≤ 2×", *e.Ratio <= 2)
-		i = i.goal("≤ 1.5×", *i.Ratio <= 1.5)
-		db = db.goal("≥ 10× faster", *db.Ratio >= 10)
+		rep.add(e.goal("≤ 2×", *e.Ratio <= 2))
+		rep.add(i.goal("≤ 1.5×", *i.Ratio <= 1.5))
+	} else {
+		// The physical limits at small N: context, not targets (a socket
+		// costs a wake-up more than an eventfd, whoever writes to it).
+		rep.Facts[fmt.Sprintf("fan-out N=%d: genid / eventfd and genid / inotify (medians; no target under N = 10000)", n)] =
+			map[string]float64{"eventfd": round3(*e.Ratio), "inotify": round3(*i.Ratio)}
 	}
-	rep.add(e)
-	rep.add(i)
-	rep.add(db)
 	return nil
 }
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
 func (b *bench) barrier(rep *Report, n int) error {
 	rounds := map[int]int{1000: 30, 10000: 16}[n]
@@ -259,6 +299,9 @@ func (b *bench) barrier(rep *Report, n int) error {
 			}
 			if err == nil {
 				err = a.measure(rounds, n, mech, series, wakes, cpu)
+			}
+			if err != nil && d != nil {
+				err = d.failed(err)
 			}
 			if d != nil {
 				d.stop()
@@ -318,15 +361,16 @@ func (b *bench) idle(rep *Report) error {
 
 func (b *bench) restore(rep *Report) error {
 	// Many rounds: a restore takes about 7 ms, the plugin about 0.3 ms of
-	// it, and single restores on this machine vary by more than that.
-	r, err := restoreOuter(b, b.runs(200))
+	// it, and single restores on this machine vary by more than that; 400
+	// pairs narrow the ratio's interval to about ±2%.
+	r, err := restoreOuter(b, b.runs(400))
 	if err != nil {
 		return err
 	}
 	rep.Facts["criu in the test bed"] = r.Mode
 	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
-	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip"
-	rep.add(rr.goal("≤ 1.05×", *rr.Ratio <= 1.05))
+	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip; restores with and without it interleaved, the interval resamples those pairs"
+	rep.add(rr.goalCI("≤ 1.05×, the interval's", 1.05, ratioCI(r.With, r.Without)))
 	return nil
 }
 

@@ -18,9 +18,14 @@ type Row struct {
 	Baselines map[string]Stat `json:"baselines,omitempty"`
 	Ratio     *float64        `json:"ratio,omitempty"`
 	RatioOf   string          `json:"ratio_of,omitempty"` // how Ratio is computed
-	Target    string          `json:"target,omitempty"`
-	Pass      *bool           `json:"pass,omitempty"`
-	Note      string          `json:"note,omitempty"`
+	// CI is a 95% confidence interval of Ratio, where the row has one.
+	CI     *[2]float64 `json:"ratio_ci95,omitempty"`
+	Target string      `json:"target,omitempty"`
+	// Pass is the target's verdict; nil on a row with a target means
+	// inconclusive: the ratio's interval straddles the target.
+	Pass    *bool  `json:"pass,omitempty"`
+	Verdict string `json:"verdict,omitempty"` // pass, fail or inconclusive
+	Note    string `json:"note,omitempty"`
 }
 
 type Report struct {
@@ -59,14 +64,60 @@ func compare(name string, g Stat, bname string, b Stat, slower bool) Row {
 // goal sets a row's target and decides it.
 func (r Row) goal(target string, pass bool) Row {
 	r.Target, r.Pass = target, &pass
+	r.Verdict = map[bool]string{true: "pass", false: "fail"}[pass]
+	return r
+}
+
+// goalCI sets a ratio target (Ratio ≤ limit) decided on the ratio's
+// confidence interval: pass if all of it is at or under the limit, fail if
+// all of it is over, else inconclusive, so that one noisy run neither
+// passes nor fails it.
+func (r Row) goalCI(target string, limit float64, ci [2]float64) Row {
+	r.CI, r.Target = &ci, target
+	switch {
+	case ci[1] <= limit:
+		r.Pass, r.Verdict = ptr(true), "pass"
+	case ci[0] > limit:
+		r.Pass, r.Verdict = ptr(false), "fail"
+	default:
+		r.Verdict = "inconclusive"
+	}
 	return r
 }
 
 func (rep *Report) add(r Row) {
 	rep.Figures = append(rep.Figures, r)
-	if r.Pass != nil {
+	if r.Verdict != "" {
 		rep.Targets = append(rep.Targets, r)
 	}
+}
+
+// result renders a row's verdict.
+func (r Row) result(bold bool) string {
+	switch r.Verdict {
+	case "":
+		return "–"
+	case "fail":
+		return "**FAIL**"
+	case "inconclusive":
+		return "_inconclusive_"
+	}
+	if bold {
+		return "**pass**"
+	}
+	return "pass"
+}
+
+// ratioCell renders a row's ratio, with its interval if it has one.
+func (r Row) ratioCell() string {
+	if r.Ratio == nil {
+		return "–"
+	}
+	s := fmt.Sprintf("%.3g×", *r.Ratio)
+	if r.CI != nil {
+		s += fmt.Sprintf(" [%.3g, %.3g]", r.CI[0], r.CI[1])
+	}
+	return s + " (" + r.RatioOf + ")"
 }
 
 func num(v float64, unit string) string {
@@ -97,7 +148,8 @@ func cell(s Stat) string {
 // Markdown renders the table: medians / p99 over the runs.
 func (rep *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Machine: %d cores, %s, Linux %s, %s, %s. Medians / p99 of the runs (n = runs).\n\n",
+	fmt.Fprintf(&b, "Machine: %d cores, %s, Linux %s, %s, %s. Medians / p99 of the runs (n = runs); "+
+		"[lo, hi]: a ratio's 95%% bootstrap interval.\n\n",
 		rep.Machine.Nproc, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.OS, rep.Machine.Go)
 	b.WriteString("| figure | genid | baseline | baseline figure | ratio | target | result |\n")
 	b.WriteString("|---|---|---|---|---|---|---|\n")
@@ -106,17 +158,12 @@ func (rep *Report) Markdown() string {
 		for name, s := range r.Baselines {
 			base, bcell = name, cell(s)
 		}
-		ratio := "–"
-		if r.Ratio != nil {
-			ratio = fmt.Sprintf("%.3g× (%s)", *r.Ratio, r.RatioOf)
-		}
-		target, result := "–", "–"
-		if r.Pass != nil {
+		target := "–"
+		if r.Verdict != "" {
 			target = r.Target
-			result = map[bool]string{true: "**pass**", false: "**FAIL**"}[*r.Pass]
 		}
 		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s | %s | %s |\n",
-			r.Name, r.Figure.N, cell(r.Figure), base, bcell, ratio, target, result)
+			r.Name, r.Figure.N, cell(r.Figure), base, bcell, r.ratioCell(), target, r.result(true))
 	}
 	b.WriteString("\n")
 	// How figures are taken. A note on a comparison is about that baseline,
@@ -150,6 +197,19 @@ func (rep *Report) write(path string) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// readReport reads the JSON a run wrote.
+func readReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
+}
+
 func jsonLine(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err
@@ -160,16 +220,11 @@ func jsonLine(v any) (string, error) {
 // Markdown's.
 func (rep *Report) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "`make bench` on %d cores (%s), Linux %s, %s, %s; medians of n runs.\n\n",
+	fmt.Fprintf(&b, "`make bench` on %d cores (%s), Linux %s, %s, %s; medians of n runs; [lo, hi]: a ratio's 95%% bootstrap interval.\n\n",
 		rep.Machine.Nproc, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.OS, day(rep.Started))
 	b.WriteString("| figure | genid | ratio | target | result |\n|---|---|---|---|---|\n")
 	for _, r := range rep.Targets {
-		ratio := "–"
-		if r.Ratio != nil {
-			ratio = fmt.Sprintf("%.3g× (%s)", *r.Ratio, r.RatioOf)
-		}
-		result := map[bool]string{true: "pass", false: "**FAIL**"}[*r.Pass]
-		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s |\n", r.Name, r.Figure.N, num(r.Figure.Median, r.Figure.Unit), ratio, r.Target, result)
+		fmt.Fprintf(&b, "| %s (n=%d) | %s | %s | %s | %s |\n", r.Name, r.Figure.N, num(r.Figure.Median, r.Figure.Unit), r.ratioCell(), r.Target, r.result(false))
 	}
 	return b.String()
 }

@@ -56,3 +56,62 @@ func TestReplaceSummary(t *testing.T) {
 		t.Fatalf("summary:\n%s", s)
 	}
 }
+
+func TestGoalCI(t *testing.T) {
+	r := Row{Name: "x", Ratio: ptr(1.04)}
+	for _, c := range []struct {
+		ci   [2]float64
+		want string
+		pass *bool
+	}{
+		{[2]float64{1.0, 1.05}, "pass", ptr(true)},
+		{[2]float64{1.051, 1.2}, "fail", ptr(false)},
+		{[2]float64{1.0, 1.06}, "inconclusive", nil},
+	} {
+		got := r.goalCI("≤ 1.05×", 1.05, c.ci)
+		if got.Verdict != c.want || (got.Pass == nil) != (c.pass == nil) || (got.Pass != nil && *got.Pass != *c.pass) {
+			t.Errorf("%v: verdict %q pass %v, want %q %v", c.ci, got.Verdict, got.Pass, c.want, c.pass)
+		}
+		rep := &Report{}
+		rep.add(got)
+		if len(rep.Targets) != 1 {
+			t.Errorf("%v: a row with a target is not among the targets", c.ci)
+		}
+	}
+}
+
+func TestRatioCI(t *testing.T) {
+	a, b := make([]float64, 200), make([]float64, 200)
+	for i := range a {
+		noise := float64(i%17) / 10
+		a[i], b[i] = 2*(1+noise), 1+noise
+	}
+	ci := ratioCI(a, b)
+	if ci[0] > 2 || ci[1] < 2 || ci[1]-ci[0] > 0.5 {
+		t.Errorf("ratioCI of a = 2b = %v, want an interval around 2", ci)
+	}
+	if ci := ratioCI(a, b[:10]); ci[0] == ci[0] {
+		t.Errorf("ratioCI of unequal lengths = %v, want NaN", ci)
+	}
+}
+
+func TestSummaryFromJSON(t *testing.T) {
+	ms := func(v float64) Stat { return Stat{Unit: "ms", N: 3, Median: v, P99: v, Samples: []float64{v}} }
+	rep := &Report{Started: "2026-12-07T05:00:00Z", Facts: map[string]any{}}
+	rep.add(compare("fan-out N=1", ms(2), "AF_UNIX floor", ms(1), true).goalCI("≤ 1.3×", 1.3, [2]float64{1.9, 2.1}))
+	rep.add(compare("restore", ms(1.04), "without", ms(1), true).goalCI("≤ 1.05×", 1.05, [2]float64{1.03, 1.06}))
+	path := t.TempDir() + "/results.json"
+	if err := rep.write(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := readReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := back.Summary(), rep.Summary(); got != want {
+		t.Fatalf("summary from JSON:\n%s\nwant:\n%s", got, want)
+	}
+	if !strings.Contains(back.Summary(), "_inconclusive_") || !strings.Contains(back.Summary(), "**FAIL**") {
+		t.Fatalf("summary lacks a verdict:\n%s", back.Summary())
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -38,7 +39,12 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	build := exec.Command(b.testbed, "build")
+	// Building the bed from an empty cache takes a few minutes; a hang
+	// fails the figure.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, b.testbed, "build")
+	killGroup(build)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("testbed build: %w", err)
@@ -72,11 +78,15 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 	}
 	// The run's own bound is for what the criu commands' bounds do not
 	// cover; 2×rounds restores take a few seconds.
-	cmd := exec.Command(b.testbed, "run", "--timeout", strconv.Itoa(600+rounds), "--bind", root+":/src",
+	inner := time.Duration(600+rounds) * time.Second
+	ctx, cancel = context.WithTimeout(context.Background(), inner+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.testbed, "run", "--timeout", strconv.Itoa(int(inner.Seconds())), "--bind", root+":/src",
 		"--ro-bind", plugin+":/usr/lib/criu/genid-criu.so", "-w", "/src",
 		"--", selfIn, "restore-inner", "-genidctl", ctlIn, "-rounds", strconv.Itoa(rounds))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	killGroup(cmd)
 	err = cmd.Run()
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var r restoreResult
@@ -121,7 +131,7 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	must(daemon.Start(), "daemon")
 	defer func() {
 		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
+		waitBounded(daemon, 10*time.Second)
 	}()
 	for i := 0; ; i++ {
 		if _, err := os.Stat(filepath.Join(run, "genid.sock")); err == nil {
@@ -171,7 +181,7 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	}
 	must(criu(nil, "dump.log", "dump", "-t", strconv.Itoa(pid)), "dump")
 	p.Wait()
-	if _, err := os.Stat(filepath.Join(images, "genid.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(images, "genid.record")); err != nil {
 		panic("the plugin wrote no record at dump: " + err.Error())
 	}
 	restore := func(plugin bool, i int) float64 {
@@ -205,6 +215,15 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 		r.Gen = uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 	}
 	return r
+}
+
+// killGroup makes cmd, run with a context, the leader of a process group
+// that the context's end kills whole (the test bed's script and what it
+// started).
+func killGroup(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
 }
 
 // tail returns the last n lines of s.

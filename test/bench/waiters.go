@@ -9,6 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/proctest"
 )
 
 // helper is a running waiters process: N threads, each blocked in read() on
@@ -18,7 +22,7 @@ type helper struct {
 	files  []*os.File // the fds handed over, closed by stop
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr strings.Builder
+	stderr proctest.Buffer // written while it runs
 }
 
 // startHelper runs the waiters helper with fds as its fds 3, 4, ... (the
@@ -67,7 +71,7 @@ func (h *helper) next(timeout time.Duration) (string, error) {
 		}
 		return l, nil
 	case <-time.After(timeout):
-		return "", fmt.Errorf("waiters helper silent for %v", timeout)
+		return "", fmt.Errorf("waiters helper silent for %v: %s", timeout, h.stderr.String())
 	}
 }
 
@@ -105,13 +109,37 @@ func (h *helper) closeFiles() {
 func (h *helper) stop() {
 	defer h.closeFiles()
 	h.stdin.Close()
+	waitBounded(h.cmd, 10*time.Second)
+}
+
+// waitBounded waits for cmd to exit, and kills it once it has had d to.
+func waitBounded(cmd *exec.Cmd, d time.Duration) {
 	done := make(chan struct{})
-	go func() { h.cmd.Wait(); close(done) }()
+	go func() { cmd.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		h.cmd.Process.Kill()
+	case <-time.After(d):
+		cmd.Process.Kill()
 		<-done
+	}
+}
+
+// waitReadable waits until fd is readable, for at most ioTimeout (for an
+// fd that takes no socket timeout, such as an eventfd).
+func waitReadable(fd int) error {
+	for {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(p, int(ioTimeout.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("nothing in %v", ioTimeout)
+		}
+		return nil
 	}
 }
 
