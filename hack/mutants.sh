@@ -29,7 +29,7 @@ mkdir -p "$out"
 # Every file of internal/server but those of the privilege check (peer.go) and of the
 # input path (read.go, and loop.go's frame reader): a run of the whole package re-runs its
 # tests (tens of seconds) for each of hundreds of mutants.
-server_rest='internal/server/(conn|diag|dispatch|errors|floor|history|historyfile|hooks|limits|listen|metrics|pages|publish|restore|scopes|server|status|sys|timers|waits|write)\.go$'
+server_rest='(^|/)(conn|diag|dispatch|errors|floor|history|historyfile|hooks|limits|listen|metrics|pages|publish|restore|scopes|server|status|sys|timers|waits|write)\.go$'
 
 [ $# -gt 0 ] || set -- wire scope checkpoint server
 fail=0
@@ -48,9 +48,10 @@ for name in "$@"; do
 	esac
 	log=$out/$name.log
 	t0=$(date +%s)
-	# --timeout-coefficient: the machine is shared; a slow build of a mutant must not
-	# count as a test that hung.
-	timeout -k 30 "$timeout_s" gremlins unleash --workers "$workers" --timeout-coefficient 10 \
+	# --timeout-coefficient: gremlins bounds each mutant's go test by a multiple of the
+	# tests' own time; the machine is shared, and a slow run must not count as a hang.
+	# -k: gremlins outlives a SIGTERM.
+	timeout -k 30 "$timeout_s" gremlins unleash --workers "$workers" --timeout-coefficient 30 \
 		--threshold-efficacy "$threshold" -o "$out/$name.json" "${args[@]}" "$pkg" >"$log" 2>&1
 	rc=$?
 	secs=$(($(date +%s) - t0))

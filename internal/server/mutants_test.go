@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -234,5 +235,74 @@ func TestAdminClosesPassedFDs(t *testing.T) {
 	}
 	if g := d.status(t).Generation; g != 1 {
 		t.Fatalf("generation %d", g)
+	}
+}
+
+// A frame sent in parts: on both kinds of socket, the parts are joined
+// whatever the pause between them, within --frame-timeout from the frame's
+// first byte; each frame has a clock of its own; an idle connection has
+// none; and a frame trickled in slower than that is dropped with its
+// connection (PROTOCOL.md, "Frames").
+func TestFrameInParts(t *testing.T) {
+	const timeout = time.Second
+	d := start(t, "", server.Config{FrameTimeout: timeout})
+	for _, sock := range []struct {
+		name string
+		dial func(*testing.T) *net.UnixConn
+		req  []byte // a request with a payload, answered at once
+	}{
+		{"member", d.dial, wire.Append(nil, wire.Header{Op: wire.OpWaitWatchers, ID: 1}, wire.U32(0))},
+		{"admin", d.dialAdmin, wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, named("", nil))},
+	} {
+		t.Run(sock.name, func(t *testing.T) {
+			t.Parallel()
+			write := func(c net.Conn, b []byte) {
+				t.Helper()
+				if _, err := c.Write(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			answered := func(c net.Conn, what string) {
+				t.Helper()
+				if f := recv(t, c); f.Status != wire.StatusOK || f.ID != 1 {
+					t.Fatalf("%s: %+v %q", what, f.Header, f.Payload)
+				}
+			}
+			req := sock.req
+
+			// The second frame starts in the read that ends the first: it
+			// gets a clock of its own, not what is left of the first's.
+			c := sock.dial(t)
+			write(c, req[:wire.HeaderSize])
+			time.Sleep(timeout * 7 / 10)
+			write(c, append(bytes.Clone(req[wire.HeaderSize:]), req[:wire.HeaderSize]...))
+			answered(c, "the first frame")
+			time.Sleep(timeout * 7 / 10)
+			write(c, req[wire.HeaderSize:])
+			answered(c, "the second frame, 1.4 frame timeouts after the first began")
+
+			// Idle, after whole frames: no clock.
+			time.Sleep(timeout * 3 / 2)
+			write(c, req)
+			answered(c, "a request after an idle pause")
+
+			// A byte every 0.2 frame timeouts: the frame is not complete
+			// in time, and the connection is closed unanswered.
+			slow := sock.dial(t)
+			go func() {
+				for i := range req {
+					if _, err := slow.Write(req[i : i+1]); err != nil {
+						return
+					}
+					time.Sleep(timeout / 5)
+				}
+			}()
+			slow.SetReadDeadline(time.Now().Add(time.Duration(len(req)+10) * timeout / 5))
+			if f, err := wire.ReadFrame(slow, wire.MaxReplyPayload); err == nil {
+				t.Fatalf("a frame trickled in over %d frame timeouts was answered: %+v", len(req)/5, f.Header)
+			} else if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("a frame trickled in too slowly: the connection is still open")
+			}
+		})
 	}
 }
