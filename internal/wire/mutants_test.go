@@ -54,7 +54,6 @@ func TestPayloadSizes(t *testing.T) {
 		{"inode", []int{8}, func(p []byte) error { _, err := ParseInode(p); return err }},
 		{"ack", []int{4, 8}, func(p []byte) error { _, err := ParseAck(p); return err }},
 		{"scope-create", []int{12}, func(p []byte) error { _, err := ParseScopeCreate(p); return err }},
-		{"restore", []int{12}, func(p []byte) error { _, err := ParseRestore(p); return err }},
 		{"history", []int{8}, func(p []byte) error { _, err := ParseHistory(p); return err }},
 	}
 	for _, pr := range parsers {
@@ -69,10 +68,19 @@ func TestPayloadSizes(t *testing.T) {
 			}
 		}
 	}
+	// Bump and restore: fixed fields, then what may follow them.
 	for n := 0; n < 8; n++ {
 		if _, err := ParseBump(make([]byte, n)); !errors.Is(err, ErrShort) {
 			t.Errorf("bump of %d bytes: %v, want ErrShort", n, err)
 		}
+	}
+	for n := 0; n < 12; n++ {
+		if _, err := ParseRestore(make([]byte, n)); !errors.Is(err, ErrShort) {
+			t.Errorf("restore of %d bytes: %v, want ErrShort", n, err)
+		}
+	}
+	if r, err := ParseRestore(U32s(FlagAvoid, 7, 42)); err != nil || r.Flags != FlagAvoid || r.Avoid != 7 || r.PID != 42 {
+		t.Errorf("restore of 12 bytes: %+v %v", r, err)
 	}
 	if b, err := ParseBump(U32s(7, FlagAllScopes)); err != nil || b != (Bump{Min: 7, Flags: FlagAllScopes}) {
 		t.Errorf("bump without a reason: %+v %v", b, err)
@@ -107,10 +115,10 @@ func TestFlagsRefused(t *testing.T) {
 
 // TestFieldsInOrder: the fixed payloads decode each field from its offset.
 func TestFieldsInOrder(t *testing.T) {
-	if c, err := ParseScopeCreate(U32s(FlagStart, 5, 9)); err != nil || c != (ScopeCreate{FlagStart, 5, 9}) {
+	if c, err := ParseScopeCreate(U32s(FlagStart, 5, 9)); err != nil || c != (ScopeCreate{Flags: FlagStart, Start: 5, PID: 9}) {
 		t.Errorf("scope-create: %+v %v", c, err)
 	}
-	if r, err := ParseRestore(U32s(FlagAvoid, 5, 9)); err != nil || r != (Restore{FlagAvoid, 5, 9}) {
+	if r, err := ParseRestore(U32s(FlagAvoid, 5, 9)); err != nil || r != (Restore{Flags: FlagAvoid, Avoid: 5, PID: 9}) {
 		t.Errorf("restore: %+v %v", r, err)
 	}
 	if p, err := ParsePair(U32s(3, 4)); err != nil || p != (Pair{3, 4}) {
