@@ -16,7 +16,9 @@
 #
 # Output: one line a package ("mutants wire: killed 65 lived 1 not-covered 0 timed-out 0
 # efficacy 98.48% in 216 s ok"); the exit status is non-zero if a package timed out, failed,
-# or fell below the threshold. docs/mutants.md says which mutants live and why.
+# or fell below the threshold. docs/mutants.md says which mutants live and why, and why
+# a "killed" of internal/server may be a slow run (check surprising kills by hand).
+# All four packages take about 35 minutes on the 2-core machine, the server 20 of them.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -51,7 +53,7 @@ for name in "$@"; do
 	# --timeout-coefficient: gremlins bounds each mutant's go test by a multiple of the
 	# tests' own time; the machine is shared, and a slow run must not count as a hang.
 	# -k: gremlins outlives a SIGTERM.
-	timeout -k 30 "$timeout_s" gremlins unleash --workers "$workers" --timeout-coefficient 30 \
+	timeout -k 30 "$timeout_s" gremlins unleash --workers "$workers" --timeout-coefficient 10 \
 		--threshold-efficacy "$threshold" -o "$out/$name.json" "${args[@]}" "$pkg" >"$log" 2>&1
 	rc=$?
 	secs=$(($(date +%s) - t0))
@@ -60,7 +62,7 @@ for name in "$@"; do
 	efficacy=$(sed -n 's/^Test efficacy: \(.*\)$/efficacy \1/p' "$log")
 	case $rc in
 	0) verdict=ok ;;
-	124 | 137) verdict="timed out after $timeout_s s (log: $log)" fail=1 ;;
+	124 | 137) verdict="stopped: over $timeout_s s, or killed (log: $log)" fail=1 ;;
 	*) verdict="FAILED, exit $rc (log: $log)" fail=1 ;;
 	esac
 	echo "mutants $name: ${counts:-no result} ${timedout} ${efficacy} in $secs s $verdict"
