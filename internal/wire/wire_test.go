@@ -2,8 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -74,9 +76,12 @@ func TestAck(t *testing.T) {
 	}
 }
 
-// FuzzDecode feeds the decoder and every payload parser arbitrary bytes: they
-// must never panic, never claim more bytes than given, and what they accept
-// must encode back to the same bytes.
+// FuzzDecode feeds the decoder and every payload parser the daemon runs on
+// a client's bytes (dispatch.go) arbitrary bytes: they must never panic,
+// never claim more bytes than given, refuse with an error, and what they
+// accept must encode back to the same bytes. A payload is tried both as a
+// scope's socket sees it and, after the scope's name, as the admin socket
+// does.
 func FuzzDecode(f *testing.F) {
 	f.Add(Append(nil, Header{Op: OpGet, ID: 1}, nil))
 	f.Add(Append(nil, Header{Op: OpAck, ID: 2}, U32(5)))
@@ -87,6 +92,23 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Append(nil, Header{Op: OpEvent}, U32s(7, FlagRestored)))
 	f.Add([]byte{1, 1, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
 	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
+	// The admin socket's requests, and their edges.
+	admin := func(op Op, name string, p []byte) []byte {
+		return Append(nil, Header{Op: op, ID: 6}, append(AppendName(nil, name), p...))
+	}
+	f.Add(admin(OpBump, "", Bump{Min: 1, Flags: FlagAllScopes, Reason: strings.Repeat("r", MaxReason)}.Encode()))
+	f.Add(admin(OpBump, "c1", Bump{Reason: strings.Repeat("r", MaxReason+1)}.Encode()))
+	f.Add(admin(OpBump, "c1", Bump{Reason: " ~\x7f"}.Encode()))
+	f.Add(admin(OpScopeCreate, strings.Repeat("n", MaxName), ScopeCreate{Flags: FlagStart | FlagExistOK, Start: 5, PID: 42}.Encode()))
+	f.Add(admin(OpScopeCreate, "azAZ09_.-", ScopeCreate{Flags: 4}.Encode()))
+	f.Add(admin(OpRestore, "c-1", Restore{Flags: FlagAvoid, Avoid: 7, PID: 42}.Encode()))
+	f.Add(admin(OpRestore, "", Restore{Flags: FlagBegin}.Encode()))
+	f.Add(admin(OpHistory, "", History{Flags: FlagEveryScope, Max: 10}.Encode()))
+	f.Add(admin(OpQueryPeer, "", []byte{1, 2, 3, 4, 5, 6, 7, 8}))
+	f.Add(admin(OpWaitWatchers, "c", U32(100)))
+	f.Add(Append(nil, Header{Op: OpGet, ID: 7}, []byte{5, 'a', 'b'}))
+	f.Add(Append(nil, Header{Op: OpGet, ID: 7}, []byte{2, '.', 'a'}))
+	f.Add(Append(nil, Header{Op: OpGet, ID: 7}, []byte{3, 'a', '/', 'b'}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, n, err := Decode(b, DefaultMaxPayload)
 		if err != nil {
@@ -102,23 +124,59 @@ func FuzzDecode(f *testing.F) {
 		if !bytes.Equal(again, b[:n]) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", again, b[:n])
 		}
-		if bp, err := ParseBump(fr.Payload); err == nil {
-			if !bytes.Equal(bp.Encode(), fr.Payload) {
-				t.Fatalf("bump re-encoding differs")
-			}
-		}
-		if a, err := ParseAck(fr.Payload); err == nil {
-			if again, err := ParseAck(a.Encode()); err != nil || again != a {
-				t.Fatalf("ack re-encoding differs: %+v %+v %v", a, again, err)
-			}
-		}
-		ParsePair(fr.Payload)
-		ParseU32(fr.Payload)
-		ParseInode(fr.Payload)
 		if _, err := ReadFrame(bytes.NewReader(b), DefaultMaxPayload); err != nil {
 			t.Fatalf("Decode accepted what ReadFrame refused: %v", err)
 		}
+		checkPayload(t, fr.Payload)
+		name, rest, err := ParseName(fr.Payload)
+		p := fr.Payload
+		valid := len(p) > 0 && len(p) > int(p[0]) && (p[0] == 0 || CheckName(string(p[1:1+p[0]])) == nil)
+		if (err == nil) != valid {
+			t.Fatalf("name of %x: valid %v, but %v", p, valid, err)
+		}
+		if err != nil {
+			return
+		}
+		if again := append(AppendName(nil, name), rest...); !bytes.Equal(again, p) {
+			t.Fatalf("name re-encoding differs: %q + %x from %x", name, rest, p)
+		}
+		checkPayload(t, rest)
 	})
+}
+
+// checkPayload runs every payload parser on p: each refuses with an error
+// or accepts what it re-encodes to the same bytes.
+func checkPayload(t *testing.T, p []byte) {
+	t.Helper()
+	if v, err := ParseU32(p); err == nil && !bytes.Equal(U32(v), p) {
+		t.Fatalf("u32 re-encoding differs: %x from %x", U32(v), p)
+	}
+	if v, err := ParsePair(p); err == nil && !bytes.Equal(U32s(v.A, v.B), p) {
+		t.Fatalf("pair re-encoding differs: %+v from %x", v, p)
+	}
+	if v, err := ParseInode(p); err == nil && !bytes.Equal(binary.LittleEndian.AppendUint64(nil, v), p) {
+		t.Fatalf("inode re-encoding differs: %#x from %x", v, p)
+	}
+	if a, err := ParseAck(p); err == nil {
+		if again, err := ParseAck(a.Encode()); err != nil || again != a {
+			t.Fatalf("ack re-encoding differs: %+v %+v %v", a, again, err)
+		}
+		if len(p) == 4 && !bytes.Equal(a.Encode(), p) {
+			t.Fatalf("4-byte ack re-encoding differs: %+v from %x", a, p)
+		}
+	}
+	if v, err := ParseBump(p); err == nil && !bytes.Equal(v.Encode(), p) {
+		t.Fatalf("bump re-encoding differs: %+v from %x", v, p)
+	}
+	if v, err := ParseScopeCreate(p); err == nil && !bytes.Equal(v.Encode(), p) {
+		t.Fatalf("scope-create re-encoding differs: %+v from %x", v, p)
+	}
+	if v, err := ParseRestore(p); err == nil && !bytes.Equal(v.Encode(), p) {
+		t.Fatalf("restore re-encoding differs: %+v from %x", v, p)
+	}
+	if v, err := ParseHistory(p); err == nil && !bytes.Equal(v.Encode(), p) {
+		t.Fatalf("history re-encoding differs: %+v from %x", v, p)
+	}
 }
 
 func TestHistory(t *testing.T) {
