@@ -38,3 +38,18 @@ func TestRestoreImagesDir(t *testing.T) {
 		}
 	}
 }
+
+// A name's length byte at its largest (255) is refused, not a panic: 1+255
+// must not wrap as a byte when the name is cut out.
+func TestParseNameLongest(t *testing.T) {
+	p := append([]byte{255}, make([]byte, 300)...)
+	for i := range p[1:] {
+		p[1+i] = 'a'
+	}
+	if name, _, err := ParseName(p); err == nil {
+		t.Fatalf("ParseName of a 255-byte name: %q, want an error (longer than MaxName)", name)
+	}
+	if _, _, err := ParseName(p[:200]); !errors.Is(err, ErrShort) {
+		t.Fatalf("ParseName of a name cut short: %v, want ErrShort", err)
+	}
+}

@@ -438,7 +438,7 @@ func ParseName(p []byte) (string, []byte, error) {
 	if len(p) < 1 || len(p) < 1+int(p[0]) {
 		return "", nil, fmt.Errorf("%w: no scope name", ErrShort)
 	}
-	name := string(p[1 : 1+p[0]])
+	name := string(p[1 : 1+int(p[0])]) // int: 1+255 would wrap as a byte
 	if name != "" {
 		if err := CheckName(name); err != nil {
 			return "", nil, err

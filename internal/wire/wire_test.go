@@ -130,7 +130,7 @@ func FuzzDecode(f *testing.F) {
 		checkPayload(t, fr.Payload)
 		name, rest, err := ParseName(fr.Payload)
 		p := fr.Payload
-		valid := len(p) > 0 && len(p) > int(p[0]) && (p[0] == 0 || CheckName(string(p[1:1+p[0]])) == nil)
+		valid := len(p) > 0 && len(p) > int(p[0]) && (p[0] == 0 || CheckName(string(p[1:1+int(p[0])])) == nil)
 		if (err == nil) != valid {
 			t.Fatalf("name of %x: valid %v, but %v", p, valid, err)
 		}
