@@ -15,6 +15,24 @@ import (
 	"time"
 )
 
+// Binary is the genidctl under test: $GENIDCTL (the Makefile sets it), else
+// ../../bin/genidctl (from a test package's directory), made absolute; an
+// error if it is not there.
+func Binary() (string, error) {
+	p := os.Getenv("GENIDCTL")
+	if p == "" {
+		p = "../../bin/genidctl"
+	}
+	abs, err := filepath.Abs(p)
+	if err == nil {
+		_, err = os.Stat(abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("genidctl: %w (run `make build`, or set GENIDCTL)", err)
+	}
+	return abs, nil
+}
+
 // StartTimeout bounds how long a daemon may take to make its socket.
 const StartTimeout = 10 * time.Second
 

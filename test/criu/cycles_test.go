@@ -1,7 +1,6 @@
 package criu
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,8 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -133,27 +130,7 @@ func TestRestoreCyclesUnderFlood(t *testing.T) {
 	h.start(0)
 	c := newCycledContainer(t, h)
 
-	self, _ := os.Executable()
-	fl := exec.Command(self)
-	fl.Env = append(os.Environ(), "GENID_TEST_HELPER=flood", "SOCK="+filepath.Join(h.dir, "genid.sock"))
-	fl.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	fl.Stderr = os.Stderr
-	stdout, err := fl.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fl.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fl.Process.Kill(); fl.Wait() })
-	var held atomic.Int64
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			n, _ := strconv.Atoi(sc.Text())
-			held.Store(int64(n))
-		}
-	}()
+	held := startFlood(t, h)
 	// 100 watchers, 10 kept in reserve, 3 the container's.
 	servertest.WaitFor(t, "the flood to take all it may", func() bool { return held.Load() == 87 })
 	for i := range 2 {

@@ -64,16 +64,7 @@ func newExamplesContainer(t *testing.T, h *host, exes map[string]string) *contai
 	}
 	script.WriteString("genidctl watch --exec test -e /out/go >/out/holdout.out 2>&1 & while :; do sleep 1; done")
 
-	run(t, c.bundle, "runc", "spec")
-	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
-		p := s["process"].(map[string]any)
-		p["terminal"] = false
-		p["args"] = []string{"sh", "-c", script.String()}
-		s["root"].(map[string]any)["readonly"] = false
-		s["mounts"] = append(s["mounts"].([]any), map[string]any{
-			"destination": "/out", "type": "bind", "source": c.out, "options": []string{"rbind", "rw"},
-		})
-	})
+	shellBundle(t, c.bundle, c.out, script.String())
 	h.mustCtl("oci-config", c.bundle)
 	return c
 }

@@ -53,7 +53,6 @@ func newGoExamplesContainer(t *testing.T, h *host, exes string) *container {
 		copyFile(t, filepath.Join(exes, name), filepath.Join(rootfs, "bin", name))
 	}
 
-	run(t, c.bundle, "runc", "spec")
 	// By path: busybox's sh would run its own applet of a name (watchdog).
 	script := "mkfifo /tmp/req && " +
 		"{ while :; do sleep 1; done >/tmp/req & } && " + // the FIFO's writer, so it never ends
@@ -63,15 +62,7 @@ func newGoExamplesContainer(t *testing.T, h *host, exes string) *container {
 		"{ /bin/orchestrator -timeout 10m >/out/orchestrator.out 2>/out/orchestrator.err & } && " +
 		"{ genidctl watch --exec sh -c 'until [ -e /out/go ]; do sleep 1; done' >/out/slow.out 2>/out/slow.err & } && " +
 		"while :; do sleep 1; done"
-	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
-		p := s["process"].(map[string]any)
-		p["terminal"] = false
-		p["args"] = []string{"sh", "-c", script}
-		s["root"].(map[string]any)["readonly"] = false
-		s["mounts"] = append(s["mounts"].([]any), map[string]any{
-			"destination": "/out", "type": "bind", "source": c.out, "options": []string{"rbind", "rw"},
-		})
-	})
+	shellBundle(t, c.bundle, c.out, script)
 	h.mustCtl("oci-config", c.bundle)
 	return c
 }

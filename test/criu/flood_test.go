@@ -60,27 +60,7 @@ func TestRestoreUnderFlood(t *testing.T) {
 	images, pid, out := checkpointWatcher(t, h)
 	h.start(0)
 
-	self, _ := os.Executable()
-	fl := exec.Command(self)
-	fl.Env = append(os.Environ(), "GENID_TEST_HELPER=flood", "SOCK="+filepath.Join(h.dir, "genid.sock"))
-	fl.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	fl.Stderr = os.Stderr
-	stdout, err := fl.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fl.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fl.Process.Kill(); fl.Wait() })
-	var held atomic.Int64
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			n, _ := strconv.Atoi(sc.Text())
-			held.Store(int64(n))
-		}
-	}()
+	held := startFlood(t, h)
 	// 100 watchers, 10 kept in reserve.
 	servertest.WaitFor(t, "the flood to take all it may", func() bool { return held.Load() == 90 })
 
@@ -112,4 +92,33 @@ func TestRestoreUnderFlood(t *testing.T) {
 		t.Fatalf("the flood got %d: more than its share", n)
 	}
 	t.Logf("the flood holds %d watchers of %d; root's and the restored one were served", held.Load(), st.Watchers)
+}
+
+// startFlood runs the test binary's flood helper as nobody on h's host
+// socket, for as long as the test runs: it takes every watcher it may and
+// holds them. The count it holds is kept up to date in the result.
+func startFlood(t *testing.T, h *host) *atomic.Int64 {
+	t.Helper()
+	self, _ := os.Executable()
+	fl := exec.Command(self)
+	fl.Env = append(os.Environ(), "GENID_TEST_HELPER=flood", "SOCK="+filepath.Join(h.dir, "genid.sock"))
+	fl.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	fl.Stderr = os.Stderr
+	stdout, err := fl.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fl.Process.Kill(); fl.Wait() })
+	var held atomic.Int64
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			n, _ := strconv.Atoi(sc.Text())
+			held.Store(int64(n))
+		}
+	}()
+	return &held
 }

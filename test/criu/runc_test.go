@@ -103,24 +103,31 @@ func newContainer(t *testing.T, h *host) *container {
 	buildStatic(t, "../e2e/testdata/vmclockread.c", filepath.Join(rootfs, "bin/vmclockread"))
 	buildStatic(t, "../e2e/testdata/sysgenidread.c", filepath.Join(rootfs, "bin/sysgenidread"))
 
-	run(t, c.bundle, "runc", "spec")
 	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
 		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
 		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & " +
 		"sysgenidread /dev/sysgenid watch >/out/sysgenid.out 2>/out/sysgenid.err & " +
 		"while :; do sleep 1; done"
-	editSpec(t, filepath.Join(c.bundle, "config.json"), func(s map[string]any) {
+	shellBundle(t, c.bundle, c.out, script)
+	// What a user runs: the hooks that give the container its scope.
+	h.mustCtl("oci-config", c.bundle)
+	return c
+}
+
+// shellBundle makes bundle's config (runc spec) run script with sh, on a
+// writable root, with out bind-mounted at /out for what it prints.
+func shellBundle(t *testing.T, bundle, out, script string) {
+	t.Helper()
+	run(t, bundle, "runc", "spec")
+	editSpec(t, filepath.Join(bundle, "config.json"), func(s map[string]any) {
 		p := s["process"].(map[string]any)
 		p["terminal"] = false
 		p["args"] = []string{"sh", "-c", script}
 		s["root"].(map[string]any)["readonly"] = false
 		s["mounts"] = append(s["mounts"].([]any), map[string]any{
-			"destination": "/out", "type": "bind", "source": c.out, "options": []string{"rbind", "rw"},
+			"destination": "/out", "type": "bind", "source": out, "options": []string{"rbind", "rw"},
 		})
 	})
-	// What a user runs: the hooks that give the container its scope.
-	h.mustCtl("oci-config", c.bundle)
-	return c
 }
 
 func (c *container) run() {

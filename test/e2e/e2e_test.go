@@ -27,16 +27,9 @@ import (
 
 func genidctl(t *testing.T) string {
 	t.Helper()
-	p := os.Getenv("GENIDCTL")
-	if p == "" {
-		p = "../../bin/genidctl"
-	}
-	abs, err := filepath.Abs(p)
+	abs, err := proctest.Binary()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(abs); err != nil {
-		t.Fatalf("%s missing: run `make build` (or `make test`) first: %v", abs, err)
 	}
 	if os.Geteuid() != 0 {
 		t.Fatal("the end-to-end tests run as root (they switch to nobody and kill daemons)")
@@ -161,9 +154,9 @@ type watcher struct {
 	done  chan error
 }
 
-func startWatch(t *testing.T, bin, dir string, args ...string) *watcher {
+// startLines starts cmd and delivers its stdout lines as a watcher's.
+func startLines(t *testing.T, cmd *exec.Cmd) *watcher {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"--run-dir", dir, "watch"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -185,10 +178,15 @@ func startWatch(t *testing.T, bin, dir string, args ...string) *watcher {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		if t.Failed() {
-			t.Logf("watch stderr:\n%s", stderr.String())
+			t.Logf("%s stderr:\n%s", strings.Join(cmd.Args, " "), stderr.String())
 		}
 	})
 	return w
+}
+
+func startWatch(t *testing.T, bin, dir string, args ...string) *watcher {
+	t.Helper()
+	return startLines(t, exec.Command(bin, append([]string{"--run-dir", dir, "watch"}, args...)...))
 }
 
 func (w *watcher) next(t *testing.T) string {

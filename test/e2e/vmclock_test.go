@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -85,36 +82,6 @@ func TestVMClockPage(t *testing.T) {
 		t.Fatalf("the host's reader saw %q after a bump of c1", l)
 	default:
 	}
-}
-
-// startLines starts cmd and delivers its stdout lines as a watcher's.
-func startLines(t *testing.T, cmd *exec.Cmd) *watcher {
-	t.Helper()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := &watcher{cmd: cmd, lines: make(chan string, 100), done: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			w.lines <- sc.Text()
-		}
-		close(w.lines)
-		w.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("%s stderr:\n%s", strings.Join(cmd.Args, " "), stderr.String())
-		}
-	})
-	return w
 }
 
 // TestSysgenidPage reads the generation page with a C reader that follows

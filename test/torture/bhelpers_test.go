@@ -60,26 +60,6 @@ func bCred(uid uint32) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 }
 
-// bGenidctl is the genidctl binary under test.
-func bGenidctl(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the hostile-peer cases run as root (CI does): they act as other users and bind run dirs")
-	}
-	bin := os.Getenv("GENIDCTL")
-	if bin == "" {
-		bin = "../../bin/genidctl"
-	}
-	abs, err := filepath.Abs(bin)
-	if err == nil {
-		_, err = os.Stat(abs)
-	}
-	if err != nil {
-		t.Fatalf("genidctl: %v (make build, or set GENIDCTL)", err)
-	}
-	return abs
-}
-
 // bDir is a directory everyone may enter (a run dir, as /run/genid is; or
 // where the hostile programs are).
 func bDir(t *testing.T) string {
@@ -98,7 +78,7 @@ func bDir(t *testing.T) string {
 // bDaemon starts a daemon serving a fresh run dir, with args.
 func bDaemon(t *testing.T, args ...string) (*proctest.Daemon, string) {
 	t.Helper()
-	bin := bGenidctl(t)
+	bin := genidctlPath(t)
 	dir := bDir(t)
 	argv := append([]string{"--run-dir", dir, "daemon", "--state-dir", filepath.Join(dir, "state")}, args...)
 	return proctest.Spawn(t, bin, dir, argv...), dir

@@ -203,7 +203,7 @@ func TestExhaustion(t *testing.T) {
 	d, dir := bDaemon(t, "--max-conns-per-user", strconv.Itoa(maxConns), "--max-watchers-per-user", strconv.Itoa(maxWatchers),
 		"--max-conns-per-scope", strconv.Itoa(maxConns), "--max-watchers-per-scope", strconv.Itoa(maxWatchers),
 		"--max-frame", strconv.Itoa(maxFrame), "--frame-timeout", "1s")
-	bin := bGenidctl(t)
+	bin := genidctlPath(t)
 	admin, err := genid.OpenAdmin(dir)
 	if err != nil {
 		t.Fatal(err)

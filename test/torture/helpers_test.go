@@ -4,30 +4,24 @@ import (
 	"bufio"
 	"bytes"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/genid-project/genid/internal/proctest"
 )
 
 // genidctlPath is the genidctl binary under test: $GENIDCTL (the Makefile
 // sets it), else ../../bin/genidctl. The cases run as root.
 func genidctlPath(t *testing.T) string {
 	t.Helper()
-	p := os.Getenv("GENIDCTL")
-	if p == "" {
-		p = "../../bin/genidctl"
+	if os.Geteuid() != 0 {
+		t.Fatal("the torture cases run as root (they kill daemons, act as other users, raise limits)")
 	}
-	abs, err := filepath.Abs(p)
+	abs, err := proctest.Binary()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(abs); err != nil {
-		t.Fatalf("%s missing: run `make build` (or `make torture`) first: %v", abs, err)
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("the torture cases run as root (they kill daemons and raise limits)")
 	}
 	return abs
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/testbed"
 )
 
@@ -78,12 +79,9 @@ func newLookback(t *testing.T, bed string) *lookback {
 	if os.Geteuid() != 0 {
 		t.Fatal("the VM tests run as root (`make e2e-vm`)")
 	}
-	genidctl, err := filepath.Abs(envOr("GENIDCTL", "../../bin/genidctl"))
+	genidctl, err := proctest.Binary()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(genidctl); err != nil {
-		t.Fatalf("no genidctl: %v (run `make build`)", err)
 	}
 	if _, err := bedDirOf(bed); err != nil {
 		t.Fatal(err)

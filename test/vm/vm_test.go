@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/testbed"
 )
 
@@ -241,12 +242,9 @@ func TestVMGenID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the VM tests run as root (`make e2e-vm`)")
 	}
-	genidctl, err := filepath.Abs(envOr("GENIDCTL", "../../bin/genidctl"))
+	genidctl, err := proctest.Binary()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(genidctl); err != nil {
-		t.Fatalf("no genidctl: %v (run `make build`)", err)
 	}
 	if _, err := bedDir(); err != nil {
 		t.Fatal(err)
