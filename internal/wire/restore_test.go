@@ -27,6 +27,7 @@ func TestRestoreImagesDir(t *testing.T) {
 		"empty":         append(U32s(0, 0, 1), 0, 0),
 		"too long":      Restore{ImagesDir: strings.Repeat("d", MaxImagesDir+1)}.Encode(),
 		"a NUL":         Restore{ImagesDir: "/a\x00b"}.Encode(),
+		"a NUL first":   Restore{ImagesDir: "\x00/a"}.Encode(),
 		"not UTF-8":     Restore{ImagesDir: "/a\xffb"}.Encode(),
 		"short":         U32s(0, 0)[:8],
 		"unknown flags": U32s(1<<7, 0, 0),
