@@ -7,6 +7,7 @@ package proctest
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,8 +68,10 @@ type Daemon struct {
 }
 
 // Start runs cmd, a daemon command line serving runDir, with its output in
-// the daemon's Log, and returns once RUN_DIR/genid.sock exists. A daemon
-// that exits or makes no socket in StartTimeout is an error (and killed).
+// the daemon's Log, and returns once RUN_DIR/genid.sock and admin.sock
+// accept connections (their files alone may be a killed daemon's). A
+// daemon that exits or does not serve in StartTimeout is an error (and
+// killed).
 func Start(cmd *exec.Cmd, runDir string) (*Daemon, error) {
 	d := &Daemon{Cmd: cmd, Log: &Buffer{}, RunDir: runDir, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.Log, d.Log
@@ -79,9 +82,8 @@ func Start(cmd *exec.Cmd, runDir string) (*Daemon, error) {
 		d.err = cmd.Wait()
 		close(d.exited)
 	}()
-	sock := filepath.Join(runDir, "genid.sock")
 	for deadline := time.Now().Add(StartTimeout); ; {
-		if _, err := os.Stat(sock); err == nil {
+		if serves(filepath.Join(runDir, "genid.sock")) && serves(filepath.Join(runDir, "admin.sock")) {
 			return d, nil
 		}
 		if d.Dead() {
@@ -93,6 +95,16 @@ func Start(cmd *exec.Cmd, runDir string) (*Daemon, error) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// serves tells whether a unix socket at path accepts a connection.
+func serves(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // TB is what Spawn needs of a test.
