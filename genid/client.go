@@ -27,6 +27,10 @@ type Client struct {
 	page   *mapping
 	s      *session
 	closed atomic.Bool
+
+	// done ends with Close, and with it every WaitChange in progress.
+	done     context.Context
+	closeAll context.CancelFunc
 }
 
 // mapping is the page's mapping, shared by a Client and its Watchers: it is
@@ -71,7 +75,8 @@ func Open(runDir string) (*Client, error) {
 	}
 	m := &mapping{Reader: *pg}
 	m.refs.Store(1)
-	return &Client{runDir: runDir, page: m, s: &session{path: filepath.Join(runDir, SocketFile)}}, nil
+	done, closeAll := context.WithCancel(context.Background())
+	return &Client{runDir: runDir, page: m, s: &session{path: filepath.Join(runDir, SocketFile)}, done: done, closeAll: closeAll}, nil
 }
 
 // SocketPath is the daemon's socket this client uses.
@@ -80,6 +85,33 @@ func (c *Client) SocketPath() string { return c.s.path }
 // Generation loads the current generation from the page: no system call.
 func (c *Client) Generation() uint32 { return c.page.Load() }
 
+// WaitChange blocks until the generation differs from seen, and returns it.
+// The thread sleeps on the page itself (a futex that the daemon wakes with
+// each bump), so a change is seen with no connection to the daemon, even
+// while it restarts: cheaper than a Watcher, but the daemon does not know of
+// the waiter, so WaitWatchers does not wait for it to rebuild. Use it where
+// a thread needs the wake-up but not the barrier. Each call in progress
+// holds an OS thread. It gives up with ctx's error when ctx ends, and with
+// ErrClosed when c is closed.
+func (c *Client) WaitChange(ctx context.Context, seen uint32) (uint32, error) {
+	if c.closed.Load() || !c.page.hold() {
+		return 0, fmt.Errorf("wait for a change: %w", ErrClosed)
+	}
+	defer c.page.release()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.done, cancel)
+	defer stop()
+	g, err := c.page.Wait(ctx, seen)
+	if err != nil {
+		if c.done.Err() != nil {
+			err = ErrClosed
+		}
+		return g, fmt.Errorf("wait for a change: %w", err)
+	}
+	return g, nil
+}
+
 // Close releases the page and the connection. Watchers made by c stay usable
 // until closed themselves (the page stays mapped for them). After Close, c's
 // other methods must not be used. Closing twice is harmless.
@@ -87,6 +119,7 @@ func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.closeAll()
 	c.s.close()
 	return c.page.release()
 }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -284,5 +285,68 @@ func TestErrorsIs(t *testing.T) {
 	var gerr *genid.Error
 	if _, err := a.Bump(testCtx(t), "", ^uint32(0), "t"); !errors.As(err, &gerr) || gerr.Code != genid.CodeOverflow {
 		t.Errorf("errors.As: %v, want an *Error with CodeOverflow", err)
+	}
+}
+
+// WaitChange sleeps on the page: a bump wakes it with the new generation,
+// also one made while the daemon is down and restarted (no connection is
+// involved); a generation other than seen returns at once; the context's
+// end and the client's Close end it with their errors.
+func TestWaitChange(t *testing.T) {
+	srv := genidtest.NewServer(t)
+	c := srv.Client()
+	ctx := testCtx(t)
+	wait := func(ctx context.Context, seen uint32) chan error {
+		ch := make(chan error, 1)
+		go func() {
+			g, err := c.WaitChange(ctx, seen)
+			if err == nil && g != seen+1 {
+				err = errors.New("woken at generation " + strconv.Itoa(int(g)))
+			}
+			ch <- err
+		}()
+		return ch
+	}
+	asleep := func(ch chan error) {
+		t.Helper()
+		select {
+		case err := <-ch:
+			t.Fatalf("WaitChange returned before a bump: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	ch := wait(ctx, 0)
+	asleep(ch)
+	srv.Bump(0, "test")
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	if g, err := c.WaitChange(ctx, 0); err != nil || g != 1 {
+		t.Fatalf("WaitChange(0) at 1: %d, %v", g, err)
+	}
+
+	ch = wait(ctx, 1)
+	srv.Restart()
+	asleep(ch)
+	srv.Bump(0, "test")
+	if err := <-ch; err != nil {
+		t.Fatalf("across a restart: %v", err)
+	}
+
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.WaitChange(short, 2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitChange past its deadline: %v", err)
+	}
+
+	ch = wait(ctx, 2)
+	asleep(ch)
+	c.Close()
+	if err := <-ch; !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("WaitChange during Close: %v", err)
+	}
+	if _, err := c.WaitChange(ctx, 2); !errors.Is(err, genid.ErrClosed) {
+		t.Fatalf("WaitChange after Close: %v", err)
 	}
 }

@@ -199,6 +199,43 @@ func ExampleClient_Generation() {
 	// new key: true acked: 1
 }
 
+// A thread that only needs to know of a restore, not to be waited for,
+// sleeps on the page itself: no connection, nothing registered with the
+// daemon, and woken even while the daemon restarts. (An orchestrator's
+// barrier does not count it: use a Watcher for that.)
+func ExampleClient_WaitChange() {
+	srv, err := genidtest.Start() // a program opens genid.DefaultRunDir
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+
+	c, err := genid.Open(srv.RunDir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	seen := c.Generation()
+	changed := make(chan uint32) // for this example: a program rebuilds in the loop
+	go func() {
+		for {
+			gen, err := c.WaitChange(ctx, seen)
+			if err != nil {
+				return // ctx ended, or c was closed
+			}
+			seen = gen // rebuild: new keys, a reseeded RNG...
+			changed <- gen
+		}
+	}()
+
+	srv.Bump(0, "restore")
+	fmt.Println("woken at generation", <-changed)
+	// Output:
+	// woken at generation 1
+}
+
 // An orchestrator pauses its service at a new generation, rebuilds and acks
 // for itself, then waits for every other watcher of its scope, with a
 // timeout, before it lets traffic in again. At the timeout it says how many

@@ -4,7 +4,9 @@
 //
 //   - the generation page: the u32 generation in native byte order at
 //     offset 0, updated in place with one aligned atomic store (the layout
-//     of the sysgenid proposal; AWS-LC reads it as /dev/sysgenid);
+//     of the sysgenid proposal; AWS-LC reads it as /dev/sysgenid), and a
+//     futex word that each bump wakes, so that a thread can sleep on the
+//     page itself (futex.go);
 //   - the VMClock page (vmclock.go): the same generation as the
 //     vm_generation_counter of a struct vmclock_abi, under its seqlock (the
 //     layout of Linux's /dev/vmclock0).
@@ -108,7 +110,8 @@ func (w *Writer) Load() uint32 {
 }
 
 // Store publishes gen with one aligned 4-byte store; readers of the mapping
-// see it at once, and it survives a crash of the daemon. A closed writer
+// see it at once, and it survives a crash of the daemon. Then it wakes the
+// threads sleeping on the page (Reader.Wait, futex.go). A closed writer
 // stores nothing.
 func (w *Writer) Store(gen uint32) {
 	w.mu.RLock()
@@ -116,7 +119,9 @@ func (w *Writer) Store(gen uint32) {
 	if w.mem == nil {
 		return
 	}
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&w.mem[0])), gen)
+	word := (*uint32)(unsafe.Pointer(&w.mem[0]))
+	atomic.StoreUint32(word, gen)
+	wake(word)
 }
 
 // Close unmaps the page and drops the lock. The file keeps its value.

@@ -9,6 +9,7 @@
  *
  *	Go                       C
  *	genid.Open (the page)    genid_map, genid_page_generation, genid_unmap
+ *	Client.WaitChange        genid_page_wait     (sleeps on the page)
  *	(the connection)         genid_open, genid_open_timeout, genid_close
  *	Client.Watch             genid_watch
  *	Watcher.Wait             genid_wait_event    (blocks)
@@ -52,6 +53,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -60,6 +62,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -402,6 +405,71 @@ static inline int genid_map(struct genid_page *pg, const char *path)
 static inline uint32_t genid_page_generation(const struct genid_page *pg)
 {
 	return __atomic_load_n(pg->gen, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * NAME
+ *	genid_page_wait - sleep on the page until the generation moves
+ * SYNOPSIS
+ *	int genid_page_wait(const struct genid_page *pg, uint32_t seen,
+ *			    int timeout_ms, uint32_t *gen);
+ * DESCRIPTION
+ *	Sleeps until the page's generation differs from seen, and stores it
+ *	in *gen. The generation is a futex word that the daemon wakes with
+ *	each bump, so the thread sleeps on the page itself: no connection,
+ *	and a bump made by a restarted daemon wakes it too. The daemon does
+ *	not know of the thread: a barrier (genid_wait_watchers) does not wait
+ *	for it to rebuild; use a watcher for that. A signal does not end the
+ *	wait (nor does a CRIU restore, which the daemon's bump ends). The
+ *	thread sleeps on the file it mapped: if the run dir was removed and
+ *	made again, map it again.
+ *	timeout_ms < 0 waits without limit.
+ * RETURN VALUE
+ *	0, or a negative errno.
+ * ERRORS
+ *	-ETIMEDOUT the generation was still seen after timeout_ms; others
+ *	of futex(2).
+ */
+static inline int genid_page_wait(const struct genid_page *pg, uint32_t seen,
+				  int timeout_ms, uint32_t *gen)
+{
+	struct timespec now, end = { 0 }, left, *tp = NULL;
+
+	if (timeout_ms >= 0) {
+		if (clock_gettime(CLOCK_MONOTONIC, &end) < 0)
+			return -errno;
+		end.tv_sec += timeout_ms / 1000;
+		end.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (end.tv_nsec >= 1000000000) {
+			end.tv_sec++;
+			end.tv_nsec -= 1000000000;
+		}
+		tp = &left;
+	}
+	for (;;) {
+		uint32_t g = genid_page_generation(pg);
+
+		if (g != seen) {
+			*gen = g;
+			return 0;
+		}
+		if (tp) {
+			if (clock_gettime(CLOCK_MONOTONIC, &now) < 0)
+				return -errno;
+			left.tv_sec = end.tv_sec - now.tv_sec;
+			left.tv_nsec = end.tv_nsec - now.tv_nsec;
+			if (left.tv_nsec < 0) {
+				left.tv_sec--;
+				left.tv_nsec += 1000000000;
+			}
+			if (left.tv_sec < 0)
+				return -ETIMEDOUT;
+		}
+		/* Not FUTEX_PRIVATE_FLAG: the word is shared with the daemon. */
+		if (syscall(SYS_futex, pg->gen, FUTEX_WAIT, seen, tp, NULL, 0) < 0 &&
+		    errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
+			return -errno;
+	}
 }
 
 /*

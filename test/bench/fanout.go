@@ -96,6 +96,12 @@ func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
 	if err != nil {
 		return nil, err
 	}
+	return bumpArena(d, h, ctl), nil
+}
+
+// bumpArena: rounds of a bump of the host scope on ctl, an admin
+// connection, that end when every watcher of h has read.
+func bumpArena(d *daemon, h *helper, ctl int) *arena {
 	bump := hostScope(wire.Bump{Reason: "bench"}.Encode())
 	id := uint32(0)
 	a := &arena{h: h, close: func() { unix.Close(ctl) }}
@@ -117,7 +123,28 @@ func fanoutGenid(b *bench, d *daemon, n int) (*arena, error) {
 		a.cpu = append(a.cpu, ms(cpuTime(d.pid())-cpu0))
 		return t1 - t0, nil
 	}
-	return a, nil
+	return a
+}
+
+// fanoutPage: N threads asleep on the page (futex.go of internal/page: the
+// generation is a futex word each bump wakes), no watcher connection; a
+// client bumps.
+func fanoutPage(b *bench, d *daemon, n int) (*arena, error) {
+	fd, err := unix.Open(d.page(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ctl, err := dialRaw(d.adminSock())
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	h, err := startHelper(b.waiters, "page", n, []int{fd})
+	if err != nil {
+		unix.Close(ctl)
+		return nil, err
+	}
+	return bumpArena(d, h, ctl), nil
 }
 
 // threadCPU is the calling thread's CPU time in ns.

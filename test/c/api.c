@@ -9,6 +9,7 @@
  * Prints "ok WHAT" for each part, "restart" when it wants the daemon
  * restarted and bumped once (it then reconnects), and "PASS" at the end.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -378,6 +379,50 @@ static void test_restored(void)
 	ok("restored");
 }
 
+struct page_waiter {
+	struct genid_page *pg;
+	uint32_t seen, gen;
+	int ret, asleep;
+};
+
+static void *page_waiter(void *arg)
+{
+	struct page_waiter *w = arg;
+
+	__atomic_store_n(&w->asleep, 1, __ATOMIC_RELEASE);
+	w->ret = genid_page_wait(w->pg, w->seen, 10000, &w->gen);
+	return NULL;
+}
+
+/* Sleeping on the page: a thread is woken by the daemon's bump (in another
+ * process, through its own mapping), a moved generation returns at once,
+ * and a timeout ends a wait with -ETIMEDOUT. */
+static void test_page_wait(struct genid_conn *admin)
+{
+	struct page_waiter w = { 0 };
+	const struct timespec pause = { .tv_nsec = 100 * 1000 * 1000 };
+	struct genid_page pg;
+	pthread_t t;
+	uint32_t gen, g;
+
+	CHECK(genid_map(&pg, dir) == 0);
+	gen = genid_page_generation(&pg);
+	CHECK(genid_page_wait(&pg, gen, 30, &g) == -ETIMEDOUT);
+	CHECK(genid_page_wait(&pg, gen - 1, 0, &g) == 0 && g == gen);
+
+	w.pg = &pg;
+	w.seen = gen;
+	CHECK(pthread_create(&t, NULL, page_waiter, &w) == 0);
+	while (!__atomic_load_n(&w.asleep, __ATOMIC_ACQUIRE))
+		nanosleep(&pause, NULL);
+	nanosleep(&pause, NULL);	/* into the futex */
+	g = bump(admin);
+	CHECK(pthread_join(t, NULL) == 0);
+	CHECK(w.ret == 0 && w.gen == g && g == gen + 1);
+	genid_unmap(&pg);
+	ok("page wait");
+}
+
 int main(int argc, char **argv)
 {
 	struct genid_conn admin;
@@ -392,6 +437,7 @@ int main(int argc, char **argv)
 	path(sock, sizeof(sock), GENID_ADMIN_SOCKET_NAME);
 	CHECK(genid_open_timeout(&admin, sock, 10000) == 0);
 	test_page();
+	test_page_wait(&admin);
 	test_watcher(&admin);
 	genid_close(&admin);
 	test_reconnect();

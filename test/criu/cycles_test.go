@@ -66,7 +66,7 @@ func TestRestoreCycles(t *testing.T) {
 		}
 		row := tortureRow{
 			Case:     "restore-cycles",
-			Tried:    fmt.Sprintf("%d runc checkpoint+restore cycles of a container with %d watchers, an mmap and a vmclock reader (test bed)", n, cycleWatchers),
+			Tried:    fmt.Sprintf("%d runc checkpoint+restore cycles of a container with %d watchers, an mmap reader, a thread asleep on the page and a vmclock reader (test bed)", n, cycleWatchers),
 			Held:     fmt.Sprintf("%d cycles restored, %d distinct generations seen inside, every watcher re-attached and acked each time", done, seen),
 			Failures: failures + n - done,
 			Seconds:  time.Since(start).Seconds(),
@@ -98,7 +98,7 @@ func TestRestoreCycles(t *testing.T) {
 	// What the processes inside saw: every generation. seen is the
 	// fewest any of them saw.
 	seen = n
-	for _, f := range []string{"mmap.out", "watch0.out", "watch1.out", "watch2.out"} {
+	for _, f := range []string{"mmap.out", "pagewait.out", "watch0.out", "watch1.out", "watch2.out"} {
 		gens := map[string]bool{}
 		for _, l := range lines(filepath.Join(c.out, f)) {
 			gens[l] = true
@@ -143,12 +143,14 @@ func TestRestoreCyclesUnderFlood(t *testing.T) {
 }
 
 // newCycledContainer runs a container with cycleWatchers watchers, a
-// reader of the mapped page and one of /dev/vmclock0, at generation 0.
+// reader of the mapped page, a thread asleep on it (pagewait) and a reader
+// of /dev/vmclock0, at generation 0.
 func newCycledContainer(t *testing.T, h *host) *container {
 	t.Helper()
 	c := newContainer(t, h)
 	script := "GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
-		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & "
+		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & " +
+		"pagewait /dev/sysgenid >/out/pagewait.out 2>/out/pagewait.err & "
 	for i := range cycleWatchers {
 		script += fmt.Sprintf("genidctl watch >/out/watch%d.out 2>/out/watch%d.err & ", i, i)
 	}
@@ -161,6 +163,7 @@ func newCycledContainer(t *testing.T, h *host) *container {
 	checkCgroup(t, c.id)
 	servertest.WaitFor(t, "the container's watchers", func() bool { return c.scopeStatus().Watchers == cycleWatchers })
 	waitLine(t, filepath.Join(c.out, "mmap.out"), "0")
+	waitLine(t, filepath.Join(c.out, "pagewait.out"), "0")
 	return c
 }
 
@@ -194,6 +197,7 @@ func cycleHeld(t *testing.T, h *host, c *container, i int, want uint32) bool {
 		waitLine(t, filepath.Join(c.out, fmt.Sprintf("watch%d.out", j)), w)
 	}
 	waitLine(t, filepath.Join(c.out, "mmap.out"), w)
+	waitLine(t, filepath.Join(c.out, "pagewait.out"), w)
 	waitLine(t, filepath.Join(c.out, "vmclock.out"), "counter "+w)
 	if _, err := h.ctl("wait-watchers", "--scope", c.id, "--timeout", "15s"); err != nil {
 		t.Errorf("cycle %d: the scope's barrier: %v", i, err)

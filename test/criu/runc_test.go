@@ -1,6 +1,7 @@
 package criu
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/genid-project/genid/checkpoint"
+	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/testbed"
 
@@ -31,10 +33,14 @@ const commandTimeout = time.Minute
 
 // runHelper is the test binary's second life, inside a container: it maps
 // /dev/sysgenid (a Go hot-path reader; sysgenidread is AWS-LC's way in C)
-// and writes every value it sees to OUT.
+// and writes every value it sees to OUT; or, as page-waiter, sleeps on the
+// container's page with Client.WaitChange and writes each generation it is
+// woken at.
 func runHelper(name string) int {
 	switch name {
 	case "mmap-reader":
+	case "page-waiter":
+		return pageWaiter(os.Getenv("OUT"))
 	case "flood":
 		return flood(os.Getenv("SOCK"))
 	default:
@@ -69,11 +75,28 @@ func runHelper(name string) int {
 	}
 }
 
+// pageWaiter prints the generation of the default run dir's page to out at
+// start and each time WaitChange wakes.
+func pageWaiter(out string) int {
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err == nil {
+		var c *genid.Client
+		if c, err = genid.Open(genid.DefaultRunDir); err == nil {
+			for g := c.Generation(); err == nil; g, err = c.WaitChange(context.Background(), g) {
+				fmt.Fprintln(f, g)
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	return 1
+}
+
 // container is a runc container of a busybox bundle, given a genid scope by
 // genidctl oci-config, that runs a watcher of its scope, a process that
-// maps /dev/sysgenid, and C readers of /dev/sysgenid and /dev/vmclock0
-// (sysgenidread and vmclockread, which read them as AWS-LC does), each
-// writing what it sees to a file of out.
+// maps /dev/sysgenid, C readers of /dev/sysgenid and /dev/vmclock0
+// (sysgenidread and vmclockread, which read them as AWS-LC does), and two
+// threads asleep on the page (pagewait with genid.h, page-waiter with the Go
+// client), each writing what it sees to a file of out.
 type container struct {
 	t      *testing.T
 	h      *host
@@ -102,11 +125,14 @@ func newContainer(t *testing.T, h *host) *container {
 	copyFile(t, self, filepath.Join(rootfs, "bin/genid-test"))
 	buildStatic(t, "../e2e/testdata/vmclockread.c", filepath.Join(rootfs, "bin/vmclockread"))
 	buildStatic(t, "../e2e/testdata/sysgenidread.c", filepath.Join(rootfs, "bin/sysgenidread"))
+	buildStatic(t, "../e2e/testdata/pagewait.c", filepath.Join(rootfs, "bin/pagewait"))
 
 	script := "genidctl watch >/out/watch.out 2>/out/watch.err & " +
 		"GENID_TEST_HELPER=mmap-reader OUT=/out/mmap.out genid-test >/out/mmap.err 2>&1 & " +
 		"vmclockread /dev/vmclock0 watch >/out/vmclock.out 2>/out/vmclock.err & " +
 		"sysgenidread /dev/sysgenid watch >/out/sysgenid.out 2>/out/sysgenid.err & " +
+		"pagewait /dev/sysgenid >/out/pagewait.out 2>/out/pagewait.err & " +
+		"GENID_TEST_HELPER=page-waiter OUT=/out/pagewait-go.out genid-test >/out/pagewait-go.err 2>&1 & " +
 		"while :; do sleep 1; done"
 	shellBundle(t, c.bundle, c.out, script)
 	// What a user runs: the hooks that give the container its scope.
@@ -139,6 +165,15 @@ func (c *container) run() {
 	waitLine(c.t, filepath.Join(c.out, "mmap.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
 	waitLine(c.t, filepath.Join(c.out, "vmclock.out"), fmt.Sprint("counter ", c.scopeStatus().Generation))
 	waitLine(c.t, filepath.Join(c.out, "sysgenid.out"), strconv.Itoa(int(c.scopeStatus().Generation)))
+	c.waitPageWaiters(c.scopeStatus().Generation)
+}
+
+// waitPageWaiters waits for both threads asleep on the page to have been
+// woken at gen.
+func (c *container) waitPageWaiters(gen uint32) {
+	c.t.Helper()
+	waitLine(c.t, filepath.Join(c.out, "pagewait.out"), strconv.Itoa(int(gen)))
+	waitLine(c.t, filepath.Join(c.out, "pagewait-go.out"), strconv.Itoa(int(gen)))
 }
 
 // vmclock reads /dev/vmclock0 in the container once, as a new process.
@@ -155,7 +190,7 @@ func (c *container) vmclock() string {
 // a container that has no libc.
 func buildStatic(t *testing.T, src, out string) {
 	t.Helper()
-	cc := exec.Command("gcc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", out, src)
+	cc := exec.Command("gcc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-I../../plugin/criu", "-o", out, src)
 	if b, err := runBounded(cc, commandTimeout); err != nil {
 		t.Fatalf("gcc %s: %v\n%s", src, err, b)
 	}
@@ -212,7 +247,8 @@ func (c *container) hasScope() bool { return c.h.hasScope(c.id) }
 // default dir) carry one of them across, on this host and on a second one
 // (a fresh daemon and run dir): its scope is past its record, its watcher
 // and its readers of both pages (mapped before the checkpoint) see it, as
-// does a new reader of /dev/vmclock0; its barrier is its own; the other
+// does a new reader of /dev/vmclock0; its threads asleep on the page are
+// woken by the restore and by later bumps; its barrier is its own; the other
 // container and the host see no change.
 func TestRuncScopes(t *testing.T) {
 	h := newHost(t, "runc")
@@ -233,6 +269,7 @@ func TestRuncScopes(t *testing.T) {
 	waitLine(t, filepath.Join(a.out, "mmap.out"), "5")
 	waitLine(t, filepath.Join(a.out, "vmclock.out"), "counter 5")
 	waitLine(t, filepath.Join(a.out, "sysgenid.out"), "5")
+	a.waitPageWaiters(5)
 	waitLine(t, filepath.Join(b.out, "mmap.out"), "2")
 	waitLine(t, filepath.Join(b.out, "vmclock.out"), "counter 2")
 	vmclockPage := func(counter uint32) string {
@@ -282,6 +319,11 @@ func TestRuncScopes(t *testing.T) {
 		if st := a.scopeStatus(); st.Watchers != 1 || st.Outdated != 0 || st.WatcherList[0].Acked != want {
 			t.Fatalf("%s: a's restored watcher %+v", where, st)
 		}
+		// The threads asleep on the page, restored asleep, are woken by
+		// the restore's bump and by the next one.
+		a.waitPageWaiters(want)
+		h.mustCtl("bump", "--scope", a.id, "--reason", "after restore")
+		a.waitPageWaiters(want + 1)
 	}
 
 	// On this host: past the record, the others untouched.

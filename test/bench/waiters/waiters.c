@@ -15,6 +15,9 @@
  *   genid-ack  the same, and the thread acks the event's generation at once
  *              (a quiet ack: the daemon replies only to refuse it)
  *   eventfd-reply  one read(), then write(1) to the reply eventfd, fd 3+N
+ *   page     no fd of its own: every thread sleeps on the genid page mapped
+ *            from fd 3 (a futex on the generation, FUTEX_WAIT), and counts
+ *            when the generation moves (genid_page_wait's way)
  * The helper exits when stdin closes.
  */
 #define _GNU_SOURCE
@@ -26,11 +29,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-enum kind { RAW, GENID, GENID_ACK, EVENTFD_REPLY };
+enum kind { RAW, GENID, GENID_ACK, EVENTFD_REPLY, PAGE };
 
 static enum kind kind;
 static int nthreads;
@@ -40,6 +46,7 @@ static atomic_int *inread;	/* per thread: about to block in read() */
 static atomic_int left;		/* threads yet to read in this round */
 static atomic_llong done_ns;
 static int donefd;		/* the last reader of a round wakes main */
+static const uint32_t *page;	/* PAGE: the mapped generation */
 
 static long long now_ns(void)
 {
@@ -80,9 +87,34 @@ static void put_le32(unsigned char *p, uint32_t v)
 	p[3] = v >> 24;
 }
 
+/* PAGE: sleep on the page until the generation moves, count, again. */
+static void *watch_page(int i)
+{
+	uint32_t seen = __atomic_load_n(page, __ATOMIC_ACQUIRE);
+
+	for (;;) {
+		uint32_t g = __atomic_load_n(page, __ATOMIC_ACQUIRE);
+
+		if (g != seen) {
+			seen = g;
+			counted(i);
+			continue;
+		}
+		atomic_store(&inread[i], 1);
+		if (syscall(SYS_futex, page, FUTEX_WAIT, seen, NULL, NULL, 0) < 0 &&
+		    errno != EAGAIN && errno != EINTR)
+			die("futex");
+		atomic_store(&inread[i], 0);
+	}
+	return NULL;
+}
+
 static void *watch(void *arg)
 {
 	int i = (int)(intptr_t)arg, fd = 3 + i;
+
+	if (kind == PAGE)
+		return watch_page(i);
 	unsigned char buf[4096];
 	size_t have = 0;
 	uint32_t id = 1000;
@@ -100,6 +132,7 @@ static void *watch(void *arg)
 			exit(1);
 		}
 		switch (kind) {
+		case PAGE:	/* watch_page */
 		case RAW:
 			counted(i);
 			break;
@@ -162,7 +195,7 @@ int main(int argc, char **argv)
 	int i;
 
 	if (argc != 3) {
-		fprintf(stderr, "usage: waiters raw|genid|genid-ack|eventfd-reply N\n");
+		fprintf(stderr, "usage: waiters raw|genid|genid-ack|eventfd-reply|page N\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "raw"))
@@ -173,11 +206,18 @@ int main(int argc, char **argv)
 		kind = GENID_ACK;
 	else if (!strcmp(argv[1], "eventfd-reply"))
 		kind = EVENTFD_REPLY;
+	else if (!strcmp(argv[1], "page"))
+		kind = PAGE;
 	else {
 		fprintf(stderr, "waiters: unknown kind %s\n", argv[1]);
 		return 2;
 	}
 	nthreads = atoi(argv[2]);
+	if (kind == PAGE) {
+		page = mmap(NULL, 4096, PROT_READ, MAP_SHARED, 3, 0);
+		if (page == MAP_FAILED)
+			die("mmap the page");
+	}
 	donefd = eventfd(0, EFD_CLOEXEC);
 	if (donefd < 0)
 		die("eventfd");
