@@ -20,7 +20,9 @@
 // until the generation changes: rebuild, then Watcher.Ack. An event loop
 // that must never block polls Watcher.Fd instead, beside its other
 // descriptors, and takes the generation with Watcher.TryWait and acks with
-// Watcher.AckQuiet.
+// Watcher.AckQuiet. A thread that needs only the wake-up, not to be waited
+// for, sleeps on the page itself with Client.WaitChange: no connection and
+// nothing registered with the daemon.
 //
 // Hold traffic until everyone rebuilt. WaitWatchers (of a Client, or of a
 // Watcher for an orchestrator that watches too) returns once no watcher of

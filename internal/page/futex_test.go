@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -151,4 +152,28 @@ func TestWaitClosedWriter(t *testing.T) {
 	if g, err := r.Wait(ctx, 0); !errors.Is(err, context.DeadlineExceeded) || g != 0 {
 		t.Fatalf("Wait after a closed writer's store: %d, %v", g, err)
 	}
+}
+
+// A wake with no new generation (any process that maps the page can make
+// one) is spurious: the waiter reads the same value and sleeps on.
+func TestWaitSpuriousWake(t *testing.T) {
+	bothWaits(t, func(t *testing.T) {
+		w, r := pagePair(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		ch := waitAsync(r, ctx, 0)
+		for range 5 {
+			time.Sleep(20 * time.Millisecond)
+			wake((*uint32)(unsafe.Pointer(&r.mem[0])))
+		}
+		select {
+		case got := <-ch:
+			t.Fatalf("Wait returned %+v on a wake with no new generation", got)
+		case <-time.After(100 * time.Millisecond):
+		}
+		w.Store(1)
+		if got := <-ch; got.err != nil || got.gen != 1 {
+			t.Fatalf("Wait after the store: %+v", got)
+		}
+	})
 }
