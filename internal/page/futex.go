@@ -29,9 +29,12 @@ const (
 // Linux 5.16), where a cancelled context can only be noticed between waits.
 const legacySlice = 50e6 // ns
 
-// wake wakes every thread sleeping on the word at addr, in any process.
+// wake wakes every thread sleeping on the word at addr, in any process. It
+// never blocks, so it takes the raw wrapper: the daemon's request path
+// stays off the scheduler's system-call hooks, which wake Go's sysmon
+// (internal/server/sys.go).
 func wake(addr *uint32) {
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, math.MaxInt32, 0, 0, 0)
+	unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, math.MaxInt32, 0, 0, 0)
 }
 
 // futexWaitv is struct futex_waitv.

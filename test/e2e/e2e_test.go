@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,11 +76,32 @@ func startDaemon(t *testing.T, bin, dir string, args ...string) *daemon {
 }
 
 // spawnDaemon runs genidctl with argv, a daemon command line serving dir,
-// and waits for its socket.
+// and waits for its socket. Unless argv names one, the daemon keeps its
+// state in a directory of the run dir's own (stateDir), not in the host's
+// /var/lib/genid, where each test's run dir would leave an entry.
 func spawnDaemon(t *testing.T, bin, dir string, argv ...string) *daemon {
 	t.Helper()
+	if !slices.Contains(argv, "--state-dir") {
+		argv = append(argv, "--state-dir", stateDir(t, dir))
+	}
 	p := proctest.Spawn(t, bin, dir, argv...)
 	return &daemon{Daemon: p, cmd: p.Cmd, log: p.Log}
+}
+
+// stateDirs are the state dirs of the run dirs the tests started daemons
+// on, so that each restart on a run dir finds the state its daemons kept.
+var stateDirs sync.Map
+
+// stateDir returns run dir dir's state dir, made for the first daemon on it
+// and removed when that daemon's test ends.
+func stateDir(t *testing.T, dir string) string {
+	if s, ok := stateDirs.Load(dir); ok {
+		return s.(string)
+	}
+	s := t.TempDir()
+	stateDirs.Store(dir, s)
+	t.Cleanup(func() { stateDirs.Delete(dir) })
+	return s
 }
 
 // kill signals the daemon unless it has exited, and returns how it exited.
