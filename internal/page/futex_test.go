@@ -3,7 +3,9 @@ package page
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 	"unsafe"
@@ -176,4 +178,43 @@ func TestWaitSpuriousWake(t *testing.T) {
 			t.Fatalf("Wait after the store: %+v", got)
 		}
 	})
+}
+
+// futex_waitv stays in use where the kernel has it (Linux 5.16 and later):
+// only ENOSYS turns it off.
+func TestWaitvKept(t *testing.T) {
+	_, _, errno := unix.Syscall6(unix.SYS_FUTEX_WAITV, 0, 0, 0, 0, 0, 0)
+	has := errno != unix.ENOSYS
+	w, r := pagePair(t)
+	w.Store(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ch := waitAsync(r, ctx, 1)
+	time.Sleep(20 * time.Millisecond)
+	w.Store(2)
+	if got := <-ch; got.err != nil || got.gen != 2 {
+		t.Fatalf("Wait: %+v", got)
+	}
+	if waitv.Load() != has {
+		t.Fatalf("futex_waitv in use: %v; the kernel has it: %v", waitv.Load(), has)
+	}
+}
+
+// A reader maps a file of at least the 4 bytes of the generation; a
+// shorter one is refused.
+func TestOpenShortFile(t *testing.T) {
+	dir := t.TempDir()
+	for size, ok := range map[int]bool{3: false, 4: true, Size: true} {
+		path := filepath.Join(dir, strconv.Itoa(size))
+		if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := Open(path)
+		if (err == nil) != ok {
+			t.Fatalf("Open of a %d-byte file: %v", size, err)
+		}
+		if r != nil {
+			r.Close()
+		}
+	}
 }
