@@ -195,10 +195,14 @@ func watchCommand() *cli.Command {
 		ArgsUsage: "[--exec CMD ARGS...]",
 		Description: "For each change, prints the new generation on its own line, runs CMD if given\n" +
 			"(with GENID_GENERATION and GENID_PREVIOUS in its environment), then acks, but only\n" +
-			"if CMD succeeded; a failed CMD leaves the watcher outdated until the next change.",
+			"if CMD succeeded; a failed CMD leaves the watcher outdated until the next change.\n" +
+			"With --page it does not register: it sleeps on the page (a futex the daemon wakes\n" +
+			"with each bump), needs no daemon between changes and acks nothing, so\n" +
+			"wait-watchers does not wait for it.",
 		Flags: []cli.Flag{
 			scopeFlag,
-			&cli.BoolFlag{Name: "once", Usage: "exit after the first change (0 if acked)"},
+			&cli.BoolFlag{Name: "page", Usage: "sleep on the page instead of registering: no connection, no ack"},
+			&cli.BoolFlag{Name: "once", Usage: "exit after the first change (0 if acked, or with --page if CMD succeeded)"},
 			&cli.BoolFlag{Name: "exec", Usage: "run the arguments that follow as a command on each change"},
 			&cli.DurationFlag{Name: "timeout", Value: defaultTimeout, Usage: "give up when the daemon has not answered a registration or an ack within `DURATION` (exit 5); the wait for a change is not bounded"},
 		},
@@ -227,6 +231,9 @@ func runWatch(c *cli.Context) error {
 		return err
 	}
 	defer cl.Close()
+	if c.Bool("page") {
+		return watchPage(c, cl, argv)
+	}
 	ctx, cancel := exchangeContext(c, timeout)
 	w, err := cl.Watch(ctx)
 	err = noAnswer(ctx, fmt.Sprintf("%v (--timeout)", timeout), err)
@@ -280,6 +287,36 @@ func runWatch(c *cli.Context) error {
 				continue // a newer generation came meanwhile: handle it next
 			}
 			return fmt.Errorf("watch: %w", err)
+		}
+		if c.Bool("once") {
+			return nil
+		}
+	}
+}
+
+// watchPage is watch --page: each change the page's futex wakes it at is
+// printed and handed to the command, with no daemon involved.
+func watchPage(c *cli.Context, cl *genid.Client, argv []string) error {
+	seen := cl.Generation()
+	for {
+		gen, err := cl.WaitChange(c.Context, seen)
+		if err != nil {
+			if c.Context.Err() != nil {
+				return nil // signalled: a normal end
+			}
+			return fmt.Errorf("watch: %w", err)
+		}
+		fmt.Println(gen)
+		prev := seen
+		seen = gen
+		if len(argv) > 0 {
+			if err := runHook(c.Context, argv, gen, prev); err != nil {
+				fmt.Fprintf(os.Stderr, "genidctl: watch: %v\n", err)
+				if c.Bool("once") {
+					return cli.Exit("", exitFailure)
+				}
+				continue
+			}
 		}
 		if c.Bool("once") {
 			return nil

@@ -24,6 +24,7 @@ import (
 
 	"github.com/genid-project/genid/checkpoint"
 	"github.com/genid-project/genid/internal/proctest"
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 func genidctl(t *testing.T) string {
@@ -367,6 +368,71 @@ func TestCLIContract(t *testing.T) {
 		if r := ctl(t, bin, dir, cmd, "--help"); r.code != 0 || !strings.Contains(r.out, "USAGE") {
 			t.Fatalf("%s --help: %+v", cmd, r)
 		}
+	}
+}
+
+// asleepOnPage waits until a thread of process pid sleeps in futex_waitv
+// (system call 449 on x86-64), where WaitChange sleeps on the page.
+func asleepOnPage(t *testing.T, pid int) {
+	t.Helper()
+	servertest.WaitFor(t, "a thread asleep on the page", func() bool {
+		files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil && strings.HasPrefix(string(b), "449 ") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// watch --page sleeps on the page: it is no watcher (the barrier does not
+// wait for it), runs its command on each change it is woken at, and is
+// woken by a daemon that was killed and started again meanwhile, since it
+// holds no connection.
+func TestWatchPage(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	d := startDaemon(t, bin, dir)
+	mark := filepath.Join(dir, "hook")
+	w := startWatch(t, bin, dir, "--page", "--exec", "sh", "-c", `echo "$GENID_PREVIOUS $GENID_GENERATION" >> `+mark)
+	asleepOnPage(t, w.cmd.Process.Pid)
+	if st := getStatus(t, bin, dir); st.Watchers != 0 {
+		t.Fatalf("watch --page registered: %+v", st)
+	}
+	mustCtl(t, bin, dir, "bump")
+	if l := w.next(t); l != "1" {
+		t.Fatalf("watch --page printed %q", l)
+	}
+	mustCtl(t, bin, dir, "wait-watchers", "--timeout", "5s")
+
+	asleepOnPage(t, w.cmd.Process.Pid)
+	d.kill(syscall.SIGKILL)
+	<-d.Exited()
+	startDaemon(t, bin, dir)
+	mustCtl(t, bin, dir, "bump", "--min", "5")
+	if l := w.next(t); l != "5" {
+		t.Fatalf("watch --page after a daemon restart printed %q", l)
+	}
+	servertest.WaitFor(t, "the second hook", func() bool {
+		b, _ := os.ReadFile(mark)
+		return string(b) == "0 1\n1 5\n"
+	})
+
+	once := startWatch(t, bin, dir, "--page", "--once", "--exec", "false")
+	asleepOnPage(t, once.cmd.Process.Pid)
+	mustCtl(t, bin, dir, "bump")
+	if l := once.next(t); l != "6" {
+		t.Fatalf("watch --page --once printed %q", l)
+	}
+	select {
+	case err := <-once.done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("watch --page --once with a failing command: %v, want exit 1", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch --page --once did not exit")
 	}
 }
 
