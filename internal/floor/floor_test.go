@@ -3,9 +3,15 @@ package floor
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/page"
 )
 
 func open(t *testing.T, state, run, boot string) *Store {
@@ -168,5 +174,170 @@ func TestParseBootID(t *testing.T) {
 		if got, err := ParseBootID(in); err == nil {
 			t.Errorf("ParseBootID(%q) = %q, want an error", in, got)
 		}
+	}
+}
+
+// The state an earlier version left (a page per container scope's floor,
+// scopes/NAME.floor, and its owner in NAME.owner) is moved into the table
+// at open, the files removed: an upgrade loses no floor, and a floor the
+// table holds too is kept at the higher of the two.
+func TestStoreUpgrade(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	f, _ := s.Scope("both")
+	f.Store(9)
+	f.Close()
+	s.Close()
+	// As the earlier version wrote them.
+	scopes := filepath.Join(s.Dir(), scopesDir)
+	if err := os.Mkdir(scopes, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dirfd, err := openDir(unix.AT_FDCWD, scopes, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dirfd)
+	old := map[string]uint32{"c1": 5, "both": 4, "a.floor": 7}
+	for name, gen := range old {
+		w, err := page.CreateAt(dirfd, name+floorSuffix, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Store(gen)
+		w.Close()
+		if err := os.WriteFile(filepath.Join(scopes, name+metaSuffix), []byte(`{"name":"`+name+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(scopes, ".c2.floor.tmp"), nil, 0o600) // a write cut short
+
+	s = open(t, state, "/run/genid", "b1")
+	recs, err := s.Records()
+	want := []Record{{"a.floor", 7, []byte(`{"name":"a.floor"}`)}, {"both", 9, []byte(`{"name":"both"}`)}, {"c1", 5, []byte(`{"name":"c1"}`)}}
+	if err != nil || fmt.Sprint(recs) != fmt.Sprint(want) {
+		t.Fatalf("records after the upgrade %v %v, want %v", recs, err, want)
+	}
+	if _, err := os.Stat(scopes); !os.IsNotExist(err) {
+		t.Fatalf("the earlier version's files left: %v", err)
+	}
+	f, err = s.Scope("c1")
+	if err != nil || f.Load() != 5 {
+		t.Fatalf("c1's floor after the upgrade: %v %v", f.Load(), err)
+	}
+	// Another boot's earlier state is wiped, files and all.
+	s.Close()
+	os.Mkdir(scopes, 0o700)
+	os.WriteFile(filepath.Join(scopes, "c3"+floorSuffix), []byte{3, 0, 0, 0}, 0o600)
+	s = open(t, state, "/run/genid", "b2")
+	if recs, _ := s.Records(); len(recs) != 0 {
+		t.Fatalf("another boot's floors kept: %v", recs)
+	}
+	if _, err := os.Stat(scopes); !os.IsNotExist(err) {
+		t.Fatalf("another boot's files left: %v", err)
+	}
+}
+
+// The table grows by chunks, keeps every floor and meta across opens,
+// reuses a removed scope's slot from the start of the file, and a floor
+// of a removed scope, still open, no longer writes.
+func TestTable(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	const n = chunkSlots*2 + 3
+	floors := make([]*Scope, n)
+	for i := range n {
+		name := fmt.Sprintf("c%d", i)
+		f, err := s.Scope(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Store(uint32(i + 100))
+		if err := s.SetMeta(name, []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+		floors[i] = f
+	}
+	st, err := os.Stat(filepath.Join(s.Dir(), tableFile))
+	if err != nil || st.Size() != 3*chunkSize {
+		t.Fatalf("table of %d slots: %v %v, want %d bytes", n, st.Size(), err, 3*chunkSize)
+	}
+	s.Remove("c1")
+	floors[1].Store(55) // a removed scope's floor: nothing
+	if floors[1].Load() != 0 {
+		t.Fatal("a removed floor keeps something")
+	}
+	f, err := s.Scope("new")
+	if err != nil || f.Load() != 0 || f.slot != 1 {
+		t.Fatalf("new scope: floor %d slot %d %v, want 0 in slot 1", f.Load(), f.slot, err)
+	}
+	f.Store(1)
+	if err := s.SetMeta("new", make([]byte, MaxMeta+1)); err == nil {
+		t.Fatal("a meta longer than a slot's kept")
+	}
+	if err := s.SetMeta("new", []byte(strings.Repeat("m", MaxMeta))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Scope(strings.Repeat("n", maxName+1)); err == nil {
+		t.Fatal("a name longer than a slot's")
+	}
+	s.Close()
+	floors[2].Store(7) // the store closed: nothing, and no fault
+	if floors[2].Load() != 0 {
+		t.Fatal("a closed store's floor keeps something")
+	}
+
+	s = open(t, state, "/run/genid", "b1")
+	recs, err := s.Records()
+	if err != nil || len(recs) != n {
+		t.Fatalf("%d records, %v; want %d", len(recs), err, n)
+	}
+	for _, r := range recs {
+		var i int
+		fmt.Sscanf(r.Name, "c%d", &i)
+		switch {
+		case r.Name == "new":
+			if r.Floor != 1 || string(r.Meta) != strings.Repeat("m", MaxMeta) {
+				t.Errorf("record %s: floor %d, meta of %d bytes", r.Name, r.Floor, len(r.Meta))
+			}
+		case r.Floor != uint32(i+100) || string(r.Meta) != r.Name:
+			t.Errorf("record %s: floor %d meta %q", r.Name, r.Floor, r.Meta)
+		}
+	}
+}
+
+// A table that genid did not write as it is (a slot that is not a record,
+// two slots of one name, a file cut short) is read as far as it can be:
+// of one name, the higher floor.
+func TestTableDamaged(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	for _, n := range []string{"a", "b"} {
+		f, _ := s.Scope(n)
+		f.Store(3)
+	}
+	s.Close()
+	path := filepath.Join(s.Dir(), tableFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := func(i int) []byte { return b[i*slotSize : (i+1)*slotSize] }
+	copy(slot(2), slot(0)) // a second "a", higher
+	slot(2)[0] = 8
+	slot(1)[offNameLen] = maxName + 1 // not a record
+	slot(3)[offNameLen], slot(3)[offName] = 1, 'c'
+	slot(3)[offMetaLen], slot(3)[offMetaLen+1] = 0xff, 0xff // nor this
+	if err := os.WriteFile(path, b[:4*slotSize+10], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, state, "/run/genid", "b1")
+	recs, err := s.Records()
+	if err != nil || len(recs) != 1 || recs[0].Name != "a" || recs[0].Floor != 8 {
+		t.Fatalf("records %v %v, want a at 8", recs, err)
+	}
+	f, err := s.Scope("d")
+	if err != nil || f.slot != 1 {
+		t.Fatalf("new scope in slot %d %v, want the freed 1", f.slot, err)
 	}
 }
