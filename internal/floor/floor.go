@@ -19,7 +19,7 @@
 //	    boot           {"boot_id", "run_dir"}: whose record this is
 //	    host           the host scope's floor: a page, u32 at offset 0
 //	    floors         the container scopes' floors and owners (Record.Meta),
-//	                   a slot each (table.go)
+//	                   a slot each (package slots: the floor its value)
 //	    marks.json     the backends' marks
 //
 // Earlier versions kept a container scope's floor and owner in files of
@@ -44,6 +44,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/slots"
 )
 
 // BootIDPath is where the kernel tells the boot's id.
@@ -54,11 +55,15 @@ const (
 	bootFile  = "boot"
 	hostFile  = "host"
 	marksFile = "marks.json"
+	tableFile = "floors"
 	// An earlier version's files of a container scope, in scopesDir.
 	scopesDir   = "scopes"
 	floorSuffix = ".floor"
 	metaSuffix  = ".owner"
 )
+
+// MaxMeta is the longest meta SetMeta keeps, in bytes.
+const MaxMeta = slots.MaxData
 
 // ErrLocked means another daemon holds this run dir's state.
 var ErrLocked = errors.New("another daemon holds this run dir's state")
@@ -70,8 +75,9 @@ type Store struct {
 	host  *page.Writer // its lock is the store's
 	fresh bool
 
-	tmu sync.RWMutex // the table; a floor's store or load reads it
-	tab *table       // nil once closed
+	tmu  sync.RWMutex      // the table; a floor's store or load reads it
+	tab  *slots.File       // the container scopes'; nil once closed
+	held map[string]*Scope // the floors Scope opened and did not close
 
 	mu    sync.Mutex // marks, and their file
 	marks map[string]json.RawMessage
@@ -137,7 +143,8 @@ func Open(stateDir, runDir, bootID string) (*Store, error) {
 		}
 		s.fresh = true
 	}
-	if s.tab, err = openTable(s.dirfd, filepath.Join(s.dir, tableFile)); err != nil {
+	s.held = map[string]*Scope{}
+	if s.tab, err = slots.Open(s.dirfd, tableFile, filepath.Join(s.dir, tableFile)); err != nil {
 		return nil, fmt.Errorf("state of %s: %w", runDir, err)
 	}
 	if err := s.migrate(); err != nil {
@@ -281,24 +288,24 @@ func (s *Store) migrate() error {
 	}
 	for _, f := range names {
 		name, ok := strings.CutSuffix(f, floorSuffix)
-		if !ok || strings.HasPrefix(f, ".") || name == "" || len(name) > maxName {
+		if !ok || strings.HasPrefix(f, ".") || name == "" || len(name) > slots.MaxName {
 			continue
 		}
 		b, err := readAt(sfd, f, 4)
 		if err != nil {
 			continue
 		}
-		i, ok := s.tab.slots[name]
+		i, ok := s.tab.Lookup(name)
 		if !ok {
-			if i, err = s.tab.add(name); err != nil {
+			if i, err = s.tab.Add(name); err != nil {
 				return fmt.Errorf("floor of scope %s: %w", name, err)
 			}
 		}
 		if len(b) == 4 {
-			s.tab.store(i, max(s.tab.load(i), binary.NativeEndian.Uint32(b))) // as the page stored it
+			s.tab.Store(i, max(s.tab.Load(i), binary.NativeEndian.Uint32(b))) // as the page stored it
 		}
-		if m, err := readAt(sfd, name+metaSuffix, MaxMeta+1); err == nil && s.tab.metaLen(i) == 0 && len(m) > 0 {
-			if err := s.tab.setMeta(i, m); err != nil {
+		if m, err := readAt(sfd, name+metaSuffix, MaxMeta+1); err == nil && s.tab.Data(i) == nil && len(m) > 0 {
+			if err := s.tab.SetData(i, m); err != nil {
 				return fmt.Errorf("floor of scope %s: %w", name, err)
 			}
 		}
@@ -337,7 +344,7 @@ func (s *Store) Close() error {
 	var errs []error
 	s.tmu.Lock()
 	if s.tab != nil {
-		errs = append(errs, s.tab.close())
+		errs = append(errs, s.tab.Close())
 		s.tab = nil
 	}
 	s.tmu.Unlock()
@@ -375,7 +382,7 @@ func (f *Scope) Load() uint32 {
 	if f.s.tab == nil || f.slot < 0 {
 		return 0
 	}
-	return f.s.tab.load(f.slot)
+	return f.s.tab.Load(f.slot)
 }
 
 // Store records gen: call it before the generation becomes visible
@@ -393,7 +400,7 @@ func (f *Scope) Store(gen uint32) {
 	f.s.tmu.RLock()
 	defer f.s.tmu.RUnlock()
 	if f.s.tab != nil && f.slot >= 0 {
-		f.s.tab.store(f.slot, gen)
+		f.s.tab.Store(f.slot, gen)
 	}
 }
 
@@ -405,8 +412,8 @@ func (f *Scope) Close() {
 	}
 	f.s.tmu.Lock()
 	defer f.s.tmu.Unlock()
-	if f.s.tab != nil && f.s.tab.held[f.name] == f {
-		delete(f.s.tab.held, f.name)
+	if f.s.held[f.name] == f {
+		delete(f.s.held, f.name)
 	}
 	f.slot = -1
 }
@@ -420,18 +427,18 @@ func (s *Store) Scope(name string) (*Scope, error) {
 	if s.tab == nil {
 		return nil, fmt.Errorf("floor of scope %s: state closed", name)
 	}
-	if s.tab.held[name] != nil {
+	if s.held[name] != nil {
 		return nil, fmt.Errorf("floor of scope %s: already open", name)
 	}
-	i, ok := s.tab.slots[name]
+	i, ok := s.tab.Lookup(name)
 	if !ok {
 		var err error
-		if i, err = s.tab.add(name); err != nil {
+		if i, err = s.tab.Add(name); err != nil {
 			return nil, fmt.Errorf("floor of scope %s: %w", name, err)
 		}
 	}
 	f := &Scope{s: s, name: name, slot: i}
-	s.tab.held[name] = f
+	s.held[name] = f
 	return f, nil
 }
 
@@ -443,14 +450,14 @@ func (s *Store) SetMeta(name string, meta []byte) error {
 	if s.tab == nil {
 		return fmt.Errorf("floor of scope %s: state closed", name)
 	}
-	i, ok := s.tab.slots[name]
+	i, ok := s.tab.Lookup(name)
 	if !ok {
 		var err error
-		if i, err = s.tab.add(name); err != nil {
+		if i, err = s.tab.Add(name); err != nil {
 			return fmt.Errorf("floor of scope %s: %w", name, err)
 		}
 	}
-	if err := s.tab.setMeta(i, meta); err != nil {
+	if err := s.tab.SetData(i, meta); err != nil {
 		return fmt.Errorf("floor of scope %s: %w", name, err)
 	}
 	return nil
@@ -464,11 +471,11 @@ func (s *Store) Remove(name string) {
 	if s.tab == nil {
 		return
 	}
-	if f := s.tab.held[name]; f != nil {
+	if f := s.held[name]; f != nil {
 		f.slot = -1
-		delete(s.tab.held, name)
+		delete(s.held, name)
 	}
-	s.tab.remove(name)
+	s.tab.Remove(name)
 }
 
 // Record is a container scope the state knows.
@@ -486,9 +493,9 @@ func (s *Store) Records() ([]Record, error) {
 	if s.tab == nil {
 		return nil, errors.New("state closed")
 	}
-	out := make([]Record, 0, len(s.tab.slots))
-	for name, i := range s.tab.slots {
-		out = append(out, Record{Name: name, Floor: s.tab.load(i), Meta: s.tab.meta(i)})
+	out := make([]Record, 0, s.tab.Len())
+	for name, i := range s.tab.Names() {
+		out = append(out, Record{Name: name, Floor: s.tab.Load(i), Meta: s.tab.Data(i)})
 	}
 	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
