@@ -1,8 +1,10 @@
 package slots
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -133,5 +135,63 @@ func TestRefused(t *testing.T) {
 	if f, err := Open(fd, "slots", "slots"); err == nil {
 		f.Close()
 		t.Fatal("opened a directory")
+	}
+}
+
+// A slot holds a name of MaxName bytes and MaxData bytes of data, and no
+// more: nothing spills into its neighbours, and both survive a reopen.
+func TestFull(t *testing.T) {
+	dir := t.TempDir()
+	f := open(t, dir)
+	long := strings.Repeat("n", MaxName)
+	data := []byte(strings.Repeat("d", MaxData))
+	names := []string{"before", long, "after"}
+	for _, name := range names {
+		i, err := f.Add(name)
+		if err != nil {
+			t.Fatalf("add a name of %d bytes: %v", len(name), err)
+		}
+		f.Store(i, uint32(len(name)))
+	}
+	for _, name := range names { // each beside records already written
+		i, _ := f.Lookup(name)
+		if err := f.SetData(i, data); err != nil {
+			t.Fatalf("data of %d bytes: %v", len(data), err)
+		}
+	}
+	f.Close()
+	f = open(t, dir)
+	for _, name := range []string{"before", long, "after"} {
+		i, ok := f.Lookup(name)
+		if !ok || f.Load(i) != uint32(len(name)) || !bytes.Equal(f.Data(i), data) {
+			t.Fatalf("%s after reopening: found %v, value %d, %d bytes of data", name, ok, f.Load(i), len(f.Data(i)))
+		}
+	}
+	st, err := os.Stat(filepath.Join(dir, "slots"))
+	if err != nil || st.Size() != chunkSize {
+		t.Fatalf("file of one chunk, reopened: %d bytes %v, want %d", st.Size(), err, chunkSize)
+	}
+}
+
+// Close releases the file and its mappings, once: a second Close closes
+// nothing else.
+func TestClose(t *testing.T) {
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	dir := t.TempDir()
+	before := fds()
+	f := open(t, dir)
+	f.Add("a")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if n := fds(); n != before {
+		t.Fatalf("%d fds open after Close, %d before Open", n, before)
 	}
 }
