@@ -336,7 +336,7 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Fresh() bool { return s.fresh }
 
 // Host is the host scope's floor.
-func (s *Store) Host() *Scope { return &Scope{w: s.host, s: s, slot: -1} }
+func (s *Store) Host() *Scope { return &Scope{w: s.host} }
 
 // Close releases the store and its lock. The files keep their values; a
 // floor still open keeps nothing more.

@@ -199,7 +199,8 @@ func TestStoreUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(dirfd)
-	old := map[string]uint32{"c1": 5, "both": 4, "a.floor": 7}
+	long := strings.Repeat("l", slots.MaxName)
+	old := map[string]uint32{"c1": 5, "both": 4, "a.floor": 7, long: 2}
 	for name, gen := range old {
 		w, err := page.CreateAt(dirfd, name+floorSuffix, name)
 		if err != nil {
@@ -207,7 +208,11 @@ func TestStoreUpgrade(t *testing.T) {
 		}
 		w.Store(gen)
 		w.Close()
-		if err := os.WriteFile(filepath.Join(scopes, name+metaSuffix), []byte(`{"name":"`+name+`"}`), 0o600); err != nil {
+		meta := `{"name":"` + name + `"}`
+		if name == long { // as long as a slot holds
+			meta += strings.Repeat(" ", MaxMeta-len(meta))
+		}
+		if err := os.WriteFile(filepath.Join(scopes, name+metaSuffix), []byte(meta), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -215,7 +220,10 @@ func TestStoreUpgrade(t *testing.T) {
 
 	s = open(t, state, "/run/genid", "b1")
 	recs, err := s.Records()
-	want := []Record{{"a.floor", 7, []byte(`{"name":"a.floor"}`)}, {"both", 9, []byte(`{"name":"both"}`)}, {"c1", 5, []byte(`{"name":"c1"}`)}}
+	longMeta := `{"name":"` + long + `"}`
+	longMeta += strings.Repeat(" ", MaxMeta-len(longMeta))
+	want := []Record{{"a.floor", 7, []byte(`{"name":"a.floor"}`)}, {"both", 9, []byte(`{"name":"both"}`)},
+		{"c1", 5, []byte(`{"name":"c1"}`)}, {long, 2, []byte(longMeta)}}
 	if err != nil || fmt.Sprint(recs) != fmt.Sprint(want) {
 		t.Fatalf("records after the upgrade %v %v, want %v", recs, err, want)
 	}
@@ -258,6 +266,20 @@ func TestTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		floors[i] = f
+	}
+	if floors[0].Load() != 100 {
+		t.Fatalf("c0's floor %d, want 100", floors[0].Load())
+	}
+	// Closed, a floor no longer writes, and opens again, as it was.
+	floors[0].Close()
+	floors[0].Store(3)
+	if floors[1].Load() != 101 {
+		t.Fatalf("a closed floor's store: c1's floor %d, want 101", floors[1].Load())
+	}
+	if f, err := s.Scope("c0"); err != nil || f.Load() != 100 {
+		t.Fatalf("c0 opened again: floor %d %v, want 100", f.Load(), err)
+	} else {
+		floors[0] = f
 	}
 	s.Remove("c1")
 	floors[1].Store(55) // a removed scope's floor: nothing
