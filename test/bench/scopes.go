@@ -116,11 +116,11 @@ func scopeWatchers(d *daemon, n int) (own, others []int, err error) {
 
 // scopeMemory starts a daemon in a memory cgroup of its own (hostmem.go),
 // its run dir on a tmpfs and its state dir on the temporary directory's
-// file system,
-// makes n idle container scopes, then gives each scopesWatchers idle
-// watchers, and returns what one scope costs the machine: bare, and with
-// its watchers. Without a memory cgroup, only what is seen from outside
-// the kernel is counted (RSS and files): cg says which.
+// file system, makes n idle container scopes, then gives each
+// scopesWatchers idle watchers, and returns what one scope costs the
+// machine: bare, and with its watchers. Without a memory cgroup, only what
+// is seen from outside the kernel is counted (RSS and files): cg says
+// which.
 func scopeMemory(b *bench, n int) (bare, watched memSample, cg bool, err error) {
 	// The run dir on a tmpfs of its own, as /run is: its files' pages
 	// are shmem, its directories take none.
@@ -407,7 +407,9 @@ func (b *bench) scopesMemory(rep *Report) error {
 	for _, s := range watcheds {
 		w = append(w, float64(s.charged()))
 	}
-	rep.Facts[fmt.Sprintf("scopes: per scope with its %d idle watchers, %d scopes: charged to the daemon's memory cgroup (bytes, median)", scopesWatchers, scopesMany)] = int64(summarise("", w).Median)
+	// The kernel allocates the sock of the daemon's end of a connection
+	// in the connecting process: the bench's cgroup is charged with it.
+	rep.Facts[fmt.Sprintf("scopes: per scope with its %d idle watchers, %d scopes: charged to the daemon's memory cgroup, the socks of the daemon's ends of the connections not included (bytes, median)", scopesWatchers, scopesMany)] = int64(summarise("", w).Median)
 	st := summarise("bytes", per)
 	mem := Row{Name: fmt.Sprintf("scopes: memory per idle scope, %d scopes", scopesMany), Figure: st,
 		Note: "growth of what the daemon's memory cgroup is charged with from creating the scopes (its anonymous memory, the pages of the files it wrote, its kernel memory), / scopes; fresh daemons"}
