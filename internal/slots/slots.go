@@ -202,6 +202,9 @@ func (t *File) Add(name string) (int, error) {
 	if name == "" || len(name) > MaxName {
 		return 0, fmt.Errorf("a name of %d bytes", len(name))
 	}
+	if _, ok := t.index[name]; ok {
+		return 0, fmt.Errorf("%s: a record already", name)
+	}
 	if len(t.free) == 0 {
 		end := int64(len(t.chunks)+1) * chunkSize
 		if err := unix.Ftruncate(t.fd, end); err != nil {

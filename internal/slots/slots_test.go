@@ -55,9 +55,9 @@ func TestGrowAndReopen(t *testing.T) {
 	if err := f.SetData(1, make([]byte, MaxData+1)); err == nil {
 		t.Fatal("more data than a slot holds")
 	}
-	for _, name := range []string{"", string(make([]byte, MaxName+1))} {
+	for _, name := range []string{"", string(make([]byte, MaxName+1)), "aa"} {
 		if _, err := f.Add(name); err == nil {
-			t.Fatalf("a name of %d bytes added", len(name))
+			t.Fatalf("name %q added", name)
 		}
 	}
 	f.Close()
