@@ -18,9 +18,13 @@
 //	  RUNKEY/          (0700)   16 hex digits of the sha256 of the run dir's path
 //	    boot           {"boot_id", "run_dir"}: whose record this is
 //	    host           the host scope's floor: a page, u32 at offset 0
+//	    floors         the container scopes' floors and owners (Record.Meta),
+//	                   a slot each (package slots: the floor its value)
 //	    marks.json     the backends' marks
-//	    scopes/NAME.floor  a container scope's floor, as host
-//	    scopes/NAME.owner  its owner, as the daemon gave it (Record.Meta)
+//
+// Earlier versions kept a container scope's floor and owner in files of
+// their own, scopes/NAME.floor (a page, as host) and scopes/NAME.owner:
+// Open moves them into the table.
 package floor
 
 import (
@@ -33,12 +37,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/slots"
 )
 
 // BootIDPath is where the kernel tells the boot's id.
@@ -46,24 +52,32 @@ const BootIDPath = "/proc/sys/kernel/random/boot_id"
 
 // Files of a run dir's state.
 const (
-	bootFile    = "boot"
-	hostFile    = "host"
-	marksFile   = "marks.json"
+	bootFile  = "boot"
+	hostFile  = "host"
+	marksFile = "marks.json"
+	tableFile = "floors"
+	// An earlier version's files of a container scope, in scopesDir.
 	scopesDir   = "scopes"
-	floorSuffix = ".floor" // a suffix each, so that no scope's name (which
-	metaSuffix  = ".owner" // may hold dots) names another's file
+	floorSuffix = ".floor"
+	metaSuffix  = ".owner"
 )
+
+// MaxMeta is the longest meta SetMeta keeps, in bytes.
+const MaxMeta = slots.MaxData
 
 // ErrLocked means another daemon holds this run dir's state.
 var ErrLocked = errors.New("another daemon holds this run dir's state")
 
 // Store is one run dir's state.
 type Store struct {
-	dir      string // STATE_DIR/RUNKEY
-	dirfd    int
-	scopesfd int
-	host     *page.Writer // its lock is the store's
-	fresh    bool
+	dir   string // STATE_DIR/RUNKEY
+	dirfd int
+	host  *page.Writer // its lock is the store's
+	fresh bool
+
+	tmu  sync.RWMutex      // the table; a floor's store or load reads it
+	tab  *slots.File       // the container scopes'; nil once closed
+	held map[string]*Scope // the floors Scope opened and did not close
 
 	mu    sync.Mutex // marks, and their file
 	marks map[string]json.RawMessage
@@ -98,7 +112,7 @@ func Open(stateDir, runDir, bootID string) (*Store, error) {
 	}
 	defer unix.Close(top)
 	key := Key(runDir)
-	s := &Store{dir: filepath.Join(stateDir, key), dirfd: -1, scopesfd: -1}
+	s := &Store{dir: filepath.Join(stateDir, key), dirfd: -1}
 	ok := false
 	defer func() {
 		if !ok {
@@ -114,9 +128,6 @@ func Open(stateDir, runDir, bootID string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("state of %s: %w", runDir, err)
 	}
-	if s.scopesfd, err = openDir(s.dirfd, scopesDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state of %s: %s: %w", runDir, scopesDir, err)
-	}
 	var rec bootRecord
 	if b, err := s.read(bootFile); err == nil {
 		json.Unmarshal(b, &rec) // a record that cannot be read is another boot's
@@ -131,6 +142,13 @@ func Open(stateDir, runDir, bootID string) (*Store, error) {
 			return nil, fmt.Errorf("state of %s: %w", runDir, err)
 		}
 		s.fresh = true
+	}
+	s.held = map[string]*Scope{}
+	if s.tab, err = slots.Open(s.dirfd, tableFile, filepath.Join(s.dir, tableFile)); err != nil {
+		return nil, fmt.Errorf("state of %s: %w", runDir, err)
+	}
+	if err := s.migrate(); err != nil {
+		return nil, fmt.Errorf("state of %s: %w", runDir, err)
 	}
 	if s.fresh {
 		removeOtherBoots(top, key, bootID)
@@ -194,7 +212,7 @@ func removeOtherBoots(top int, key, bootID string) {
 		if err != nil {
 			continue
 		}
-		other := &Store{dirfd: dirfd, scopesfd: -1}
+		other := &Store{dirfd: dirfd}
 		var rec bootRecord
 		if b, err := other.read(bootFile); err == nil {
 			json.Unmarshal(b, &rec)
@@ -213,7 +231,7 @@ func removeOtherBoots(top int, key, bootID string) {
 }
 
 // removeAllAt empties a run dir's state directory: its files, and those of
-// its scopes directory.
+// an earlier version's scopes directory.
 func removeAllAt(dirfd int) {
 	if sfd, err := unix.Openat(dirfd, scopesDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
 		emptyDir(sfd)
@@ -225,13 +243,7 @@ func removeAllAt(dirfd int) {
 
 // emptyDir removes the files (not the directories) in dirfd.
 func emptyDir(dirfd int) {
-	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	d := os.NewFile(uintptr(fd), "dir")
-	names, _ := d.Readdirnames(-1)
-	d.Close()
+	names, _ := readNames(dirfd)
 	for _, n := range names {
 		unix.Unlinkat(dirfd, n, 0)
 	}
@@ -243,16 +255,77 @@ func (s *Store) wipe() error {
 	if err := unix.Unlinkat(s.dirfd, bootFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	names, err := s.list()
-	if err != nil {
+	if err := unix.Unlinkat(s.dirfd, tableFile, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	for _, n := range names {
-		unix.Unlinkat(s.scopesfd, n, 0)
+	if sfd, err := unix.Openat(s.dirfd, scopesDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		emptyDir(sfd)
+		unix.Close(sfd)
+		unix.Unlinkat(s.dirfd, scopesDir, unix.AT_REMOVEDIR)
 	}
 	unix.Unlinkat(s.dirfd, marksFile, 0)
 	s.host.Store(0)
 	return nil
+}
+
+// migrate moves the floors and owners that an earlier version kept in
+// files of their own (scopes/NAME.floor, NAME.owner) into the table, and
+// removes the files once their values are in it. A floor the table has
+// too is kept at the higher of the two; a migration cut short is done
+// again at the next open.
+func (s *Store) migrate() error {
+	sfd, err := unix.Openat(s.dirfd, scopesDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", scopesDir, err)
+	}
+	defer unix.Close(sfd)
+	names, err := readNames(sfd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", scopesDir, err)
+	}
+	for _, f := range names {
+		name, ok := strings.CutSuffix(f, floorSuffix)
+		if !ok || strings.HasPrefix(f, ".") || name == "" || len(name) > slots.MaxName {
+			continue
+		}
+		b, err := readAt(sfd, f, 4)
+		if err != nil {
+			continue
+		}
+		i, ok := s.tab.Lookup(name)
+		if !ok {
+			if i, err = s.tab.Add(name); err != nil {
+				return fmt.Errorf("floor of scope %s: %w", name, err)
+			}
+		}
+		if len(b) == 4 {
+			s.tab.Store(i, max(s.tab.Load(i), binary.NativeEndian.Uint32(b))) // as the page stored it
+		}
+		if m, err := readAt(sfd, name+metaSuffix, MaxMeta+1); err == nil && s.tab.Data(i) == nil && len(m) > 0 {
+			if err := s.tab.SetData(i, m); err != nil {
+				return fmt.Errorf("floor of scope %s: %w", name, err)
+			}
+		}
+		unix.Unlinkat(sfd, name+metaSuffix, 0)
+		unix.Unlinkat(sfd, f, 0)
+	}
+	emptyDir(sfd) // what is left cannot be a floor
+	unix.Unlinkat(s.dirfd, scopesDir, unix.AT_REMOVEDIR)
+	return nil
+}
+
+// readNames lists the names in the directory dirfd.
+func readNames(dirfd int) ([]string, error) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	d := os.NewFile(uintptr(fd), "dir")
+	defer d.Close()
+	return d.Readdirnames(-1)
 }
 
 // Dir is the run dir's state directory, for logs.
@@ -263,29 +336,37 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Fresh() bool { return s.fresh }
 
 // Host is the host scope's floor.
-func (s *Store) Host() *Scope { return &Scope{w: s.host, host: true} }
+func (s *Store) Host() *Scope { return &Scope{w: s.host} }
 
-// Close releases the store and its lock. The files keep their values.
+// Close releases the store and its lock. The files keep their values; a
+// floor still open keeps nothing more.
 func (s *Store) Close() error {
-	var err error
+	var errs []error
+	s.tmu.Lock()
+	if s.tab != nil {
+		errs = append(errs, s.tab.Close())
+		s.tab = nil
+	}
+	s.tmu.Unlock()
 	if s.host != nil {
-		err = s.host.Close()
+		errs = append(errs, s.host.Close())
 		s.host = nil
 	}
-	for _, fd := range []*int{&s.scopesfd, &s.dirfd} {
-		if *fd >= 0 {
-			unix.Close(*fd)
-			*fd = -1
-		}
+	if s.dirfd >= 0 {
+		unix.Close(s.dirfd)
+		s.dirfd = -1
 	}
-	return err
+	return errors.Join(errs...)
 }
 
-// Scope is one scope's floor. A nil *Scope is a floor that keeps nothing:
+// Scope is one scope's floor: the host's page, or a container scope's
+// slot in the store's table. A nil *Scope is a floor that keeps nothing:
 // that of a daemon without a state dir.
 type Scope struct {
-	w    *page.Writer
-	host bool
+	w    *page.Writer // the host's
+	s    *Store
+	name string
+	slot int // -1 once closed or removed
 }
 
 // Load returns the floor.
@@ -293,49 +374,108 @@ func (f *Scope) Load() uint32 {
 	if f == nil {
 		return 0
 	}
-	return f.w.Load()
+	if f.w != nil {
+		return f.w.Load()
+	}
+	f.s.tmu.RLock()
+	defer f.s.tmu.RUnlock()
+	if f.s.tab == nil || f.slot < 0 {
+		return 0
+	}
+	return f.s.tab.Load(f.slot)
 }
 
 // Store records gen: call it before the generation becomes visible
 // anywhere else. One atomic store to a shared mapping of the file, as for
-// the page: no system call, and it outlives the daemon.
+// the page: no system call, and it outlives the daemon. A closed floor
+// stores nothing.
 func (f *Scope) Store(gen uint32) {
-	if f != nil {
+	if f == nil {
+		return
+	}
+	if f.w != nil {
 		f.w.Store(gen)
+		return
+	}
+	f.s.tmu.RLock()
+	defer f.s.tmu.RUnlock()
+	if f.s.tab != nil && f.slot >= 0 {
+		f.s.tab.Store(f.slot, gen)
 	}
 }
 
-// Close unmaps a container scope's floor (the host's is the store's).
+// Close lets a container scope's floor go (the host's is the store's); its
+// record stays, for Scope to open again.
 func (f *Scope) Close() {
-	if f != nil && !f.host {
-		f.w.Close()
+	if f == nil || f.w != nil {
+		return
 	}
+	f.s.tmu.Lock()
+	defer f.s.tmu.Unlock()
+	if f.s.held[f.name] == f {
+		delete(f.s.held, f.name)
+	}
+	f.slot = -1
 }
 
 // Scope opens (creating it at 0) the floor of container scope name, which
-// the caller checked (wire.CheckName) and serves alone.
+// the caller checked (wire.CheckName) and serves alone: a floor open and
+// not closed is not opened again.
 func (s *Store) Scope(name string) (*Scope, error) {
-	w, err := page.CreateAt(s.scopesfd, name+floorSuffix, filepath.Join(s.dir, scopesDir, name+floorSuffix))
-	if err != nil {
-		return nil, fmt.Errorf("floor of scope %s: %w", name, err)
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.tab == nil {
+		return nil, fmt.Errorf("floor of scope %s: state closed", name)
 	}
-	return &Scope{w: w}, nil
+	if s.held[name] != nil {
+		return nil, fmt.Errorf("floor of scope %s: already open", name)
+	}
+	i, ok := s.tab.Lookup(name)
+	if !ok {
+		var err error
+		if i, err = s.tab.Add(name); err != nil {
+			return nil, fmt.Errorf("floor of scope %s: %w", name, err)
+		}
+	}
+	f := &Scope{s: s, name: name, slot: i}
+	s.held[name] = f
+	return f, nil
 }
 
 // SetMeta records what the daemon needs to serve scope name again should
-// the run dir be lost (its owner).
+// the run dir be lost (its owner): at most MaxMeta bytes.
 func (s *Store) SetMeta(name string, meta []byte) error {
-	if err := s.write(s.scopesfd, name+metaSuffix, meta); err != nil {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.tab == nil {
+		return fmt.Errorf("floor of scope %s: state closed", name)
+	}
+	i, ok := s.tab.Lookup(name)
+	if !ok {
+		var err error
+		if i, err = s.tab.Add(name); err != nil {
+			return fmt.Errorf("floor of scope %s: %w", name, err)
+		}
+	}
+	if err := s.tab.SetData(i, meta); err != nil {
 		return fmt.Errorf("floor of scope %s: %w", name, err)
 	}
 	return nil
 }
 
 // Remove forgets scope name: its floor and its meta. A scope of that name
-// made later starts afresh.
+// made later starts afresh; a floor of it still open keeps nothing more.
 func (s *Store) Remove(name string) {
-	unix.Unlinkat(s.scopesfd, name+metaSuffix, 0)
-	unix.Unlinkat(s.scopesfd, name+floorSuffix, 0)
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.tab == nil {
+		return
+	}
+	if f := s.held[name]; f != nil {
+		f.slot = -1
+		delete(s.held, name)
+	}
+	s.tab.Remove(name)
 }
 
 // Record is a container scope the state knows.
@@ -345,33 +485,19 @@ type Record struct {
 	Meta  []byte // nil if none was recorded
 }
 
-// Records lists the container scopes the state knows, with their floors.
-// A floor held by the caller is read through its own mapping's file all
-// the same: the values are those of the files.
+// Records lists the container scopes the state knows, with their floors,
+// by name.
 func (s *Store) Records() ([]Record, error) {
-	names, err := s.list()
-	if err != nil {
-		return nil, err
+	s.tmu.RLock()
+	defer s.tmu.RUnlock()
+	if s.tab == nil {
+		return nil, errors.New("state closed")
 	}
-	var out []Record
-	for _, f := range names {
-		n, ok := strings.CutSuffix(f, floorSuffix)
-		if !ok || strings.HasPrefix(f, ".") {
-			continue
-		}
-		b, err := s.readAt(s.scopesfd, f, 4)
-		if err != nil {
-			continue
-		}
-		r := Record{Name: n}
-		if len(b) == 4 {
-			r.Floor = binary.NativeEndian.Uint32(b) // as the page stores it
-		}
-		if m, err := s.readAt(s.scopesfd, n+metaSuffix, 1<<16); err == nil {
-			r.Meta = m
-		}
-		out = append(out, r)
+	out := make([]Record, 0, s.tab.Len())
+	for name, i := range s.tab.Names() {
+		out = append(out, Record{Name: name, Floor: s.tab.Load(i), Meta: s.tab.Data(i)})
 	}
+	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
@@ -402,22 +528,11 @@ func (s *Store) SetMark(name string, mark json.RawMessage) error {
 	return s.write(s.dirfd, marksFile, b)
 }
 
-// list returns the names in the scopes directory.
-func (s *Store) list() ([]string, error) {
-	fd, err := unix.Openat(s.scopesfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), filepath.Join(s.dir, scopesDir))
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
-func (s *Store) read(name string) ([]byte, error) { return s.readAt(s.dirfd, name, 1<<20) }
+func (s *Store) read(name string) ([]byte, error) { return readAt(s.dirfd, name, 1<<20) }
 
 // readAt reads at most max bytes of file name in dirfd, not following a
 // link.
-func (s *Store) readAt(dirfd int, name string, max int64) ([]byte, error) {
+func readAt(dirfd int, name string, max int64) ([]byte, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err

@@ -3,9 +3,16 @@ package floor
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/page"
+	"github.com/genid-project/genid/internal/slots"
 )
 
 func open(t *testing.T, state, run, boot string) *Store {
@@ -167,6 +174,153 @@ func TestParseBootID(t *testing.T) {
 	for _, in := range []string{"", "0123abcd456789ef0123456789abcde", "0123abcd456789ef0123456789abcdef0", "g123abcd456789ef0123456789abcdef", "0123abcd 456789ef0123456789abcdef"} {
 		if got, err := ParseBootID(in); err == nil {
 			t.Errorf("ParseBootID(%q) = %q, want an error", in, got)
+		}
+	}
+}
+
+// The state an earlier version left (a page per container scope's floor,
+// scopes/NAME.floor, and its owner in NAME.owner) is moved into the table
+// at open, the files removed: an upgrade loses no floor, and a floor the
+// table holds too is kept at the higher of the two.
+func TestStoreUpgrade(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	f, _ := s.Scope("both")
+	f.Store(9)
+	f.Close()
+	s.Close()
+	// As the earlier version wrote them.
+	scopes := filepath.Join(s.Dir(), scopesDir)
+	if err := os.Mkdir(scopes, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dirfd, err := openDir(unix.AT_FDCWD, scopes, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dirfd)
+	long := strings.Repeat("l", slots.MaxName)
+	old := map[string]uint32{"c1": 5, "both": 4, "a.floor": 7, long: 2}
+	for name, gen := range old {
+		w, err := page.CreateAt(dirfd, name+floorSuffix, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Store(gen)
+		w.Close()
+		meta := `{"name":"` + name + `"}`
+		if name == long { // as long as a slot holds
+			meta += strings.Repeat(" ", MaxMeta-len(meta))
+		}
+		if err := os.WriteFile(filepath.Join(scopes, name+metaSuffix), []byte(meta), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(scopes, ".c2.floor.tmp"), nil, 0o600) // a write cut short
+
+	s = open(t, state, "/run/genid", "b1")
+	recs, err := s.Records()
+	longMeta := `{"name":"` + long + `"}`
+	longMeta += strings.Repeat(" ", MaxMeta-len(longMeta))
+	want := []Record{{"a.floor", 7, []byte(`{"name":"a.floor"}`)}, {"both", 9, []byte(`{"name":"both"}`)},
+		{"c1", 5, []byte(`{"name":"c1"}`)}, {long, 2, []byte(longMeta)}}
+	if err != nil || fmt.Sprint(recs) != fmt.Sprint(want) {
+		t.Fatalf("records after the upgrade %v %v, want %v", recs, err, want)
+	}
+	if _, err := os.Stat(scopes); !os.IsNotExist(err) {
+		t.Fatalf("the earlier version's files left: %v", err)
+	}
+	f, err = s.Scope("c1")
+	if err != nil || f.Load() != 5 {
+		t.Fatalf("c1's floor after the upgrade: %v %v", f.Load(), err)
+	}
+	// Another boot's earlier state is wiped, files and all.
+	s.Close()
+	os.Mkdir(scopes, 0o700)
+	os.WriteFile(filepath.Join(scopes, "c3"+floorSuffix), []byte{3, 0, 0, 0}, 0o600)
+	s = open(t, state, "/run/genid", "b2")
+	if recs, _ := s.Records(); len(recs) != 0 {
+		t.Fatalf("another boot's floors kept: %v", recs)
+	}
+	if _, err := os.Stat(scopes); !os.IsNotExist(err) {
+		t.Fatalf("another boot's files left: %v", err)
+	}
+}
+
+// The table keeps every floor and meta across opens, reuses a removed
+// scope's slot from the start of the file, and a floor of a removed scope,
+// still open, no longer writes.
+func TestTable(t *testing.T) {
+	state := t.TempDir()
+	s := open(t, state, "/run/genid", "b1")
+	const n = 131 // slots over three pages and more than one mapping
+	floors := make([]*Scope, n)
+	for i := range n {
+		name := fmt.Sprintf("c%d", i)
+		f, err := s.Scope(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Store(uint32(i + 100))
+		if err := s.SetMeta(name, []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+		floors[i] = f
+	}
+	if floors[0].Load() != 100 {
+		t.Fatalf("c0's floor %d, want 100", floors[0].Load())
+	}
+	// Closed, a floor no longer writes, and opens again, as it was.
+	floors[0].Close()
+	floors[0].Store(3)
+	if floors[1].Load() != 101 {
+		t.Fatalf("a closed floor's store: c1's floor %d, want 101", floors[1].Load())
+	}
+	if f, err := s.Scope("c0"); err != nil || f.Load() != 100 {
+		t.Fatalf("c0 opened again: floor %d %v, want 100", f.Load(), err)
+	} else {
+		floors[0] = f
+	}
+	s.Remove("c1")
+	floors[1].Store(55) // a removed scope's floor: nothing
+	if floors[1].Load() != 0 {
+		t.Fatal("a removed floor keeps something")
+	}
+	f, err := s.Scope("new")
+	if err != nil || f.Load() != 0 || f.slot != 1 {
+		t.Fatalf("new scope: floor %d slot %d %v, want 0 in slot 1", f.Load(), f.slot, err)
+	}
+	f.Store(1)
+	if err := s.SetMeta("new", make([]byte, MaxMeta+1)); err == nil {
+		t.Fatal("a meta longer than a slot's kept")
+	}
+	if err := s.SetMeta("new", []byte(strings.Repeat("m", MaxMeta))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Scope(strings.Repeat("n", slots.MaxName+1)); err == nil {
+		t.Fatal("a name longer than a slot's")
+	}
+	s.Close()
+	floors[2].Store(7) // the store closed: nothing, and no fault
+	if floors[2].Load() != 0 {
+		t.Fatal("a closed store's floor keeps something")
+	}
+
+	s = open(t, state, "/run/genid", "b1")
+	recs, err := s.Records()
+	if err != nil || len(recs) != n {
+		t.Fatalf("%d records, %v; want %d", len(recs), err, n)
+	}
+	for _, r := range recs {
+		var i int
+		fmt.Sscanf(r.Name, "c%d", &i)
+		switch {
+		case r.Name == "new":
+			if r.Floor != 1 || string(r.Meta) != strings.Repeat("m", MaxMeta) {
+				t.Errorf("record %s: floor %d, meta of %d bytes", r.Name, r.Floor, len(r.Meta))
+			}
+		case r.Floor != uint32(i+100) || string(r.Meta) != r.Name:
+			t.Errorf("record %s: floor %d meta %q", r.Name, r.Floor, r.Meta)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/scope"
+	"github.com/genid-project/genid/internal/slots"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -28,10 +29,16 @@ import (
 //	RUN_DIR/scopes/NAME/    (0755)     ...and a container sees only this,
 //	    generation, vmclock,           bind-mounted at /run/genid
 //	    genid.sock
-//	RUN_DIR/state/NAME.json (0700 dir) who a scope belongs to
+//	RUN_DIR/state/owners    (0700 dir) who each scope belongs to: a
+//	                        slot each (package slots), its meta as JSON
+//
+// Earlier versions kept a scope's meta in RUN_DIR/state/NAME.json, a file
+// (a page of the run dir's tmpfs) each: readMeta moves one it finds into
+// the owners.
 const (
-	scopesDir = "scopes"
-	stateDir  = "state"
+	scopesDir  = "scopes"
+	stateDir   = "state"
+	ownersFile = "owners"
 )
 
 // scopeState is one scope as the daemon serves it: the state machine, its
@@ -367,7 +374,7 @@ func (s *Server) destroy(st *scopeState) {
 	if err := unix.Unlinkat(s.scopesfd, st.name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 		s.log.Warn("scope directory left", "scope", st.name, "err", err)
 	}
-	unix.Unlinkat(s.statefd, st.name+".json", 0)
+	s.dropMeta(st.name)
 	s.dropFloor(st.name)
 }
 
@@ -379,7 +386,7 @@ func (s *Server) removeLeftover(name string) {
 		unix.Close(dfd)
 		unix.Unlinkat(s.scopesfd, name, unix.AT_REMOVEDIR)
 	}
-	unix.Unlinkat(s.statefd, name+".json", 0)
+	s.dropMeta(name)
 	s.dropFloor(name)
 }
 
@@ -412,20 +419,26 @@ func (s *Server) scopeOrder() []*scopeState {
 	return out
 }
 
+// openOwners opens the run dir's file of the scopes' metas.
+func (s *Server) openOwners() error {
+	var err error
+	s.owners, err = slots.Open(s.statefd, ownersFile, filepath.Join(s.cfg.RunDir, stateDir, ownersFile))
+	return err
+}
+
+// writeMeta records a scope's meta in the run dir's owners and in its
+// floor's record.
 func (s *Server) writeMeta(m scopeMeta) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	tmp := m.Name + ".json.tmp"
-	fd, err := unix.Openat(s.statefd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("scope state: %w", err)
+	i, ok := s.owners.Lookup(m.Name)
+	if !ok {
+		i, err = s.owners.Add(m.Name)
 	}
-	_, err = unix.Write(fd, append(b, '\n'))
-	unix.Close(fd)
 	if err == nil {
-		err = unix.Renameat(s.statefd, tmp, s.statefd, m.Name+".json")
+		err = s.owners.SetData(i, b)
 	}
 	if err != nil {
 		return fmt.Errorf("scope state: %w", err)
@@ -433,21 +446,44 @@ func (s *Server) writeMeta(m scopeMeta) error {
 	return s.recordMeta(m)
 }
 
+// readMeta reads scope name's meta from the run dir's owners, or from the
+// file of its own that an earlier version wrote, which it then moves into
+// the owners.
 func (s *Server) readMeta(name string) (scopeMeta, error) {
-	fd, err := unix.Openat(s.statefd, name+".json", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return scopeMeta{}, err
-	}
-	f := os.NewFile(uintptr(fd), name+".json")
-	defer f.Close()
 	var m scopeMeta
-	if err := json.NewDecoder(f).Decode(&m); err != nil {
-		return scopeMeta{}, err
+	if i, ok := s.owners.Lookup(name); ok {
+		if err := json.Unmarshal(s.owners.Data(i), &m); err != nil {
+			return scopeMeta{}, fmt.Errorf("owner of %s: %w", name, err)
+		}
+	} else {
+		fd, err := unix.Openat(s.statefd, name+".json", unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return scopeMeta{}, err
+		}
+		f := os.NewFile(uintptr(fd), name+".json")
+		err = json.NewDecoder(f).Decode(&m)
+		f.Close()
+		if err == nil && m.Name == name {
+			err = s.writeMeta(m)
+		}
+		if err != nil {
+			return scopeMeta{}, fmt.Errorf("%s.json: %w", name, err)
+		}
+		unix.Unlinkat(s.statefd, name+".json", 0)
 	}
 	if m.Name != name {
-		return scopeMeta{}, fmt.Errorf("state of %q in %s.json", m.Name, name)
+		return scopeMeta{}, fmt.Errorf("state of %q for %s", m.Name, name)
 	}
 	return m, nil
+}
+
+// dropMeta forgets scope name's meta (and an earlier version's file of
+// it).
+func (s *Server) dropMeta(name string) {
+	if s.owners != nil {
+		s.owners.Remove(name)
+	}
+	unix.Unlinkat(s.statefd, name+".json", 0)
 }
 
 // openOwner opens a pidfd of pid if it is still the process that started

@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/slots"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -189,6 +192,69 @@ func TestScopesAcrossRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.dir, "scopes", "owned")); !os.IsNotExist(err) {
 		t.Fatalf("owned's directory: %v", err)
 	}
+}
+
+// The scopes' owners an earlier version kept in RUN_DIR/state/NAME.json,
+// a file each, are still theirs after an upgrade: moved into the run dir's
+// owners, the files removed; a scope whose process ended while no daemon
+// ran goes, as before.
+func TestScopesOwnersUpgrade(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	owner, gone := exec.Command("sleep", "1000"), exec.Command("sleep", "1000")
+	for _, c := range []*exec.Cmd{owner, gone} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Process.Kill()
+	}
+	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 5})
+	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
+	d.stop()
+	a.Close()
+	gone.Process.Kill()
+	gone.Wait()
+	// The run dir as the earlier version left it: a JSON file per scope.
+	state := filepath.Join(d.dir, "state")
+	dirfd, err := unix.Open(state, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dirfd)
+	owners, err := slots.Open(dirfd, "owners", "owners")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, i := range owners.Names() {
+		if err := os.WriteFile(filepath.Join(state, name+".json"), append(owners.Data(i), '\n'), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if owners.Len() != 2 {
+		t.Fatalf("%d owners, want 2", owners.Len())
+	}
+	owners.Close()
+	os.Remove(filepath.Join(state, "owners"))
+
+	d2 := start(t, d.dir, server.Config{})
+	a2 := d2.admin(t)
+	if g, err := a2.Generation(ctx(t), "owned"); err != nil || g != 5 {
+		t.Fatalf("owned after the upgrade: %d %v", g, err)
+	}
+	if _, err := a2.Generation(ctx(t), "orphan"); !errors.Is(err, genid.ErrNotFound) {
+		t.Fatalf("orphan, whose process ended while no daemon ran: %v", err)
+	}
+	for _, n := range []string{"owned.json", "orphan.json"} {
+		if _, err := os.Stat(filepath.Join(state, n)); !os.IsNotExist(err) {
+			t.Fatalf("%s left: %v", n, err)
+		}
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	waitFor(t, func() bool {
+		_, err := a2.Generation(ctx(t), "owned")
+		return errors.Is(err, genid.ErrNotFound)
+	})
 }
 
 // A restore gives the restored tasks their own scope: the one their root

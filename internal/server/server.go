@@ -44,6 +44,7 @@ import (
 
 	"github.com/genid-project/genid/genid"
 	"github.com/genid-project/genid/internal/floor"
+	"github.com/genid-project/genid/internal/slots"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -177,6 +178,7 @@ type Server struct {
 	queries    queries
 	backends   []string
 	floors     map[string]*floor.Scope // by scope name; nil entries without a state dir
+	owners     *slots.File             // RUN_DIR/state/owners: the scopes' metas
 
 	floor        *floor.Store // nil without a state dir
 	fresh        bool         // the boot's first daemon of the run dir
@@ -250,6 +252,9 @@ func New(cfg Config) (*Server, error) {
 	// Then the admin socket: whoever sees the host scope's socket appear
 	// finds the admin socket there.
 	if s.root, err = s.openPage("", cfg.RunDir, s.rundirfd); err != nil {
+		return nil, err
+	}
+	if err := s.openOwners(); err != nil {
 		return nil, err
 	}
 	s.observeInit() // the history's file is this daemon's now
@@ -331,6 +336,9 @@ func (s *Server) release() {
 		}
 	}
 	s.observeClose()
+	if s.owners != nil {
+		s.owners.Close()
+	}
 	for _, fd := range []int{s.statefd, s.scopesfd, s.rundirfd} {
 		if fd >= 0 {
 			unix.Close(fd)

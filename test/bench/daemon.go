@@ -29,7 +29,13 @@ type daemon struct {
 // figures are about the socket daemon (the vmgenid backend would also wake
 // on every kernel log line, which is not genid's idle cost).
 func startDaemon(bin string, extra ...string) (*daemon, error) {
-	dir, err := os.MkdirTemp("", "genid-bench-")
+	return startDaemonIn("", bin, extra...)
+}
+
+// startDaemonIn is startDaemon with the run dir made in base (the
+// default temporary directory if "").
+func startDaemonIn(base, bin string, extra ...string) (*daemon, error) {
+	dir, err := os.MkdirTemp(base, "genid-bench-")
 	if err != nil {
 		return nil, err
 	}

@@ -121,6 +121,8 @@ func main() {
 	}
 	if sections["scopes"] {
 		try("scopes", func() error { return b.scopes(rep) })
+	} else if sections["scopes-memory"] { // its memory figure alone
+		try("scopes' memory", func() error { return b.scopesMemory(rep) })
 	}
 	if sections["restore"] {
 		try("restore", func() error { return b.restore(rep) })

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/genid-project/genid/internal/servertest"
 )
 
 // Removing the run dir and restarting the daemon loses no generation: the
@@ -47,6 +50,54 @@ func TestRunDirRemoved(t *testing.T) {
 	}
 	if g := mustCtl(t, bin, dir, "bump"); g != "4" {
 		t.Fatalf("bump after: %s, want 4", g)
+	}
+}
+
+// The container scopes' floors share one file of slots: killed (-9) right
+// after their last bumps, its run dir then removed, a daemon serves every
+// one of them again at its generation, more scopes than one mapping of
+// the file holds.
+func TestRunDirRemovedAfterKill(t *testing.T) {
+	bin := genidctl(t)
+	dir := runDir(t)
+	state := t.TempDir()
+	d := startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state)
+	const n = 70
+	for i := range n {
+		mustCtl(t, bin, dir, "scope", "create", "--start", strconv.Itoa(100+i), "c"+strconv.Itoa(i))
+	}
+	mustCtl(t, bin, dir, "scope", "remove", "c1") // its slot reused
+	mustCtl(t, bin, dir, "scope", "create", "--start", "7", "d1")
+	for _, s := range []string{"c0", "c69", "d1"} {
+		mustCtl(t, bin, dir, "bump", "--scope", s)
+	}
+	d.kill(syscall.SIGKILL)
+	if !d.dead() {
+		t.Fatal("daemon still running after SIGKILL")
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	startDaemon(t, bin, dir, "--backends", "none", "--state-dir", state)
+	want := map[string]string{"c0": "101", "c69": "170", "d1": "8"}
+	for i := 2; i < n-1; i++ {
+		want["c"+strconv.Itoa(i)] = strconv.Itoa(100 + i)
+	}
+	// The daemon's sockets accept while it serves the scopes again.
+	servertest.Eventually(t, func() error {
+		if r := ctl(t, bin, dir, "get", "--scope", "c"+strconv.Itoa(n-1)); r.code != 0 {
+			return fmt.Errorf("c%d not served again: %s", n-1, r.err)
+		}
+		return nil
+	})
+	for s, g := range want {
+		if got := mustCtl(t, bin, dir, "get", "--scope", s); got != g {
+			t.Errorf("%s after a kill and the run dir removed: %s, want %s", s, got, g)
+		}
+	}
+	if r := ctl(t, bin, dir, "get", "--scope", "c1"); r.code == 0 {
+		t.Errorf("c1, removed, served again: %s", r.out)
 	}
 }
 
