@@ -103,16 +103,17 @@ type heartbeat struct {
 	reason string
 	scope  string // the generation of a container's scope, c1 (started at 10)
 	swatch string // what its watcher printed
+	pwatch string // what watch --page printed (a thread asleep on the page)
 }
 
-var hbLine = regexp.MustCompile(`GENID-HB (\d+) gen=(\d+) page=(\d+) watch=([0-9,]*) reason=(\S*) scope=(\d+) swatch=([0-9,]*)`)
+var hbLine = regexp.MustCompile(`GENID-HB (\d+) gen=(\d+) page=(\d+) watch=([0-9,]*) reason=(\S*) scope=(\d+) swatch=([0-9,]*) pwatch=([0-9,]*)`)
 
 func (v *vm) heartbeats() []heartbeat {
 	b, _ := os.ReadFile(v.serial)
 	var hbs []heartbeat
 	for _, m := range hbLine.FindAllStringSubmatch(string(b), -1) {
 		n, _ := strconv.Atoi(m[1])
-		hbs = append(hbs, heartbeat{n, m[2], m[3], m[4], m[5], m[6], m[7]})
+		hbs = append(hbs, heartbeat{n, m[2], m[3], m[4], m[5], m[6], m[7], m[8]})
 	}
 	return hbs
 }
@@ -137,12 +138,12 @@ func (hb heartbeat) phase() int {
 	scopeBumped := hb.scope == "11" && hb.swatch == "11,"
 	scopeLagging := (hb.scope == "10" || hb.scope == "11") && (hb.swatch == "" || hb.swatch == "11,")
 	switch {
-	case hb.gen == "0" && hb.page == "0" && hb.watch == "" && hb.reason == "" && scopeBefore:
+	case hb.gen == "0" && hb.page == "0" && hb.watch == "" && hb.pwatch == "" && hb.reason == "" && scopeBefore:
 		return hbBefore
-	case hb.gen == "1" && hb.page == "1" && hb.watch == "1," && hb.reason == "vmgenid" && scopeBumped:
+	case hb.gen == "1" && hb.page == "1" && hb.watch == "1," && hb.pwatch == "1," && hb.reason == "vmgenid" && scopeBumped:
 		return hbBumped
 	case hb.gen == "1" && hb.reason == "vmgenid" && (hb.page == "0" || hb.page == "1") &&
-		(hb.watch == "" || hb.watch == "1,") && scopeLagging:
+		(hb.watch == "" || hb.watch == "1,") && (hb.pwatch == "" || hb.pwatch == "1,") && scopeLagging:
 		return hbLagging
 	}
 	return hbBad
@@ -460,7 +461,9 @@ func TestCheckOneBump(t *testing.T) {
 	before := heartbeat{gen: "0", page: "0", scope: "10"}
 	lagging := heartbeat{gen: "1", page: "1", reason: "vmgenid", scope: "11"} // the watchers have not printed yet
 	pageLag := heartbeat{gen: "1", page: "0", reason: "vmgenid", scope: "10"}
-	bumped := heartbeat{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11", swatch: "11,"}
+	bumped := heartbeat{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11", swatch: "11,", pwatch: "1,"}
+	asleep := bumped
+	asleep.pwatch = "" // the page's sleeper not woken
 	five := []heartbeat{bumped, bumped, bumped, bumped, bumped}
 	cat := func(hbs ...[]heartbeat) []heartbeat {
 		var all []heartbeat
@@ -483,14 +486,16 @@ func TestCheckOneBump(t *testing.T) {
 		{"watcher never follows", cat([]heartbeat{before}, []heartbeat{lagging, lagging, lagging}, five), false},
 		{"went back", cat(five, []heartbeat{before}), false},
 		{"watcher lost", cat(five, []heartbeat{lagging}), false},
-		{"two bumps", cat(five, []heartbeat{{gen: "2", page: "2", watch: "1,2,", reason: "vmgenid", scope: "12", swatch: "11,12,"}}), false},
-		{"other reason", cat([]heartbeat{{gen: "1", page: "1", watch: "1,", reason: "manual", scope: "11", swatch: "11,"}}, five), false},
-		{"watcher ahead of the daemon", cat([]heartbeat{{gen: "0", page: "0", watch: "1,", scope: "10"}}, five), false},
-		{"generation without its reason", cat([]heartbeat{{gen: "1", page: "1", watch: "1,", scope: "11", swatch: "11,"}}, five), false},
-		{"the scope not bumped", cat([]heartbeat{before}, slices.Repeat([]heartbeat{{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "10"}}, 6)), false},
+		{"the page's sleeper never woken", cat([]heartbeat{before}, []heartbeat{asleep, asleep, asleep}, five), false},
+		{"the page's sleeper woken late", cat([]heartbeat{before}, []heartbeat{asleep, asleep}, five), true},
+		{"two bumps", cat(five, []heartbeat{{gen: "2", page: "2", watch: "1,2,", reason: "vmgenid", scope: "12", swatch: "11,12,", pwatch: "1,2,"}}), false},
+		{"other reason", cat([]heartbeat{{gen: "1", page: "1", watch: "1,", reason: "manual", scope: "11", swatch: "11,", pwatch: "1,"}}, five), false},
+		{"watcher ahead of the daemon", cat([]heartbeat{{gen: "0", page: "0", watch: "1,", pwatch: "1,", scope: "10"}}, five), false},
+		{"generation without its reason", cat([]heartbeat{{gen: "1", page: "1", watch: "1,", scope: "11", swatch: "11,", pwatch: "1,"}}, five), false},
+		{"the scope not bumped", cat([]heartbeat{before}, slices.Repeat([]heartbeat{{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "10", pwatch: "1,"}}, 6)), false},
 		{"the scope's watcher never follows", cat([]heartbeat{before}, []heartbeat{
-			{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11"}, {gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11"},
-			{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11"}}, five), false},
+			{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11", pwatch: "1,"}, {gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11", pwatch: "1,"},
+			{gen: "1", page: "1", watch: "1,", reason: "vmgenid", scope: "11", pwatch: "1,"}}, five), false},
 	} {
 		if err := checkOneBump(c.hbs); (err == nil) != c.ok {
 			t.Errorf("%s: checkOneBump = %v, want ok=%v", c.name, err, c.ok)

@@ -5,6 +5,8 @@ export PATH=/bin:/sbin
 genidctl daemon --log-level debug >/tmp/daemon.log 2>&1 &
 while [ ! -S /run/genid/genid.sock ]; do sleep 0.1; done
 genidctl watch >/tmp/watch.out 2>/tmp/watch.err &
+# A thread asleep on the page (a futex the daemon wakes), no connection.
+genidctl watch --page >/tmp/pwatch.out 2>/tmp/pwatch.err &
 while [ "$(genidctl status --json | grep -c '"pid"')" != 1 ]; do sleep 0.1; done
 # A container's scope, as genid's hook makes one, and a watcher of it: a VM
 # restore must bump it too.
@@ -26,11 +28,12 @@ while :; do
 	n=$((n + 1))
 	watch=$(tr '\n' ',' </tmp/watch.out)
 	swatch=$(tr '\n' ',' </tmp/swatch.out)
+	pwatch=$(tr '\n' ',' </tmp/pwatch.out)
 	scope=$(genidctl get --scope c1)
 	page=$(genidctl get)
 	st=$(genidctl status --json | tr -d ' \n')
 	gen=$(echo "$st" | grep -o '"generation":[0-9]*' | head -n1 | cut -d: -f2)
 	reason=$(echo "$st" | grep -o '"reason":"[^"]*"' | cut -d'"' -f4)
-	echo "GENID-HB $n gen=$gen page=$page watch=$watch reason=$reason scope=$scope swatch=$swatch"
+	echo "GENID-HB $n gen=$gen page=$page watch=$watch reason=$reason scope=$scope swatch=$swatch pwatch=$pwatch"
 	sleep 0.5
 done
