@@ -792,11 +792,21 @@ if [[ \${WITH_PLUGIN:-0} == 1 ]]; then
 fi
 setsid sh -c 'echo \$\$ >/tmp/loop.pid; i=0; while :; do echo \$i; i=\$((i+1)); sleep 0.1; done' \\
   </dev/null >/tmp/loop.log 2>&1 &
+bg=\$!
 sleep 1
 pid=\$(cat /tmp/loop.pid)
 mkdir -p /tmp/img
 timeout -k 5 \$CMD_TIMEOUT criu dump "\${LIBDIR_OPT[@]}" -t "\$pid" -D /tmp/img -o dump.log -v4 || { tail -n 40 /tmp/img/dump.log; exit 1; }
-if kill -0 "\$pid" 2>/dev/null; then echo "still running after dump"; exit 1; fi
+# The dumped loop dies (killed by criu), and is reaped here: until then its
+# pid is taken, and the restore, which needs it, fails with EEXIST.
+st=
+for _ in \$(seq 100); do
+  st=\$(awk '{ print \$3 }' /proc/"\$pid"/stat 2>/dev/null || true)
+  [[ -z \$st || \$st == Z ]] && break
+  sleep 0.1
+done
+[[ -z \$st || \$st == Z ]] || { echo "still running after dump (state \$st)"; exit 1; }
+wait "\$bg" 2>/dev/null || true
 before=\$(tail -n 1 /tmp/loop.log)
 echo "dumped pid \$pid at \$before"
 timeout -k 5 \$CMD_TIMEOUT criu restore "\${LIBDIR_OPT[@]}" -D /tmp/img -d -o restore.log -v4 || { tail -n 40 /tmp/img/restore.log; exit 1; }
