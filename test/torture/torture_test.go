@@ -24,7 +24,8 @@ import (
 var (
 	full     = flag.Bool("torture.full", false, "run each case at its full size (make torture), not the short version (make test)")
 	jsonOut  = flag.String("torture.json", "", "write the results as JSON to `FILE`")
-	includes = flag.String("torture.include", "", "comma-separated JSON `FILES` of rows measured elsewhere (the test bed's), added to the table")
+	includes = flag.String("torture.include", "", "comma-separated JSON `FILES` of rows measured elsewhere (the test bed's, the mutants'), added to the table")
+	table    = flag.Bool("torture.table", true, "print the table (make torture prints it once every part has run: -torture.table=false, then -test.run '^$' with the parts' JSON included)")
 )
 
 // Row is one case's outcome: what it tried, what held, and the figures
@@ -94,7 +95,7 @@ func TestMain(m *testing.M) {
 		rows = append(rows, more...)
 	}
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Case < rows[j].Case })
-	if len(rows) > 0 {
+	if *table && len(rows) > 0 {
 		printTable(os.Stdout)
 	}
 	if *jsonOut != "" {
