@@ -68,7 +68,7 @@ stop_gremlins() {
 		[ -z "$pid" ] || rm -rf "$pid"
 	done
 }
-trap 'rm -rf "$src"' EXIT
+trap 'rm -rf "$src" "$src.bin" "$src.tmp"' EXIT
 trap 'stop_gremlins; exit 143' TERM INT HUP
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 	git ls-files -z --cached --others --exclude-standard |
@@ -81,6 +81,20 @@ fi
 	exit 2
 }
 goflags="${GOFLAGS:+$GOFLAGS }-count=1 -vet=off"
+
+# gremlins runs each mutant's go test with GOTMPDIR set to its own directory (mode 0700),
+# and go test hands that on to the tests as their TMPDIR: a test whose child connects as
+# nobody to a socket under t.TempDir() (TestAdminSender) then failed, and "killed", every
+# mutant that reached it. A go of our own first on gremlins' PATH drops GOTMPDIR; the
+# control runs go through it too, with such a GOTMPDIR, so they run as the mutants do.
+real_go=$(command -v go) || {
+	echo "mutants: no go on PATH" >&2
+	exit 2
+}
+shim=$src.bin
+mkdir -p "$shim" "$src.tmp" && chmod 700 "$src.tmp" || exit 2
+printf '#!/bin/bash\nunset GOTMPDIR\nexec %q "$@"\n' "$real_go" >"$shim/go" && chmod +x "$shim/go" || exit 2
+export PATH="$shim:$PATH"
 
 [ $# -gt 0 ] || set -- server checkpoint wire scope
 fail=0
@@ -121,7 +135,7 @@ for name in "$@"; do
 	# A test that fails now and then would "kill" mutants it never judged.
 	ok=0
 	for i in 1 2; do
-		(cd "$src" && timeout -k 10 600 go test "$pkg" >"$out/$name.control$i.log" 2>&1) &
+		(cd "$src" && GOTMPDIR=$src.tmp timeout -k 10 600 go test "$pkg" >"$out/$name.control$i.log" 2>&1) &
 	done
 	for i in 1 2; do
 		wait -n && ok=$((ok + 1))

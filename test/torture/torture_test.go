@@ -1,7 +1,9 @@
 // Package torture tries genid's promises under faults, load and hostile
 // peers, and says what it tried and what held: `make torture` runs each
 // case at full size (-torture.full) and prints a table, also written as
-// JSON (-torture.json); `make test` runs the short version of each.
+// JSON (-torture.json); `make test` runs the short version of each. Rows
+// measured elsewhere (the test bed's restore cycles, hack/mutants.sh's
+// packages) join the table (-torture.include).
 //
 // A case is a test that calls record once with what it tried and what
 // held; the test's own failure marks the row failed. Runs as root (CI
