@@ -3,9 +3,10 @@
 # semantics, privilege and parsing, each run bounded in time, with one summary line a package.
 #
 # Usage: hack/mutants.sh [PACKAGE...]
-#   PACKAGE  server (the privilege check and the input path: peer.go, read.go, loop.go),
-#            checkpoint, wire, scope, or server-all (every file of internal/server: hours
-#            on 2 cores). Default: server checkpoint wire scope.
+#   PACKAGE  server (peer.go, read.go, loop.go; its threshold is on the privilege check and
+#            the input path: peer.go, read.go and loop.go's frame reader), checkpoint, wire,
+#            scope, or server-all (every file of internal/server: hours on 2 cores).
+#            Default: server checkpoint wire scope.
 #
 # Environment:
 #   MUTANTS_TIMEOUT    seconds one package may take (default: server 1200, the others 600);
