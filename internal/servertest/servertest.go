@@ -75,15 +75,21 @@ func Start(t TB, dir string, cfg server.Config) *Daemon {
 }
 
 // Stop stops the daemon and waits until it has: its sockets are gone, its
-// pages keep their values. Stopping twice is harmless.
+// pages keep their values. Stopping twice is harmless. A daemon still
+// serving after Patience fails the test, and is left be.
 func (d *Daemon) Stop() {
 	if d.stop == nil {
 		return
 	}
 	d.stop()
 	d.stop = nil
-	if err := <-d.done; err != nil {
-		d.t.Errorf("daemon: %v", err)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			d.t.Errorf("daemon: %v", err)
+		}
+	case <-time.After(Patience):
+		d.t.Errorf("daemon: still serving %v after it was told to stop", Patience)
 	}
 }
 

@@ -1,7 +1,9 @@
 // Package torture tries genid's promises under faults, load and hostile
 // peers, and says what it tried and what held: `make torture` runs each
 // case at full size (-torture.full) and prints a table, also written as
-// JSON (-torture.json); `make test` runs the short version of each.
+// JSON (-torture.json); `make test` runs the short version of each. Rows
+// measured elsewhere (the test bed's restore cycles, hack/mutants.sh's
+// packages) join the table (-torture.include).
 //
 // A case is a test that calls record once with what it tried and what
 // held; the test's own failure marks the row failed. Runs as root (CI
@@ -24,7 +26,8 @@ import (
 var (
 	full     = flag.Bool("torture.full", false, "run each case at its full size (make torture), not the short version (make test)")
 	jsonOut  = flag.String("torture.json", "", "write the results as JSON to `FILE`")
-	includes = flag.String("torture.include", "", "comma-separated JSON `FILES` of rows measured elsewhere (the test bed's), added to the table")
+	includes = flag.String("torture.include", "", "comma-separated JSON `FILES` of rows measured elsewhere (the test bed's, the mutants'), added to the table")
+	table    = flag.Bool("torture.table", true, "print the table (make torture prints it once every part has run: -torture.table=false, then -test.run '^$' with the parts' JSON included)")
 )
 
 // Row is one case's outcome: what it tried, what held, and the figures
@@ -94,7 +97,7 @@ func TestMain(m *testing.M) {
 		rows = append(rows, more...)
 	}
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Case < rows[j].Case })
-	if len(rows) > 0 {
+	if *table && len(rows) > 0 {
 		printTable(os.Stdout)
 	}
 	if *jsonOut != "" {
