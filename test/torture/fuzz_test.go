@@ -102,7 +102,7 @@ func (f fuzzer) run(t *testing.T, root string) (int64, time.Duration, error) {
 		cmd = exec.CommandContext(ctx, fuzzGoTool(), "test", "-run=^$", "-fuzz=^"+f.name+"$",
 			fmt.Sprintf("-fuzztime=%dx", f.inputs), f.pkg)
 	} else {
-		cmd = exec.CommandContext(ctx, "make", "fuzz-c", fmt.Sprintf("FUZZ_C_RUNS=%d", f.inputs))
+		cmd = exec.CommandContext(ctx, "make", "fuzz-c", fmt.Sprintf("FUZZ_C_RUNS=%d", f.inputs), "FUZZ_C_KEEP=1")
 		re = fuzzCRuns
 	}
 	cmd.Dir = root
