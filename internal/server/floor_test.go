@@ -43,13 +43,7 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 		t.Fatal("the boot's first daemon is not told it is")
 	}
 	a := d.admin(t)
-	owner, gone := exec.Command("sleep", "1000"), exec.Command("sleep", "1000")
-	for _, c := range []*exec.Cmd{owner, gone} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Process.Kill()
-	}
+	owner, gone := sleeper(t), sleeper(t)
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 10})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid, Start: 20})
 	a.CreateScope(ctx(t), "free", genid.ScopeOptions{Start: 30}) // no owner: until removed

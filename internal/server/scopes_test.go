@@ -151,18 +151,23 @@ func TestScopeIsolation(t *testing.T) {
 	}
 }
 
+// sleeper starts a process to own a scope, killed when the test ends.
+func sleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
+	c := exec.Command("sleep", "1000")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	return c
+}
+
 // Scopes outlive a daemon restart, with their generations; one whose
 // process ended meanwhile does not, and one goes when its process ends.
 func TestScopesAcrossRestart(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := d.admin(t)
-	owner, gone := exec.Command("sleep", "1000"), exec.Command("sleep", "1000")
-	for _, c := range []*exec.Cmd{owner, gone} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Process.Kill()
-	}
+	owner, gone := sleeper(t), sleeper(t)
 	a.CreateScope(ctx(t), "kept", genid.ScopeOptions{Start: 3})
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
@@ -201,13 +206,7 @@ func TestScopesAcrossRestart(t *testing.T) {
 func TestScopesOwnersUpgrade(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := d.admin(t)
-	owner, gone := exec.Command("sleep", "1000"), exec.Command("sleep", "1000")
-	for _, c := range []*exec.Cmd{owner, gone} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Process.Kill()
-	}
+	owner, gone := sleeper(t), sleeper(t)
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 5})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
 	d.stop()
