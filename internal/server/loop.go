@@ -55,6 +55,8 @@ type loop struct {
 	oob     []byte // control messages of the admin socket's reads
 	events  []unix.EpollEvent
 	failed  error // epoll or accept failed for good: run returns it
+
+	drainTime time.Duration // drainTime; tests of the drain change it
 }
 
 // special is a non-connection fd in the epoll set.
@@ -73,7 +75,7 @@ const (
 
 func newLoop(s *Server) (*loop, error) {
 	l := &loop{srv: s, epoch: time.Now(), buf: make([]byte, 64<<10), oob: make([]byte, 256),
-		events: make([]unix.EpollEvent, 256), special: make(map[int]special)}
+		events: make([]unix.EpollEvent, 256), special: make(map[int]special), drainTime: drainTime}
 	var err error
 	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -346,7 +348,7 @@ func (l *loop) add(fd int, sp special) error {
 	if err != nil {
 		return err
 	}
-	if sp.kind == specialAdmin && l.srv.cfg.AdminGroup >= 0 {
+	if sp.kind == specialAdmin && l.srv.cfg.AdminGroup != noGroup {
 		if p.groups, err = peerGroups(fd); err != nil {
 			return fmt.Errorf("SO_PEERGROUPS: %w", err)
 		}
@@ -394,7 +396,11 @@ func (l *loop) closeConn(c *conn) {
 // again.
 func (l *loop) readable(c *conn) {
 	for {
-		if !c.draining && c.backlogged() {
+		if c.draining {
+			l.discard(c)
+			return
+		}
+		if c.backlogged() {
 			// Not reading is not the client's delay: a frame in part gets
 			// a new clock when reading resumes.
 			l.timers.stop(&c.deadline)
@@ -418,17 +424,7 @@ func (l *loop) readable(c *conn) {
 			}
 			continue
 		}
-		fresh := n - held
-		if c.draining {
-			if !c.settle(l.buf, fresh, false, writes) {
-				l.closeConn(c)
-				return
-			}
-			if c.drained += fresh; c.drained >= drainBytes {
-				l.closeConn(c)
-				return
-			}
-		} else if !l.answer(c, l.buf[held:n], writes) {
+		if !l.answer(c, l.buf[held:n], writes) {
 			return
 		}
 		if n < len(l.buf) {
@@ -442,7 +438,7 @@ func (l *loop) readable(c *conn) {
 func (l *loop) answer(c *conn, fresh []byte, writes uint32) bool {
 	data := fresh
 	prev := len(c.in) // a frame's start, consumed earlier
-	if prev > 0 {
+	if prev != 0 {
 		c.in = append(c.in, data...)
 		data = c.in
 	}
@@ -458,14 +454,10 @@ func (l *loop) answer(c *conn, fresh []byte, writes uint32) bool {
 	complete := false
 	switch {
 	case done < 0: // draining after a bad frame
-	case paused && done == 0:
-		// Not one frame answered: the fresh bytes stay in the socket, and
-		// a frame in part waits in c.in without a clock (see readable).
-		c.in = c.in[:prev]
-		l.timers.stop(&c.deadline)
-		used, complete = 0, true
 	case paused || done == len(data):
-		// Whole frames answered; when paused, the rest stays in the socket.
+		// Whole frames answered. When paused, the rest stays in the
+		// socket, a frame in part too: it gets a clock when reading
+		// resumes (see readable).
 		c.in = nil
 		l.timers.stop(&c.deadline)
 		used, complete = done-prev, true
@@ -487,22 +479,20 @@ func (l *loop) answer(c *conn, fresh []byte, writes uint32) bool {
 
 // frames handles the complete frames at the start of data and returns how
 // many bytes they took, or -1 after a frame that cannot be trusted (the
-// connection is then draining). It stops early, paused, when the client
-// does not read its replies. priv tells whether an administrator sent the
-// frames (admin socket only).
+// connection is then draining). It stops early, paused, after a frame once
+// the client is not reading its replies (or the frame closed c): so a
+// paused return has answered at least one frame. priv tells whether an
+// administrator sent the frames (admin socket only).
 func (l *loop) frames(c *conn, data []byte, priv bool) (done int, paused bool) {
-	for len(data)-done >= wire.HeaderSize {
-		// Before the first frame, the caller has just checked.
-		if done > 0 && c.backlogged() {
-			return done, true
-		}
-		f, n, err := wire.Decode(data[done:], l.srv.cfg.MaxPayload)
+	rest := data
+	for len(rest) >= wire.HeaderSize {
+		f, n, err := wire.Decode(rest, l.srv.cfg.MaxPayload)
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			break
 		}
 		if err != nil {
 			// The stream cannot be resynchronised: answer, then hang up.
-			h, _ := wire.ParseHeader(data[done:], ^uint32(0))
+			h, _ := wire.ParseHeader(rest, ^uint32(0))
 			st := wire.StatusBadRequest
 			if errors.Is(err, wire.ErrVersion) {
 				st = wire.StatusVersion
@@ -513,12 +503,13 @@ func (l *loop) frames(c *conn, data []byte, priv bool) (done int, paused bool) {
 			return -1, false
 		}
 		l.srv.handle(c, f, priv)
-		done += n
-		if c.closed {
-			return done, true
+		rest = rest[n:]
+		// The rest waits, in the socket, for the client to read.
+		if c.closed || c.backlogged() {
+			return len(data) - len(rest), true
 		}
 	}
-	return done, false
+	return len(data) - len(rest), false
 }
 
 // readableAdmin reads an administrator's connection: plainly, with each
@@ -526,7 +517,11 @@ func (l *loop) frames(c *conn, data []byte, priv bool) (done int, paused bool) {
 // an administrator's only if every byte of it was.
 func (l *loop) readableAdmin(c *conn) {
 	for !c.closed {
-		if !c.draining && c.backlogged() {
+		if c.draining {
+			l.discard(c)
+			return
+		}
+		if c.backlogged() {
 			l.timers.stop(&c.deadline)
 			return
 		}
@@ -537,12 +532,6 @@ func (l *loop) readableAdmin(c *conn) {
 		case err != nil || n == 0:
 			l.closeConn(c)
 			return
-		}
-		if c.draining {
-			if c.drained += n; c.drained >= drainBytes {
-				l.closeConn(c)
-			}
-			continue
 		}
 		priv := l.srv.isAdmin(c, from)
 		if len(c.in) == 0 {
@@ -578,7 +567,26 @@ func (l *loop) drain(c *conn) {
 	c.draining = true
 	c.in = nil
 	rawShutdown(c.fd, unix.SHUT_WR)
-	l.timers.set(&c.deadline, l.now()+drainTime)
+	l.timers.set(&c.deadline, l.now()+l.drainTime)
+}
+
+// discard reads and drops what a draining connection sends (plainly: no
+// byte of it is answered, so none is held), and closes it after drainBytes.
+func (l *loop) discard(c *conn) {
+	for {
+		n, err := rawRecv(c.fd, l.buf, 0)
+		switch {
+		case err == unix.EAGAIN:
+			return
+		case err != nil || n == 0:
+			l.closeConn(c)
+			return
+		}
+		if c.drained += n; c.drained >= drainBytes {
+			l.closeConn(c)
+			return
+		}
+	}
 }
 
 // close ends every connection and releases the loop; run must have

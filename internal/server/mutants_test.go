@@ -242,20 +242,22 @@ func TestAdminClosesPassedFDs(t *testing.T) {
 // whatever the pause between them, within --frame-timeout from the frame's
 // first byte; each frame has a clock of its own; an idle connection has
 // none; and a frame trickled in slower than that is dropped with its
-// connection (PROTOCOL.md, "Frames").
+// connection (PROTOCOL.md, "Frames"). Each socket has a daemon of its own,
+// so that the trickled frame's clock is its only timer (the first in the
+// loop's heap: the one a wrong test of "no clock yet" would take for none).
 func TestFrameInParts(t *testing.T) {
 	const timeout = time.Second
-	d := start(t, "", server.Config{FrameTimeout: timeout})
 	for _, sock := range []struct {
 		name string
-		dial func(*testing.T) *net.UnixConn
+		dial func(*daemon, *testing.T) *net.UnixConn
 		req  []byte // a request with a payload, answered at once
 	}{
-		{"member", d.dial, wire.Append(nil, wire.Header{Op: wire.OpWaitWatchers, ID: 1}, wire.U32(0))},
-		{"admin", d.dialAdmin, wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, named("", nil))},
+		{"member", (*daemon).dial, wire.Append(nil, wire.Header{Op: wire.OpWaitWatchers, ID: 1}, wire.U32(0))},
+		{"admin", (*daemon).dialAdmin, wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, named("", nil))},
 	} {
 		t.Run(sock.name, func(t *testing.T) {
 			t.Parallel()
+			d := start(t, "", server.Config{FrameTimeout: timeout})
 			write := func(c net.Conn, b []byte) {
 				t.Helper()
 				if _, err := c.Write(b); err != nil {
@@ -272,7 +274,7 @@ func TestFrameInParts(t *testing.T) {
 
 			// The second frame starts in the read that ends the first: it
 			// gets a clock of its own, not what is left of the first's.
-			c := sock.dial(t)
+			c := sock.dial(d, t)
 			write(c, req[:wire.HeaderSize])
 			time.Sleep(timeout * 7 / 10)
 			write(c, append(bytes.Clone(req[wire.HeaderSize:]), req[:wire.HeaderSize]...))
@@ -288,7 +290,7 @@ func TestFrameInParts(t *testing.T) {
 
 			// A byte every 0.2 frame timeouts: the frame is not complete
 			// in time, and the connection is closed unanswered.
-			slow := sock.dial(t)
+			slow := sock.dial(d, t)
 			go func() {
 				for i := range req {
 					if _, err := slow.Write(req[i : i+1]); err != nil {

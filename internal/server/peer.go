@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -30,20 +31,34 @@ func peerOf(fd int) (peer, error) {
 // peerGroups is SO_PEERGROUPS: the supplementary groups of the process that
 // connected, as they were then.
 func peerGroups(fd int) ([]uint32, error) {
-	buf := make([]uint32, 64)
-	for {
-		n := uint32(len(buf) * 4)
-		_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
-		if errno == unix.ERANGE && int(n/4) > len(buf) {
-			buf = make([]uint32, n/4)
-			continue
-		}
-		if errno != 0 {
-			return nil, errno
-		}
-		return buf[:n/4], nil
+	b, err := peerGroupsBytes(fd, make([]byte, 256))
+	if err == unix.ERANGE {
+		// More groups than most users have: room for as many as any may.
+		b, err = peerGroupsBytes(fd, make([]byte, ngroupsMaxBytes))
 	}
+	if err != nil {
+		return nil, err
+	}
+	groups := make([]uint32, len(b)/4)
+	for i := range groups {
+		groups[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return groups, nil
+}
+
+// ngroupsMaxBytes holds the most supplementary groups a process may have
+// (NGROUPS_MAX, 65536), as SO_PEERGROUPS gives them: 4 bytes each.
+const ngroupsMaxBytes = 65536 * 4
+
+// peerGroupsBytes reads SO_PEERGROUPS into buf (ERANGE: it is too short).
+func peerGroupsBytes(fd int, buf []byte) ([]byte, error) {
+	size := uint32(len(buf))
+	_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
+		return nil, errno
+	}
+	return buf[:size], nil
 }
 
 // sender is who sent the bytes of one read on the admin socket, as the
@@ -97,7 +112,7 @@ func (s *Server) isAdmin(c *conn, from sender) bool {
 		return false
 	case from.uid == 0 || from.uid == s.euid:
 		return true
-	case s.cfg.AdminGroup < 0:
+	case s.cfg.AdminGroup == noGroup:
 		return false
 	case from.gid == uint32(s.cfg.AdminGroup):
 		return true
@@ -112,7 +127,7 @@ func (s *Server) adminGroupText() string {
 	if s.euid != 0 {
 		fmt.Fprintf(&b, ", uid %d", s.euid)
 	}
-	if s.cfg.AdminGroup >= 0 {
+	if s.cfg.AdminGroup != noGroup {
 		fmt.Fprintf(&b, ", or group %d", s.cfg.AdminGroup)
 	}
 	return b.String()

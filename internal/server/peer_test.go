@@ -81,3 +81,15 @@ func TestParseSender(t *testing.T) {
 		t.Errorf("credentials at level SOL_IP taken: %+v", s)
 	}
 }
+
+// No admin group is one value once the defaults are set: the zero value and
+// any negative one (the rule above and the admin socket's mode test it).
+func TestAdminGroupDefault(t *testing.T) {
+	for _, tc := range []struct{ group, want int }{{0, noGroup}, {-1, noGroup}, {-7, noGroup}, {1, 1}, {4242, 4242}} {
+		c := Config{AdminGroup: tc.group}
+		c.setDefaults()
+		if c.AdminGroup != tc.want {
+			t.Errorf("AdminGroup %d: %d once defaults are set, want %d", tc.group, c.AdminGroup, tc.want)
+		}
+	}
+}

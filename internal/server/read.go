@@ -2,6 +2,8 @@ package server
 
 import (
 	"golang.org/x/sys/unix"
+
+	"github.com/genid-project/genid/internal/wire"
 )
 
 // Input: the loop reads a member connection's requests without consuming
@@ -22,8 +24,9 @@ import (
 // credentials of each sender (peer.go): their requests are few, and each
 // is judged on who sent it.
 
-// maxHeld bounds what a connection may leave unconsumed in its socket.
-const maxHeld = 256
+// maxHeld bounds what a connection may leave unconsumed in its socket: ten
+// quiet acks.
+const maxHeld = 10 * (wire.HeaderSize + 8)
 
 // peek reads what the socket holds without consuming it: the held bytes
 // first, then fresh ones.

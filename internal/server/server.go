@@ -113,6 +113,10 @@ const (
 	DefaultFrameTimeout        = 5 * time.Second
 )
 
+// noGroup is Config.AdminGroup once defaults are set when there is no
+// admin group (the zero value or any negative one).
+const noGroup = -1
+
 func (c *Config) setDefaults() {
 	def := func(v *int, d int) {
 		if *v <= 0 {
@@ -139,8 +143,8 @@ func (c *Config) setDefaults() {
 	if c.ReserveWatchers <= 0 {
 		c.ReserveWatchers = min(DefaultReserveWatchers, c.MaxWatchers/8)
 	}
-	if c.AdminGroup == 0 {
-		c.AdminGroup = -1
+	if c.AdminGroup <= 0 {
+		c.AdminGroup = noGroup
 	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = wire.DefaultMaxPayload
@@ -260,7 +264,7 @@ func New(cfg Config) (*Server, error) {
 	s.observeInit() // the history's file is this daemon's now
 	s.adminSock = filepath.Join(cfg.RunDir, genid.AdminSocketFile)
 	mode := uint32(0o600)
-	if cfg.AdminGroup >= 0 {
+	if cfg.AdminGroup != noGroup {
 		mode = 0o660
 	}
 	if fd, found := take(genid.AdminSocketFile); found {
