@@ -265,6 +265,7 @@ func DecodeRecord(b []byte) (*Record, error) {
 	r.Writer = rd.str8()
 	r.RunDir = rd.path()
 	nscopes := int(rd.u16())
+	listed := make(map[string]struct{}, nscopes) // a lookup per scope and socket: linear in both
 	for range nscopes {
 		if rd.err != nil {
 			break
@@ -293,9 +294,10 @@ func DecodeRecord(b []byte) (*Record, error) {
 			m.File, m.VMClock, m.Path = mf&1 != 0, mf&2 != 0, rd.path()
 			s.Mounts = append(s.Mounts, m)
 		}
-		if r.Scope(s.Name) != nil {
+		if _, dup := listed[s.Name]; dup {
 			rd.fail(fmt.Errorf("scope %q twice", s.Name))
 		}
+		listed[s.Name] = struct{}{}
 		r.Scopes = append(r.Scopes, s)
 	}
 	nsockets := rd.u32()
@@ -312,7 +314,7 @@ func DecodeRecord(b []byte) (*Record, error) {
 		s.Acked = rd.u32()
 		s.Scope = rd.name()
 		s.Path = rd.path()
-		if rd.err == nil && r.Scope(s.Scope) == nil {
+		if _, ok := listed[s.Scope]; rd.err == nil && !ok {
 			rd.fail(fmt.Errorf("socket %d of scope %q, which the record does not list", s.Inode, s.Scope))
 		}
 		r.Sockets = append(r.Sockets, s)
