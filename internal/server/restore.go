@@ -65,7 +65,7 @@ func (s *Server) restore(c *conn, h wire.Header, hint string, req wire.Restore, 
 	case req.PID == 0:
 		st = s.root
 	default:
-		st = s.scopeOf(int(req.PID))
+		st = s.scopeOf(int(req.PID), hint)
 		if old := s.scopes[hint]; st == nil && old != nil && old.meta.PID != 0 && !ownerAlive(old) && !old.restoring() {
 			// The checkpointed container's own scope, its process gone:
 			// the restored one takes its name.
@@ -110,8 +110,14 @@ func (s *Server) restore(c *conn, h wire.Header, hint string, req wire.Restore, 
 	c.reply(h, wire.AppendName(wire.U32(gen), st.name))
 }
 
-// scopeOf returns the scope that process pid belongs to, if any.
-func (s *Server) scopeOf(pid int) *scopeState {
+// scopeOf returns the scope that process pid belongs to, if any. The
+// scope named hint (the one recorded at checkpoint) is looked at first: a
+// container restored under its old name has it again, and the others are
+// many on a busy host.
+func (s *Server) scopeOf(pid int, hint string) *scopeState {
+	if st := s.scopes[hint]; st != nil && st.meta.PID == pid && ownerAlive(st) {
+		return st
+	}
 	for _, st := range s.scopes {
 		if st.meta.PID == pid && ownerAlive(st) {
 			return st

@@ -312,6 +312,11 @@ func TestRestoreScopes(t *testing.T) {
 	if err != nil || name != "hooked" || g != 21 {
 		t.Fatalf("restore into the hook's scope: %d %q %v", g, name, err)
 	}
+	// Restored under its recorded name: the same scope.
+	g, name, err = a.Restore(ctx(t), "hooked", &avoid, root3.Process.Pid)
+	if err != nil || name != "hooked" || g != 22 {
+		t.Fatalf("restore into the hook's scope, named in the record: %d %q %v", g, name, err)
+	}
 	// A restore's scope goes with its process, once the restore ended.
 	a.Close()
 	root1.Process.Kill()

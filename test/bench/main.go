@@ -177,10 +177,11 @@ func (b *bench) hotPath(rep *Report) error {
 // `passes` passes of fresh set-ups, interleaved, so that drift on a shared
 // machine hits them alike.
 func (b *bench) fanout(rep *Report, n int) error {
-	// Small N is where latency rules and rounds are cheap: many of them,
-	// in more passes, so that a ratio's interval is narrow enough to
-	// decide a target on this noisy machine.
-	rounds := map[int]int{1: 200, 100: 120, 1000: 20, 10000: 15}[n]
+	// A round costs little next to a mechanism's set-up (N watchers):
+	// enough of them that a ratio's interval is narrow enough to decide a
+	// target on this noisy machine. Small N, where latency rules, runs in
+	// more passes.
+	rounds := map[int]int{1: 600, 100: 240, 1000: 60, 10000: 45}[n]
 	if rounds == 0 {
 		rounds = 10
 	}
