@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,11 +21,24 @@ import (
 // the same is in server_test.go and mutants_test.go.
 
 // serve starts a daemon on a run dir of its own, after set (if any) has
-// changed its loop, and stops it when the test ends.
+// changed its loop, and stops it when the test ends. Its log is kept in
+// log; one that logged an error fails the test (these tests break no rule
+// of the daemon's: their clients only misbehave).
 func serve(t *testing.T, cfg Config, set func(*loop)) *Server {
+	s, _ := serveLog(t, cfg, set)
+	return s
+}
+
+func serveLog(t *testing.T, cfg Config, set func(*loop)) (*Server, *logBuffer) {
 	t.Helper()
 	cfg.RunDir = t.TempDir()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := &logBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
+	t.Cleanup(func() { // after the stop below: the log is whole
+		if text := log.String(); strings.Contains(text, "level=ERROR") {
+			t.Errorf("the daemon logged an error:\n%s", text)
+		}
+	})
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +60,25 @@ func serve(t *testing.T, cfg Config, set func(*loop)) *Server {
 			t.Error("daemon still serving 10 s after it was told to stop")
 		}
 	})
-	return s
+	return s, log
+}
+
+// logBuffer is a daemon's log, written by its loop, read by the test.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func dialUnix(t *testing.T, path string) *net.UnixConn {
@@ -272,4 +305,115 @@ func TestDrainEnds(t *testing.T) {
 			t.Fatalf("a write after the close: %v, want EPIPE", err)
 		}
 	})
+}
+
+// cpuTime is the CPU time this process has used.
+func cpuTime(t *testing.T) time.Duration {
+	t.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// A timer pending (a frame in part) does not keep the loop running: it
+// parks until the timer is due, not in a busy loop that would still fire
+// it on time.
+func TestLoopSleepsUntilTimer(t *testing.T) {
+	s := serve(t, Config{FrameTimeout: time.Minute}, nil)
+	c := dialUnix(t, s.SocketPath())
+	if _, err := c.Write(make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, s, "the frame's clock set", func() bool { m := member(s.loop); return m != nil && m.deadline.idx >= 0 })
+	const window = 500 * time.Millisecond
+	c0 := cpuTime(t)
+	time.Sleep(window)
+	if used := cpuTime(t) - c0; used > window/5 {
+		t.Fatalf("the process used %v of CPU in %v while the daemon waited for a timer", used, window)
+	}
+}
+
+// Out of file descriptors, the daemon stops accepting for a while, longer
+// each time (not spinning on a listening socket that stays readable, nor
+// giving up), and accepts the waiting connection once fds are free again,
+// whatever timer is due later.
+func TestAcceptBackOff(t *testing.T) {
+	s, log := serveLog(t, Config{FrameTimeout: time.Minute}, nil)
+	// A frame in part: a timer due long after the accept's retries.
+	partial := dialUnix(t, s.SocketPath())
+	if _, err := partial.Write(make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, s, "the frame's clock set", func() bool { m := member(s.loop); return m != nil && m.deadline.idx >= 0 })
+	waiting, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(waiting)
+
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = min(lim.Cur, 1024)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fillers []int
+	free := func() {
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+		fillers = nil
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+	defer free()
+	for {
+		fd, err := unix.Dup(waiting)
+		if err == unix.EMFILE {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		fillers = append(fillers, fd)
+	}
+	if err := unix.Connect(waiting, &unix.SockaddrUnix{Name: s.SocketPath()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, s, "accepting again after a back-off of 80 ms", func() bool { return s.loop.backoff >= 80*time.Millisecond })
+	// Five tries at least (5, 10, 20, 40, 80 ms); many more would be a spin.
+	if tries := strings.Count(log.String(), "msg=accept"); tries > 10 {
+		t.Fatalf("%d tries to accept in the first 155 ms of back-off", tries)
+	}
+	free()
+
+	req := wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 3}, nil)
+	if _, err := unix.Write(waiting, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptTimeval(waiting, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := wire.ReadFrame(fdReader(waiting), wire.MaxReplyPayload)
+	if err != nil || f.ID != 3 || f.Status != wire.StatusOK {
+		t.Fatalf("the connection that waited for an fd: %+v %v", f.Header, err)
+	}
+}
+
+// fdReader reads a blocking fd.
+type fdReader int
+
+func (fd fdReader) Read(p []byte) (int, error) {
+	n, err := unix.Read(int(fd), p)
+	if n < 0 {
+		n = 0
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	return n, err
 }

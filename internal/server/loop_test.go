@@ -34,6 +34,9 @@ func TestStopAfterClose(t *testing.T) {
 		t.Fatalf("fd %d not reused", wake)
 	}
 	s.loop.stop()
+	if s.loop.post(func() {}) {
+		t.Error("post after close took work it will never run")
+	}
 	var v [8]byte
 	if n, err := unix.Read(reused, v[:]); err == nil {
 		t.Fatalf("stop wrote %d bytes to fd %d after close: another file's now", n, reused)
