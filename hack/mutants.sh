@@ -46,21 +46,22 @@ esac
 # tests (tens of seconds) for each of hundreds of mutants.
 server_rest='(^|/)(conn|diag|dispatch|errors|floor|history|historyfile|hooks|limits|listen|metrics|pages|publish|restore|scopes|server|status|sys|timers|waits|write)\.go$'
 # Their mutants are judged by the package's tests of the protocol, the input path and who
-# may do what (backlog, listen, loop, mutants, peer, server _test.go); those of its other
+# may do what (backlog, input, listen, loop, mutants, peer, server _test.go); those of its other
 # concerns (history, hooks, metrics, floor, pages, restore images, scopes: observe, floor,
 # pages, restore_images, scopes _test.go) are skipped, a third of the package's test time.
 server_skip='-skip=^(TestHistory|TestBarrier|TestHooks|TestMetrics|TestFloor|TestMarksKept|TestVMClockPages|TestRestoreImagesInHistory|TestScope|TestRestoreScopes$|TestRestoredAttachNeedsRestore$|TestRestoreBegin$)'
 
 # frame_reader_counts LOG LOOP_GO: "killed lived not-covered timed-out not-viable" of the
 # mutants of gremlins' LOG in the privilege check and the input path proper: peer.go,
-# read.go and loop.go's frame reader (readable, answer, frames, readableAdmin, drain; the
-# rest of loop.go is the event loop: its setup, wake-ups, timers, accept and close).
+# read.go and loop.go's frame reader (readable, answer, frames, readableAdmin, drain,
+# discard; the rest of loop.go is the event loop: its setup, wake-ups, timers, accept and
+# close).
 frame_reader_counts() {
 	awk '
 	FNR == NR {
 		if ($0 ~ /^func /) {
 			if (start) { lo[++k] = start; hi[k] = FNR - 1; start = 0 }
-			if ($0 ~ /^func \(l \*loop\) (readable|answer|frames|readableAdmin|drain)\(/) start = FNR
+			if ($0 ~ /^func \(l \*loop\) (readable|answer|frames|readableAdmin|drain|discard)\(/) start = FNR
 		}
 		next
 	}

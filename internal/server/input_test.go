@@ -337,22 +337,55 @@ func TestLoopSleepsUntilTimer(t *testing.T) {
 
 // Out of file descriptors, the daemon stops accepting for a while, longer
 // each time (not spinning on a listening socket that stays readable, nor
-// giving up), and accepts the waiting connection once fds are free again,
-// whatever timer is due later.
+// giving up), and accepts the waiting connection once fds are free again:
+// on either socket, with no timer pending or one due much later.
 func TestAcceptBackOff(t *testing.T) {
-	s, log := serveLog(t, Config{FrameTimeout: time.Minute}, nil)
-	// A frame in part: a timer due long after the accept's retries.
-	partial := dialUnix(t, s.SocketPath())
-	if _, err := partial.Write(make([]byte, 5)); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name  string
+		admin bool
+		timer bool
+	}{
+		{"member socket, no timer", false, false},
+		{"admin socket, a timer due later", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, log := serveLog(t, Config{FrameTimeout: time.Minute}, nil)
+			if tc.timer { // a frame in part
+				partial := dialUnix(t, s.SocketPath())
+				if _, err := partial.Write(make([]byte, 5)); err != nil {
+					t.Fatal(err)
+				}
+				eventually(t, s, "the frame's clock set", func() bool { m := member(s.loop); return m != nil && m.deadline.idx >= 0 })
+			}
+			path, req := s.SocketPath(), wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 3}, nil)
+			if tc.admin {
+				path, req = s.AdminSocketPath(), wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 3}, wire.AppendName(nil, ""))
+			}
+			waiting := acceptedAfterFDs(t, s, log, path)
+			defer unix.Close(waiting)
+			if _, err := unix.Write(waiting, req); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.SetsockoptTimeval(waiting, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+				t.Fatal(err)
+			}
+			f, err := wire.ReadFrame(fdReader(waiting), wire.MaxReplyPayload)
+			if err != nil || f.ID != 3 || f.Status != wire.StatusOK {
+				t.Fatalf("the connection that waited for an fd: %+v %v", f.Header, err)
+			}
+		})
 	}
-	eventually(t, s, "the frame's clock set", func() bool { m := member(s.loop); return m != nil && m.deadline.idx >= 0 })
+}
+
+// acceptedAfterFDs connects to path while this process, the daemon's, is
+// out of fds, checks that the daemon backs off, frees the fds, and returns
+// the connection.
+func acceptedAfterFDs(t *testing.T, s *Server, log *logBuffer, path string) int {
+	t.Helper()
 	waiting, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(waiting)
-
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
@@ -363,14 +396,12 @@ func TestAcceptBackOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	var fillers []int
-	free := func() {
+	defer func() {
 		for _, fd := range fillers {
 			unix.Close(fd)
 		}
-		fillers = nil
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
-	}
-	defer free()
+	}()
 	for {
 		fd, err := unix.Dup(waiting)
 		if err == unix.EMFILE {
@@ -381,7 +412,7 @@ func TestAcceptBackOff(t *testing.T) {
 		}
 		fillers = append(fillers, fd)
 	}
-	if err := unix.Connect(waiting, &unix.SockaddrUnix{Name: s.SocketPath()}); err != nil {
+	if err := unix.Connect(waiting, &unix.SockaddrUnix{Name: path}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, s, "accepting again after a back-off of 80 ms", func() bool { return s.loop.backoff >= 80*time.Millisecond })
@@ -389,19 +420,7 @@ func TestAcceptBackOff(t *testing.T) {
 	if tries := strings.Count(log.String(), "msg=accept"); tries > 10 {
 		t.Fatalf("%d tries to accept in the first 155 ms of back-off", tries)
 	}
-	free()
-
-	req := wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 3}, nil)
-	if _, err := unix.Write(waiting, req); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.SetsockoptTimeval(waiting, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
-		t.Fatal(err)
-	}
-	f, err := wire.ReadFrame(fdReader(waiting), wire.MaxReplyPayload)
-	if err != nil || f.ID != 3 || f.Status != wire.StatusOK {
-		t.Fatalf("the connection that waited for an fd: %+v %v", f.Header, err)
-	}
+	return waiting
 }
 
 // fdReader reads a blocking fd.
