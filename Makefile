@@ -286,8 +286,10 @@ torture: build
 	test $$table = 0 || { echo "torture: a part left no result to include (above the table)" >&2; exit 1; }
 
 # Mutation testing (gremlins, from the Go module proxy) of the packages that
-# guard the semantics, the privilege check and the parsers: a line a package,
-# failing under 95% efficacy (docs/mutants.md). make torture runs it too.
+# guard the semantics, the privilege check and the parsers, and
+# (hack/mutants-c.sh) of the CRIU plugin's C reader and writer of the
+# record: a line each, failing under 95% efficacy (docs/mutants.md). make
+# torture runs it too.
 mutants:
 	command -v gremlins >/dev/null || timeout 600 $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" hack/mutants.sh
