@@ -150,8 +150,8 @@ func TestPinnedReason(t *testing.T) {
 // writer writes it, or one refused is written back.
 func TestRoundtrip(t *testing.T) {
 	dir := t.TempDir()
-	for name, r := range samples() {
-		b, _ := r.Encode()
+	for _, name := range []string{"plugin", "vmclock"} {
+		b, _ := samples()[name].Encode()
 		os.WriteFile(filepath.Join(dir, name), b, 0o644)
 	}
 	os.WriteFile(filepath.Join(dir, "refused"), []byte("GENIDREC"), 0o644)
