@@ -83,13 +83,17 @@ fuzz: fuzz-c
 # The C fuzzer: libFuzzer on the CRIU plugin's reader of the checkpoint
 # record, under ASan and UBSan, seeded with the Go writer's records, for
 # FUZZ_C_RUNS inputs (about 10 s on the 2-core test machine); then the C and
-# Go readers must agree on every input of its corpus. CRIU's plugin header
+# Go readers must agree on every input of its corpus, and the round trip
+# (record_roundtrip, under ASan and UBSan too) holds on it and on the
+# largest record: what the C reader took, the C writer writes back as the Go
+# writer encodes it (seeds -roundtrip). CRIU's plugin header
 # comes from the test bed where this host lacks it. The corpus kept in the
 # repository (plugin/criu/fuzz/corpus) is read, never written: new finds go
 # to bin/fuzz/corpus, and FUZZ_C_KEEP=1 (make torture) merges those that
 # add coverage into it, to be committed.
 FUZZ_C_RUNS ?= 500000
 FUZZ_C      := bin/record-fuzz
+FUZZ_C_RT   := bin/record-roundtrip
 FUZZ_C_KEPT := plugin/criu/fuzz/corpus
 fuzz-c: c-deps
 	@mkdir -p bin/fuzz/include/criu bin/fuzz/corpus
@@ -98,12 +102,15 @@ fuzz-c: c-deps
 		for h in $(CRIU_HEADERS); do cp "$$root$$h" bin/fuzz/include/criu/ || exit 1; done; fi
 	clang -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=all -Ibin/fuzz/include -o $(FUZZ_C) plugin/criu/fuzz/record_fuzz.c
+	clang -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=address,undefined \
+		-fno-sanitize-recover=all -Ibin/fuzz/include -o $(FUZZ_C_RT) plugin/criu/fuzz/record_roundtrip.c
 	$(GO) run ./plugin/criu/fuzz/seeds bin/fuzz/seeds
 	@echo "$(FUZZ_C) -runs=$(FUZZ_C_RUNS) bin/fuzz/corpus $(FUZZ_C_KEPT) bin/fuzz/seeds (log: bin/fuzz/record-fuzz.log)"
 	@$(FUZZ_C) -runs=$(FUZZ_C_RUNS) -artifact_prefix=bin/fuzz/ bin/fuzz/corpus $(FUZZ_C_KEPT) bin/fuzz/seeds \
 		>bin/fuzz/record-fuzz.log 2>&1 || { tail -40 bin/fuzz/record-fuzz.log; exit 1; }
 	@tail -1 bin/fuzz/record-fuzz.log
 	$(GO) run ./plugin/criu/fuzz/seeds -check $(FUZZ_C) bin/fuzz/corpus $(FUZZ_C_KEPT) bin/fuzz/seeds
+	$(GO) run ./plugin/criu/fuzz/seeds -largest -roundtrip $(FUZZ_C_RT) bin/fuzz/corpus $(FUZZ_C_KEPT) bin/fuzz/seeds
 	@if [ "$(FUZZ_C_KEEP)" = 1 ]; then timeout 10m $(FUZZ_C) -merge=1 $(FUZZ_C_KEPT) bin/fuzz/corpus 2>&1 | tail -1; fi
 
 # The real binary: daemon and client processes (and the C client's tests,
@@ -279,8 +286,10 @@ torture: build
 	test $$table = 0 || { echo "torture: a part left no result to include (above the table)" >&2; exit 1; }
 
 # Mutation testing (gremlins, from the Go module proxy) of the packages that
-# guard the semantics, the privilege check and the parsers: a line a package,
-# failing under 95% efficacy (docs/mutants.md). make torture runs it too.
+# guard the semantics, the privilege check and the parsers, and
+# (hack/mutants-c.sh) of the CRIU plugin's C reader and writer of the
+# record: a line each, failing under 95% efficacy (docs/mutants.md). make
+# torture runs it too.
 mutants:
 	command -v gremlins >/dev/null || timeout 600 $(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" hack/mutants.sh

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The record's limits, each at the limit and one past it: what the C
@@ -88,11 +89,11 @@ func TestDecodeLimits(t *testing.T) {
 	binary.LittleEndian.PutUint16(tooLong[at:], maxPath+1)
 	tooLong = append(tooLong[:at+2], append([]byte{'p'}, tooLong[at+2:]...)...)
 	binary.LittleEndian.PutUint32(tooLong[12:], uint32(len(tooLong)-16))
-	// A count of sockets that the bytes left cannot hold, 14 bytes each at
+	// A count of sockets that the bytes left cannot hold, 12 bytes each at
 	// least: its own error, before any socket is read.
 	sockets := append([]byte{}, good...)
 	at = bytes.Index(sockets, []byte("\x02\x00\x00\x00\x92\x10"))
-	binary.LittleEndian.PutUint32(sockets[at:], uint32(len(sockets)-at-4)/14+1)
+	binary.LittleEndian.PutUint32(sockets[at:], uint32(len(sockets)-at-4)/12+1)
 
 	for _, tc := range []struct {
 		name string
@@ -119,6 +120,24 @@ func TestDecodeLimits(t *testing.T) {
 			t.Errorf("%s: run dir of %d bytes", tc.name, len(r.RunDir))
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// A socket's path is at most sun_path's 108 bytes, as the C plugin reads it.
+func TestSocketPathLimit(t *testing.T) {
+	for _, n := range []int{maxSocketPath, maxSocketPath + 1} {
+		r := Record{Time: time.Unix(1, 0), Scopes: []ScopeRecord{{}}, Sockets: []Socket{{Path: "/" + strings.Repeat("s", n-1)}}}
+		b, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeRecord(b)
+		if n <= maxSocketPath && (err != nil || got.Sockets[0].Path != r.Sockets[0].Path) {
+			t.Errorf("a socket path of %d bytes: %v", n, err)
+		}
+		if n > maxSocketPath && (err == nil || !strings.Contains(err.Error(), "a socket path of 109 bytes")) {
+			t.Errorf("a socket path of %d bytes: %v, want refused", n, err)
 		}
 	}
 }

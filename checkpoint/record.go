@@ -61,7 +61,7 @@ const Reason = "criu-restore"
 //	  flags  u8       1: a watcher; 2: non-blocking
 //	  acked  u32
 //	  scope  str8
-//	  path   str16    the daemon's socket it was connected to
+//	  path   str16    the daemon's socket it was connected to (108 bytes at most)
 //
 // Nothing may follow. The C plugin reads and writes the same, each the
 // lowest version that holds the record: genid before the VMClock page
@@ -74,6 +74,9 @@ const (
 	// fit many times over.
 	MaxRecord = 64 << 20
 	maxPath   = 4096
+	// maxSocketPath bounds a socket's path: sun_path's size, which the
+	// C plugin's reader takes at most (it connects to the path).
+	maxSocketPath = 108
 )
 
 // Record is what a checkpoint remembers.
@@ -301,7 +304,8 @@ func DecodeRecord(b []byte) (*Record, error) {
 		r.Scopes = append(r.Scopes, s)
 	}
 	nsockets := rd.u32()
-	if rd.err == nil && uint64(nsockets)*14 > uint64(len(rd.b)) {
+	// A socket takes 12 bytes at least: inode, flags, acked, two lengths.
+	if rd.err == nil && uint64(nsockets)*12 > uint64(len(rd.b)) {
 		rd.fail(fmt.Errorf("%d sockets cannot fit %d bytes", nsockets, len(rd.b)))
 	}
 	for i := uint32(0); i < nsockets && rd.err == nil; i++ {
@@ -314,6 +318,9 @@ func DecodeRecord(b []byte) (*Record, error) {
 		s.Acked = rd.u32()
 		s.Scope = rd.name()
 		s.Path = rd.path()
+		if len(s.Path) > maxSocketPath {
+			rd.fail(fmt.Errorf("a socket path of %d bytes, more than %d", len(s.Path), maxSocketPath))
+		}
 		if _, ok := listed[s.Scope]; rd.err == nil && !ok {
 			rd.fail(fmt.Errorf("socket %d of scope %q, which the record does not list", s.Inode, s.Scope))
 		}

@@ -5,8 +5,9 @@
 # Usage: hack/mutants.sh [PACKAGE...]
 #   PACKAGE  server (peer.go, read.go, loop.go; its threshold is on the privilege check and
 #            the input path: peer.go, read.go and loop.go's frame reader), checkpoint, wire,
-#            scope, or server-all (every file of internal/server: hours on 2 cores).
-#            Default: server checkpoint wire scope.
+#            scope, server-all (every file of internal/server: hours on 2 cores), or plugin-c
+#            (the CRIU plugin's C reader and writer of the record, by hack/mutants-c.sh).
+#            Default: server checkpoint wire scope plugin-c.
 #
 # Environment:
 #   MUTANTS_TIMEOUT    seconds one package may take (default: server 1200, the others 600);
@@ -126,11 +127,11 @@ mkdir -p "$shim" "$src.tmp" && chmod 700 "$src.tmp" || exit 2
 printf '#!/bin/bash\nunset GOTMPDIR\nexec %q "$@"\n' "$real_go" >"$shim/go" && chmod +x "$shim/go" || exit 2
 export PATH="$shim:$PATH"
 
-[ $# -gt 0 ] || set -- server checkpoint wire scope
+[ $# -gt 0 ] || set -- server checkpoint wire scope plugin-c
 fail=0
 json=()
 for name in "$@"; do
-	args=() workers=1 coef=10 bound=600 skip= by="its tests" gate=$threshold frame=
+	args=() workers=1 coef=10 bound=600 skip= by="its tests" gate=$threshold frame= tool=gremlins
 	case $name in
 	wire) pkg=./internal/wire what="internal/wire" ;;
 	scope) pkg=./internal/scope what="internal/scope" ;;
@@ -144,6 +145,12 @@ for name in "$@"; do
 		gate=0 frame=1
 		;;
 	server-all) pkg=./internal/server what="internal/server" workers=2 coef=3 bound=14400 ;;
+	plugin-c)
+		# gremlins mutates Go only: hack/mutants-c.sh mutates the C, one mutant at a
+		# time, and prints gremlins' summary lines; its -control is the control run.
+		pkg='' what="plugin/criu/genid-criu.c's record reader and writer" tool=hack/mutants-c.sh
+		by="the C and Go readers' verdicts and the C writer's round trip (seeds -roundtrip, ASan, UBSan)"
+		;;
 	*)
 		echo "mutants: unknown package $name" >&2
 		exit 2
@@ -158,8 +165,12 @@ for name in "$@"; do
 	# coverage run's time; the machine is shared, and a slow run must not count as a hang.
 	# The server's mutants that hang its loop (an in-process call waits on it, unbounded)
 	# take that bound in full, hence 3 times its longer run. -k: gremlins outlives a SIGTERM.
-	(cd "$src" && exec timeout -k 30 "$bound" gremlins unleash --workers "$workers" --timeout-coefficient "$coef" \
-		--threshold-efficacy "$gate" -o "$out/$name.json" "${args[@]}" "$pkg") >"$log" 2>&1 &
+	if [ "$tool" = gremlins ]; then
+		(cd "$src" && exec timeout -k 30 "$bound" gremlins unleash --workers "$workers" --timeout-coefficient "$coef" \
+			--threshold-efficacy "$gate" -o "$out/$name.json" "${args[@]}" "$pkg") >"$log" 2>&1 &
+	else
+		(cd "$src" && MUTANTS_THRESHOLD=$gate MUTANTS_C_LOG=$out/$name.mutants exec timeout -k 30 "$bound" "$tool") >"$log" 2>&1 &
+	fi
 	gremlins_pid=$!
 	wait "$gremlins_pid"
 	rc=$?
@@ -168,7 +179,11 @@ for name in "$@"; do
 	# A test that fails now and then would "kill" mutants it never judged.
 	ok=0
 	for i in 1 2; do
-		(cd "$src" && GOTMPDIR=$src.tmp timeout -k 10 600 go test "$pkg" >"$out/$name.control$i.log" 2>&1) &
+		if [ "$tool" = gremlins ]; then
+			(cd "$src" && GOTMPDIR=$src.tmp timeout -k 10 600 go test "$pkg" >"$out/$name.control$i.log" 2>&1) &
+		else
+			(cd "$src" && timeout -k 10 600 "$tool" -control >"$out/$name.control$i.log" 2>&1) &
+		fi
 	done
 	for i in 1 2; do
 		wait -n && ok=$((ok + 1))
@@ -206,8 +221,8 @@ for name in "$@"; do
 	grep -E '^ *(LIVED|TIMED OUT) ' "$log" | sed "s/^ */  $name: /"
 	passed=false
 	case $verdict in ok) passed=true ;; esac
-	json+=("$(printf '{"case": "mutants-%s", "tried": "%d mutants of %s (gremlins); %s run on each they cover", "held": "%s%% killed of those run in %s (%s killed, %s lived, %s not covered, %s timed out)%s; %s%% wanted", "failures": %d, "passed": %s, "seconds": %d, "figures": {"killed": %d, "lived": %d, "not_covered": %d, "timed_out": %d, "not_viable": %d, "efficacy": %s, "control_passed": %d%s}, "full": true}' \
-		"$name" "$total" "${files:-$what}" "$by" "${efficacy:--}" "$what" "${killed:--}" "${lived:--}" "${nocover:--}" "${timedout:--}" "$all" "$threshold" \
+	json+=("$(printf '{"case": "mutants-%s", "tried": "%d mutants of %s (%s); %s run on each they cover", "held": "%s%% killed of those run in %s (%s killed, %s lived, %s not covered, %s timed out)%s; %s%% wanted", "failures": %d, "passed": %s, "seconds": %d, "figures": {"killed": %d, "lived": %d, "not_covered": %d, "timed_out": %d, "not_viable": %d, "efficacy": %s, "control_passed": %d%s}, "full": true}' \
+		"$name" "$total" "${files:-$what}" "$tool" "$by" "${efficacy:--}" "$what" "${killed:--}" "${lived:--}" "${nocover:--}" "${timedout:--}" "$all" "$threshold" \
 		"${lived:-0}" "$passed" "$secs" "${killed:-0}" "${lived:-0}" "${nocover:-0}" "${timedout:-0}" "${notviable:-0}" "${efficacy:-0}" "$ok" "$allfig")")
 done
 if [ -n "$rows" ]; then

@@ -10,18 +10,30 @@
  * consumed whole, every name is a scope's name, every socket's scope is
  * listed. With GENID_FUZZ_VERDICT set, it prints "HASH accept" or "HASH
  * reject: WHY" for each input (HASH: its FNV-1a, 64 bits, in hex): seeds/
- * compares that with the Go reader's verdict.
+ * compares that with the Go reader's verdict. record_roundtrip.c runs the
+ * same checks without libFuzzer, and the writer on what the reader took.
  */
 #include "../genid-criu.c"
 
-/* What CRIU's binary gives a plugin: not reached by the reader. */
+/* The images dir: none for the reader; record_roundtrip.c opens one. */
+static int images_fd = -1;
+
+/* What CRIU's binary gives a plugin. */
 int criu_get_image_dir(void)
 {
-	return -1;
+	return images_fd;
 }
+
+/* The plugin's last log line: record_roundtrip.c checks what an I/O error says. */
+static char last_log[512];
 
 void print_on_level(unsigned int loglevel, const char *format, ...)
 {
+	va_list ap;
+
+	va_start(ap, format);
+	vsnprintf(last_log, sizeof(last_log), format, ap);
+	va_end(ap);
 }
 
 static int verdict;
@@ -44,7 +56,23 @@ static int name_ok(const char *s)
 	return 1;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* fnv64a names an input in the verdicts (seeds/ hashes the same). */
+static uint64_t fnv64a(const uint8_t *data, size_t size)
+{
+	uint64_t h = 14695981039346656037ULL;
+	size_t i;
+
+	for (i = 0; i < size; i++)
+		h = (h ^ data[i]) * 1099511628211ULL;
+	return h;
+}
+
+/*
+ * check_record runs the reader on one input and aborts where what it
+ * accepted breaks what the restore relies on; it returns the reader's
+ * error, or NULL if it accepted the input.
+ */
+static const char *check_record(const uint8_t *data, size_t size)
 {
 	struct rbuf r = { .p = data, .end = data + size };
 	size_t i, j;
@@ -54,11 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	else
 		parse_record(&r);
 	if (verdict) {
-		uint64_t h = 14695981039346656037ULL;
-
-		for (i = 0; i < size; i++)
-			h = (h ^ data[i]) * 1099511628211ULL;
-		printf("%016" PRIx64 " %s%s\n", h, r.err ? "reject: " : "accept", r.err ? r.err : "");
+		printf("%016" PRIx64 " %s%s\n", fnv64a(data, size), r.err ? "reject: " : "accept",
+		       r.err ? r.err : "");
 		fflush(stdout);
 	}
 	if (!r.err) {
@@ -76,5 +101,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 	}
 	free_record();
+	return r.err;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	check_record(data, size);
 	return 0;
 }
