@@ -8,9 +8,10 @@
 #
 # The mutants: plugin/criu/fuzz/mutants lists gremlins' operator mutants (< <= > >= == !=,
 # binary + - * / %, ++ --, += -=, && ||) in the bodies of the reader's functions (take,
-# get_*, get_str, get_name, parse_record, read_record) and the writer's (put, put_*,
-# write_record), their lines read from the source at run time; never in a string or
-# character literal, a comment, a preprocessor line, nor -> or a unary * or -. Each is
+# get_*, get_str, get_name, parse_scopes, by_name, name_is, parse_record, read_record) and
+# the writer's (put, put_*, write_record), their lines read from the source at run time;
+# never in a string or character literal, a comment, a preprocessor line, nor -> or a
+# unary * or -. Each is
 # applied alone to a copy of the source and plugin/criu/fuzz/record_roundtrip.c built on it
 # with clang, ASan and UBSan (-O0: the build is most of a mutant's time); one that does not
 # build is "not viable".
@@ -47,7 +48,7 @@ threshold=${MUTANTS_THRESHOLD:-95}
 each=${MUTANTS_C_EACH:-15}
 log=${MUTANTS_C_LOG:-bin/mutants/plugin-c.mutants}
 file=plugin/criu/genid-criu.c
-funcs=(take get_u8 get_u16 get_u32 get_i64 get_str get_name parse_record read_record
+funcs=(take get_u8 get_u16 get_u32 get_i64 get_str get_name parse_scopes by_name name_is parse_record read_record
 	put put_u8 put_u16 put_u32 put_i64 put_str8 put_str16 write_record)
 control_only=
 case ${1:-} in

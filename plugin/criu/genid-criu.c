@@ -286,13 +286,11 @@ static struct rscope *find_scope(const char *name)
 	return NULL;
 }
 
-/* add_scope returns the record of scope name, adding it if need be. */
-static struct rscope *add_scope(const char *name)
+/* new_scope appends a record of scope name, which must not be there yet. */
+static struct rscope *new_scope(const char *name)
 {
-	struct rscope *s = find_scope(name), *n;
+	struct rscope *s, *n;
 
-	if (s)
-		return s;
 	if (strlen(name) > GENID_MAX_NAME)
 		return NULL;
 	n = grow(g.scopes, g.nr_scopes, sizeof(*n));
@@ -303,6 +301,24 @@ static struct rscope *add_scope(const char *name)
 	memset(s, 0, sizeof(*s));
 	strcpy(s->name, name);
 	return s;
+}
+
+/* add_scope returns the record of scope name, adding it if need be. */
+static struct rscope *add_scope(const char *name)
+{
+	struct rscope *s = find_scope(name);
+
+	return s ? s : new_scope(name);
+}
+
+static int by_name(const void *a, const void *b)
+{
+	return strcmp((*(struct rscope *const *)a)->name, (*(struct rscope *const *)b)->name);
+}
+
+static int name_is(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct rscope *const *)elem)->name);
 }
 
 static void drop_scope(struct rscope *s)
@@ -608,13 +624,16 @@ static void get_name(struct rbuf *r, char *out)
 }
 
 /* parse_record reads the whole record into g, or sets r->err. */
-static void parse_record(struct rbuf *r)
+/*
+ * parse_scopes reads the record's header (into head) and its scopes, each
+ * appended as read: parse_record checks that no name comes twice.
+ */
+static void parse_scopes(struct rbuf *r, unsigned char *head)
 {
-	unsigned char head[16];
 	uint32_t nr, i, j;
 	uint16_t ns, nm;
 
-	if (take(r, head, sizeof(head)) || memcmp(head, RECORD_MAGIC, 8)) {
+	if (take(r, head, 16) || memcmp(head, RECORD_MAGIC, 8)) {
 		r->err = "not a genid record (no magic)";
 		return;
 	}
@@ -639,11 +658,7 @@ static void parse_record(struct rbuf *r)
 		get_name(r, name);
 		if (r->err)
 			return;
-		if (find_scope(name)) {
-			r->err = "a scope twice";
-			return;
-		}
-		s = add_scope(name);
+		s = new_scope(name);
 		if (!s) {
 			r->err = "out of memory";
 			return;
@@ -671,6 +686,32 @@ static void parse_record(struct rbuf *r)
 				r->err = "out of memory";
 		}
 	}
+}
+
+static void parse_record(struct rbuf *r)
+{
+	unsigned char head[16];
+	struct rscope **sorted;
+	uint32_t nr, i;
+
+	parse_scopes(r, head);
+	if (r->err)
+		return;
+	/*
+	 * The scopes by name: a name read twice is found, and each socket's
+	 * scope looked up, in time n log n of the (up to 0xffff) scopes, not n².
+	 */
+	sorted = malloc((g.nr_scopes ? g.nr_scopes : 1) * sizeof(*sorted));
+	if (!sorted) {
+		r->err = "out of memory";
+		return;
+	}
+	for (i = 0; i < g.nr_scopes; i++)
+		sorted[i] = &g.scopes[i];
+	qsort(sorted, g.nr_scopes, sizeof(*sorted), by_name);
+	for (i = 1; i < g.nr_scopes && !r->err; i++)
+		if (!strcmp(sorted[i - 1]->name, sorted[i]->name))
+			r->err = "a scope twice";
 	nr = get_u32(r);
 	/* A socket takes 12 bytes at least: inode, flags, acked, two lengths. */
 	if (!r->err && (uint64_t)nr * 12 > (uint64_t)(r->end - r->p))
@@ -688,11 +729,12 @@ static void parse_record(struct rbuf *r)
 		k.acked = get_u32(r);
 		get_name(r, k.scope);
 		get_str(r, get_u16(r), k.path, sizeof(k.path));
-		if (!r->err && !find_scope(k.scope))
+		if (!r->err && !bsearch(k.scope, sorted, g.nr_scopes, sizeof(*sorted), name_is))
 			r->err = "a socket of a scope the record does not list";
 		if (!r->err && add_sk(&k))
 			r->err = "out of memory";
 	}
+	free(sorted);
 	if (!r->err && r->p != r->end)
 		r->err = "data after the record";
 }
