@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -112,6 +113,7 @@ func TestCTimeout(t *testing.T) {
 
 	d.cmd.Process.Signal(syscall.SIGSTOP)
 	defer d.cmd.Process.Signal(syscall.SIGCONT)
+	waitStopped(t, d.cmd.Process.Pid)
 	start := time.Now()
 	b, err := exec.Command(exe, sock, "300").CombinedOutput()
 	took := time.Since(start)
@@ -144,5 +146,29 @@ func TestCTimeout(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("untimed get still waiting after the daemon woke up")
+	}
+}
+
+// waitStopped waits until every thread of process pid is stopped (a
+// SIGSTOP is delivered asynchronously: a loaded machine may let the
+// process run on for a while).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		tasks, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "task", "*", "stat"))
+		stopped := len(tasks) > 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			// The state follows the command's closing parenthesis.
+			if i := strings.LastIndexByte(string(b), ')'); err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not stopped 10 s after SIGSTOP", pid)
+		}
 	}
 }
