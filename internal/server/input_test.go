@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -29,10 +29,10 @@ func serve(t *testing.T, cfg Config, set func(*loop)) *Server {
 	return s
 }
 
-func serveLog(t *testing.T, cfg Config, set func(*loop)) (*Server, *logBuffer) {
+func serveLog(t *testing.T, cfg Config, set func(*loop)) (*Server, *proctest.Buffer) {
 	t.Helper()
 	cfg.RunDir = t.TempDir()
-	log := &logBuffer{}
+	log := &proctest.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
 	t.Cleanup(func() { // after the stop below: the log is whole
 		if text := log.String(); strings.Contains(text, "level=ERROR") {
@@ -61,24 +61,6 @@ func serveLog(t *testing.T, cfg Config, set func(*loop)) (*Server, *logBuffer) {
 		}
 	})
 	return s, log
-}
-
-// logBuffer is a daemon's log, written by its loop, read by the test.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func dialUnix(t *testing.T, path string) *net.UnixConn {
@@ -380,7 +362,7 @@ func TestAcceptBackOff(t *testing.T) {
 // acceptedAfterFDs connects to path while this process, the daemon's, is
 // out of fds, checks that the daemon backs off, frees the fds, and returns
 // the connection.
-func acceptedAfterFDs(t *testing.T, s *Server, log *logBuffer, path string) int {
+func acceptedAfterFDs(t *testing.T, s *Server, log *proctest.Buffer, path string) int {
 	t.Helper()
 	waiting, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
