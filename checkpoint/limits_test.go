@@ -124,20 +124,28 @@ func TestDecodeLimits(t *testing.T) {
 	}
 }
 
-// A socket's path is at most sun_path's 108 bytes, as the C plugin reads it.
+// A socket's path is at most sun_path's 108 bytes, as the C plugin reads
+// it: the writer refuses one more, and so does the reader.
 func TestSocketPathLimit(t *testing.T) {
-	for _, n := range []int{maxSocketPath, maxSocketPath + 1} {
-		r := Record{Time: time.Unix(1, 0), Scopes: []ScopeRecord{{}}, Sockets: []Socket{{Path: "/" + strings.Repeat("s", n-1)}}}
-		b, err := r.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := DecodeRecord(b)
-		if n <= maxSocketPath && (err != nil || got.Sockets[0].Path != r.Sockets[0].Path) {
-			t.Errorf("a socket path of %d bytes: %v", n, err)
-		}
-		if n > maxSocketPath && (err == nil || !strings.Contains(err.Error(), "a socket path of 109 bytes")) {
-			t.Errorf("a socket path of %d bytes: %v, want refused", n, err)
-		}
+	path := "/" + strings.Repeat("s", maxSocketPath-1)
+	r := Record{Time: time.Unix(1, 0), Scopes: []ScopeRecord{{}}, Sockets: []Socket{{Path: path}}}
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeRecord(b); err != nil || got.Sockets[0].Path != path {
+		t.Errorf("a socket path of %d bytes: %v", maxSocketPath, err)
+	}
+	r.Sockets[0].Path += "s"
+	if _, err := r.Encode(); err == nil || !strings.Contains(err.Error(), "a socket path of 109 bytes") {
+		t.Errorf("written, a socket path of %d bytes: %v, want refused", maxSocketPath+1, err)
+	}
+	// The same record, its path one byte longer: its length, then a byte.
+	at := bytes.Index(b, []byte(path)) - 2
+	long := append(binary.LittleEndian.AppendUint16(append([]byte{}, b[:at]...), maxSocketPath+1), 's')
+	long = append(long, b[at+2:]...)
+	binary.LittleEndian.PutUint32(long[12:], uint32(len(long)-16))
+	if _, err := DecodeRecord(long); err == nil || !strings.Contains(err.Error(), "a socket path of 109 bytes") {
+		t.Errorf("read, a socket path of %d bytes: %v, want refused", maxSocketPath+1, err)
 	}
 }

@@ -222,6 +222,9 @@ func (r *Record) Encode() ([]byte, error) {
 		w.u8(b2u(s.Watcher) | b2u(s.Nonblock)<<1)
 		w.u32(s.Acked)
 		w.str8(s.Scope)
+		if len(s.Path) > maxSocketPath && w.err == nil {
+			w.err = fmt.Errorf("record: a socket path of %d bytes, more than %d", len(s.Path), maxSocketPath)
+		}
 		w.str16(s.Path)
 	}
 	if w.err != nil {

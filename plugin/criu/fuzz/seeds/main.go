@@ -23,6 +23,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -137,9 +138,15 @@ func rejects() map[string][]byte {
 	b := enc(samples()["sockets-min"])
 	b[len(b)-10*12-4]++
 	out["reject-sockets-min"] = b
-	// A socket's path one byte past sun_path.
-	out["reject-socket-path"] = enc(&checkpoint.Record{Time: t, Scopes: []checkpoint.ScopeRecord{{}},
-		Sockets: []checkpoint.Socket{{Path: "/" + strings.Repeat("s", 108)}}})
+	// A socket's path one byte past sun_path (the writer refuses it: the
+	// record of a path at the limit, its length and bytes one longer).
+	path := "/" + strings.Repeat("s", 107)
+	b = enc(&checkpoint.Record{Time: t, Scopes: []checkpoint.ScopeRecord{{}}, Sockets: []checkpoint.Socket{{Path: path}}})
+	at := bytes.Index(b, []byte(path)) - 2
+	long := append(binary.LittleEndian.AppendUint16(append([]byte(nil), b[:at]...), uint16(len(path)+1)), 's')
+	long = append(long, b[at+2:]...)
+	binary.LittleEndian.PutUint32(long[12:], uint32(len(long)-16))
+	out["reject-socket-path"] = long
 	return out
 }
 
