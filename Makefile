@@ -298,13 +298,13 @@ mutants:
 torture-short: build
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/torture/
 
-# Benchmarks, not part of `make test` (as root, about 15 minutes on 2 cores):
+# Benchmarks, not part of `make test` (as root, about 30 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in
 # one run. Prints a markdown table; the same data goes to
 # test/bench/results.json. BENCHFLAGS: e.g. -quick, -only fanout,barrier.
 # Every command is bounded: the bench bounds what it starts, and the whole
 # run may take BENCH_TIMEOUT.
-BENCH_TIMEOUT ?= 45m
+BENCH_TIMEOUT ?= 60m
 bench: build plugin
 	@command -v dbus-daemon >/dev/null || { DEBIAN_FRONTEND=noninteractive timeout 10m apt-get install -y --no-install-recommends dbus-daemon || \
 		{ DEBIAN_FRONTEND=noninteractive timeout 10m apt-get update && DEBIAN_FRONTEND=noninteractive timeout 10m apt-get install -y --no-install-recommends dbus-daemon; }; }
