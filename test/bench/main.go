@@ -177,10 +177,10 @@ func (b *bench) hotPath(rep *Report) error {
 // `passes` passes of fresh set-ups, interleaved, so that drift on a shared
 // machine hits them alike.
 func (b *bench) fanout(rep *Report, n int) error {
-	// A round costs little next to a mechanism's set-up (N watchers):
-	// enough of them that a ratio's interval is narrow enough to decide a
-	// target on this noisy machine. Small N, where latency rules, runs in
-	// more passes.
+	// Enough rounds that a ratio's interval is narrow enough to decide a
+	// target on this noisy machine; at N = 10 000 they are most of the
+	// bench's time (each re-arms N waiting threads). Small N, where latency
+	// rules, runs in more passes.
 	rounds := map[int]int{1: 600, 100: 240, 1000: 60, 10000: 45}[n]
 	if rounds == 0 {
 		rounds = 10
