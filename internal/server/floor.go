@@ -43,15 +43,12 @@ func (s *Server) openFloor(pageExisted bool) error {
 
 // raiseToFloor opens scope st's floor and resumes the scope at the higher
 // of its page and its floor; the floor is raised to the page in turn (a
-// state dir lost, a run dir kept).
+// state dir lost, a run dir kept). No floor of st is open: a new scope
+// that failed let its floor go (removeLeftover), and an old one that
+// failed to open failed the daemon's start.
 func (s *Server) raiseToFloor(st *scopeState) error {
 	if s.floor == nil {
 		return nil
-	}
-	if old := s.floors[st.name]; old != nil {
-		// Left by an error path: its lock would refuse the new one.
-		old.Close()
-		delete(s.floors, st.name)
 	}
 	var f *floor.Scope
 	if st.name == "" {

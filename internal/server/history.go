@@ -81,7 +81,7 @@ func (s *Server) observeInit() {
 		s.log.Warn("history: lines skipped", "lines", bad)
 	}
 	s.obs.ring = ring
-	s.obs.file = startHistoryWriter(s.log, s.statefd, f, lines, ring)
+	s.obs.file = startHistoryWriter(s.log, s.statefd, f, lines, ring, time.Now)
 	// What the previous daemon left open, it cannot finish now.
 	for _, e := range ring.List(func(e *genid.HistoryEntry) bool {
 		return e.Barrier == genid.BarrierPending || e.Hooks == genid.HooksPending

@@ -38,7 +38,8 @@ type historyWriter struct {
 	statefd int
 	ch      chan genid.HistoryEntry
 	done    sync.WaitGroup
-	dropped bool // owned by the loop
+	dropped bool             // owned by the loop
+	now     func() time.Time // the writer's clock: time.Now, or a test's
 
 	// Owned by the writer's goroutine.
 	file   *os.File
@@ -49,9 +50,9 @@ type historyWriter struct {
 }
 
 // startHistoryWriter starts the writer of f, which holds lines lines and
-// the entries of ring (copied: the writer keeps its own).
-func startHistoryWriter(log *slog.Logger, statefd int, f *os.File, lines int, ring *history.Ring) *historyWriter {
-	w := &historyWriter{log: log, statefd: statefd, ch: make(chan genid.HistoryEntry, historyQueue),
+// the entries of ring (copied: the writer keeps its own), on the clock now.
+func startHistoryWriter(log *slog.Logger, statefd int, f *os.File, lines int, ring *history.Ring, now func() time.Time) *historyWriter {
+	w := &historyWriter{log: log, statefd: statefd, now: now, ch: make(chan genid.HistoryEntry, historyQueue),
 		file: f, buf: bufio.NewWriterSize(rawFile{f}, 16<<10), lines: lines, mirror: history.New(ring.Size())}
 	for _, e := range ring.List(nil, 0) {
 		w.mirror.Keep(e)
@@ -91,7 +92,7 @@ func (w *historyWriter) run() {
 			w.log.Warn("history file not written: kept in memory", "err", err)
 		}
 		clear(changed)
-		last = time.Now()
+		last = w.now()
 	}
 	for {
 		select {
@@ -106,7 +107,7 @@ func (w *historyWriter) run() {
 			if len(w.ch) > 0 || waiting || len(changed) == 0 {
 				continue // more to gather first
 			}
-			if wait := historyEvery - time.Since(last); wait > 0 {
+			if wait := historyEvery - w.now().Sub(last); wait > 0 {
 				timer.Reset(wait)
 				waiting = true
 				continue
@@ -126,14 +127,15 @@ type rawFile struct{ f *os.File }
 func (r rawFile) Write(b []byte) (int, error) {
 	fd := r.f.Fd()
 	n := 0
-	for n < len(b) {
-		m, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+	for len(b) > 0 {
+		m, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch {
 		case errno == unix.EINTR:
 			continue
 		case errno != 0:
 			return n, errno
 		}
+		b = b[m:]
 		n += int(m)
 	}
 	return n, nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"slices"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -104,15 +105,7 @@ func (s *Server) runHookDir(job hookJob, owners []uint32) []genid.HookResult {
 		s.log.Warn("hook failed", append(attrs, "output", string(out))...)
 	}
 	// Refused hooks first in the list: back in the directory's order.
-	slices.SortStableFunc(results, func(a, b genid.HookResult) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(results, func(a, b genid.HookResult) int { return strings.Compare(a.Name, b.Name) })
 	return results
 }
 

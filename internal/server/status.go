@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"slices"
 
 	"github.com/genid-project/genid/genid"
@@ -35,7 +36,7 @@ func (s *Server) status(st *scopeState, admin bool) genid.Status {
 				PID: w.PID(), UID: c.peer.uid, Acked: w.Acked(), Outdated: w.Acked() != out.Generation,
 			})
 		}
-		slices.SortFunc(out.WatcherList, func(a, b genid.WatcherInfo) int { return a.PID - b.PID })
+		slices.SortFunc(out.WatcherList, func(a, b genid.WatcherInfo) int { return cmp.Compare(a.PID, b.PID) })
 	}
 	return out
 }
