@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/server"
 )
 
@@ -23,12 +26,37 @@ func stateCfg(t *testing.T) (server.Config, string) {
 	return server.Config{StateDir: filepath.Join(dir, "state"), BootIDPath: boot}, boot
 }
 
+// startLog starts a daemon as start does, its log kept in the buffer it
+// returns, for a test to read.
+func startLog(t *testing.T, dir string, cfg server.Config) (*daemon, *proctest.Buffer) {
+	t.Helper()
+	log := &proctest.Buffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log (%s):\n%s", dir, log)
+		}
+	})
+	return start(t, dir, cfg), log
+}
+
+// logged fails the test unless the log has msg exactly when want.
+func logged(t *testing.T, log *proctest.Buffer, msg string, want bool) {
+	t.Helper()
+	if got := strings.Contains(log.String(), msg); got != want {
+		t.Errorf("the daemon's log has %q: %v, want %v", msg, got, want)
+	}
+}
+
 func bootID(t *testing.T, path, id string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// below is what the daemon logs when a page is below its floor.
+const below = "the page is below the scope's floor"
 
 // Removing the run dir loses no generation: the host scope, and a
 // container scope whose process still runs, resume at their floors, the
@@ -38,7 +66,7 @@ func bootID(t *testing.T, path, id string) {
 func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 	cfg, boot := stateCfg(t)
 	run := filepath.Join(t.TempDir(), "run")
-	d := start(t, run, cfg)
+	d, log := startLog(t, run, cfg)
 	if _, first := d.Lookback(); !first {
 		t.Fatal("the boot's first daemon is not told it is")
 	}
@@ -53,16 +81,19 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 	a.Bump(ctx(t), "owned", 0, "t")
 	d.stop()
 	a.Close()
+	logged(t, log, below, false) // its pages and floors agreed
+	logged(t, log, "state close", false)
 	gone.Process.Kill()
 	gone.Wait()
 	if err := os.RemoveAll(run); err != nil {
 		t.Fatal(err)
 	}
 
-	d2 := start(t, run, cfg)
+	d2, log2 := startLog(t, run, cfg)
 	if _, first := d2.Lookback(); first {
 		t.Fatal("a daemon after another of the same boot is told it is the first")
 	}
+	logged(t, log2, below, true)
 	a2 := d2.admin(t)
 	if g, err := a2.Generation(ctx(t), ""); err != nil || g != 3 {
 		t.Fatalf("host after the run dir's removal: %d %v, want 3", g, err)
@@ -123,20 +154,17 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 }
 
 // Losing the state dir, the run dir kept, loses nothing either: the page
-// holds the generation, and the floor is raised to it; a container
+// holds the generation, and the floor is raised to it; each container
 // scope's owner is recorded again.
 func TestFloorRaisedToPage(t *testing.T) {
 	cfg, _ := stateCfg(t)
 	run := filepath.Join(t.TempDir(), "run")
-	owner := exec.Command("sleep", "1000")
-	if err := owner.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer owner.Process.Kill()
+	owner, other := sleeper(t), sleeper(t)
 	d := start(t, run, cfg)
 	a := d.admin(t)
 	a.Bump(ctx(t), "", 5, "t")
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 7})
+	a.CreateScope(ctx(t), "owned2", genid.ScopeOptions{PID: other.Process.Pid, Start: 8})
 	d.stop()
 	a.Close()
 	os.RemoveAll(cfg.StateDir)
@@ -152,15 +180,21 @@ func TestFloorRaisedToPage(t *testing.T) {
 		t.Fatalf("host after losing the state dir, then the run dir: %d, want 5", g)
 	}
 	a3 := d3.admin(t)
-	if g, err := a3.Generation(ctx(t), "owned"); err != nil || g != 7 {
-		t.Fatalf("owned after losing the state dir, then the run dir: %d %v, want 7", g, err)
+	for _, sc := range []struct {
+		name  string
+		gen   uint32
+		owner *exec.Cmd
+	}{{"owned", 7, owner}, {"owned2", 8, other}} {
+		if g, err := a3.Generation(ctx(t), sc.name); err != nil || g != sc.gen {
+			t.Fatalf("%s after losing the state dir, then the run dir: %d %v, want %d", sc.name, g, err, sc.gen)
+		}
+		sc.owner.Process.Kill()
+		sc.owner.Wait()
+		waitFor(t, func() bool { // still bound to its process
+			_, err := a3.Generation(ctx(t), sc.name)
+			return errors.Is(err, genid.ErrNotFound)
+		})
 	}
-	owner.Process.Kill()
-	owner.Wait()
-	waitFor(t, func() bool { // still bound to its process
-		_, err := a3.Generation(ctx(t), "owned")
-		return errors.Is(err, genid.ErrNotFound)
-	})
 	d3.stop()
 }
 
@@ -182,7 +216,7 @@ func TestFloorLocked(t *testing.T) {
 func TestMarksKept(t *testing.T) {
 	cfg, _ := stateCfg(t)
 	run := filepath.Join(t.TempDir(), "run")
-	d := start(t, run, cfg)
+	d, log := startLog(t, run, cfg)
 	d.SaveMark("vmgenid", json.RawMessage(`{"kmsg_seq":12}`))
 	d.SaveMark("vmclock", json.RawMessage(`{"vm_generation_counter":3}`))
 	d.SaveMark("vmclock", nil) // nothing accounted: the last mark stays
@@ -192,6 +226,7 @@ func TestMarksKept(t *testing.T) {
 		d.SaveMark("vmgenid", json.RawMessage(`{"kmsg_seq":13}`))
 	})
 	d.stop()
+	logged(t, log, "mark not kept", false)
 	d2 := start(t, run, cfg)
 	marks, _ := d2.Lookback()
 	if string(marks["vmgenid"]) != `{"kmsg_seq":13}` || string(marks["vmclock"]) != `{"vm_generation_counter":3}` {

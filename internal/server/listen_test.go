@@ -70,13 +70,27 @@ func mode(t *testing.T, path string) os.FileMode {
 	return fi.Mode()
 }
 
+// tmpfsDir is a new directory on a tmpfs, as a service manager's run dir
+// (/run) is: the daemon checks that a passed socket is bound to the file
+// it finds by the file's device, and a tmpfs's has a minor number (the
+// disk of the test's own temporary directory may have none).
+func tmpfsDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "genid-test-")
+	if err != nil {
+		t.Fatalf("a directory on a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // A daemon started by socket activation serves the sockets it is passed:
 // requests sent before it started are answered by it (on the admin
 // socket, judged on the credentials they were sent with), the admin
 // socket gets the daemon's mode, and the sockets' files stay when it
 // stops, for the next daemon, which resumes the generation.
 func TestPassedSockets(t *testing.T) {
-	dir := t.TempDir()
+	dir := tmpfsDir(t)
 	sock, admin := filepath.Join(dir, genid.SocketFile), filepath.Join(dir, genid.AdminSocketFile)
 	hostfd := managerSocket(t, sock, 0o666, false)
 	adminfd := managerSocket(t, admin, 0o644, true)

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,8 +77,10 @@ func become(id ids) error {
 
 // senderChildEnv makes TestAdminSender, in the test binary run again as a
 // child, connect to the admin socket as one process and send a bump as
-// another: "SOCKET CONNECT-IDS SEND-IDS [fd]" (with fd, the bump carries
-// fd 3 in SCM_RIGHTS). It prints the reply's status and message.
+// another: "SOCKET CONNECT-IDS SEND-IDS [fd] [restoring] [step]" (with fd,
+// the bump carries fd 3 in SCM_RIGHTS; with restoring, the connection
+// began a restore before the bump; with step, a restore of the host scope
+// is sent in the bump's place). It prints the reply's status and message.
 const senderChildEnv = "GENID_TEST_SENDER"
 
 func senderChild(spec string) int {
@@ -104,15 +105,31 @@ func senderChild(spec string) int {
 		return 1
 	}
 	defer c.Close()
+	var oob []byte
+	req := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: 1}, named("", wire.Bump{Reason: "child"}.Encode()))
+	for _, opt := range f[3:] {
+		switch opt {
+		case "step":
+			req = wire.Append(nil, wire.Header{Op: wire.OpRestore, ID: 1}, named("", wire.Restore{}.Encode()))
+		case "fd":
+			oob = unix.UnixRights(3)
+		case "restoring":
+			begin := wire.Append(nil, wire.Header{Op: wire.OpRestore, ID: 9}, named("", wire.Restore{Flags: wire.FlagBegin}.Encode()))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(begin); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			if r, err := wire.ReadFrame(c, wire.MaxReplyPayload); err != nil || r.Status != wire.StatusOK {
+				fmt.Fprintln(os.Stderr, "restore begin:", r.Header, err)
+				return 1
+			}
+		}
+	}
 	if err := become(sendAs); err != nil {
 		fmt.Fprintln(os.Stderr, "become", sendAs, err)
 		return 1
 	}
-	var oob []byte
-	if len(f) > 3 {
-		oob = unix.UnixRights(3)
-	}
-	req := wire.Append(nil, wire.Header{Op: wire.OpBump, ID: 1}, named("", wire.Bump{Reason: "child"}.Encode()))
 	if _, _, err := c.WriteMsgUnix(req, oob, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -129,11 +146,14 @@ func senderChild(spec string) int {
 
 // runSender runs senderChild and returns the status of its bump and the
 // reply's message.
-func runSender(t *testing.T, sock string, connectAs, sendAs ids, extra *os.File) (wire.Status, string) {
+func runSender(t *testing.T, sock string, connectAs, sendAs ids, extra *os.File, opts ...string) (wire.Status, string) {
 	t.Helper()
 	spec := fmt.Sprintf("%s %s %s", sock, connectAs, sendAs)
 	if extra != nil {
 		spec += " fd"
+	}
+	for _, opt := range opts {
+		spec += " " + opt
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestAdminSender$")
 	cmd.Env = append(os.Environ(), senderChildEnv+"="+spec)
@@ -159,7 +179,8 @@ func runSender(t *testing.T, sock string, connectAs, sendAs ids, extra *os.File)
 // sender whose real gid is the group, or who is the user that connected
 // while a member of it (SO_PEERGROUPS, however many groups it has). A
 // member's connection does not make another user sending on it one, nor
-// does root's make nobody one; the refusal names who may.
+// does root's make nobody one, not even once it began a restore (whose
+// later steps need no administrator); the refusal names who may.
 func TestAdminSender(t *testing.T) {
 	if spec := os.Getenv(senderChildEnv); spec != "" {
 		os.Exit(senderChild(spec))
@@ -168,14 +189,7 @@ func TestAdminSender(t *testing.T) {
 		t.Fatal("needs root: the children take other users' ids")
 	}
 	const group = 4242
-	dir := filepath.Join(t.TempDir(), "run")
-	// Other users must reach the admin socket (its own mode still decides).
-	for _, p := range []string{filepath.Dir(filepath.Dir(dir)), filepath.Dir(dir)} {
-		if err := os.Chmod(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	d := start(t, dir, server.Config{AdminGroup: group})
+	d := start(t, othersRunDir(t), server.Config{AdminGroup: group})
 	sock := d.AdminSocketPath()
 	root := ids{}
 	nobody := ids{uid: 65534, gid: 65534}
@@ -189,17 +203,20 @@ func TestAdminSender(t *testing.T) {
 		name              string
 		connectAs, sendAs ids
 		admin             bool
+		opts              []string
 	}{
-		{"root", root, root, true},
-		{"nobody on root's connection", root, nobody, false},
-		{"the group as real gid", root, ids{uid: 65534, gid: group}, true},
-		{"a member", member, member, true},
-		{"a member of 101 groups", many, many, true},
-		{"nobody on a member's connection", member, ids{uid: 65533, gid: 65534}, false},
-		{"a member on nobody's connection", ids{uid: 65534, gid: group}, ids{uid: 65534, gid: 65534, groups: []uint32{group}}, false},
+		{"root", root, root, true, nil},
+		{"nobody on root's connection", root, nobody, false, nil},
+		{"nobody on root's connection that began a restore", root, nobody, false, []string{"restoring"}},
+		{"nobody's restore step on root's connection that began a restore", root, nobody, true, []string{"restoring", "step"}},
+		{"the group as real gid", root, ids{uid: 65534, gid: group}, true, nil},
+		{"a member", member, member, true, nil},
+		{"a member of 101 groups", many, many, true, nil},
+		{"nobody on a member's connection", member, ids{uid: 65533, gid: 65534}, false, nil},
+		{"a member on nobody's connection", ids{uid: 65534, gid: group}, ids{uid: 65534, gid: 65534, groups: []uint32{group}}, false, nil},
 	} {
 		before := d.status(t).Generation
-		st, msg := runSender(t, sock, tc.connectAs, tc.sendAs, nil)
+		st, msg := runSender(t, sock, tc.connectAs, tc.sendAs, nil, tc.opts...)
 		after := d.status(t).Generation
 		switch {
 		case tc.admin && (st != wire.StatusOK || after != before+1):

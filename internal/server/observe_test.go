@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/server"
 	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/wire"
@@ -77,7 +79,7 @@ func ack(t *testing.T, w *genid.Watcher, gen uint32) {
 }
 
 func TestHistoryRecordsBumps(t *testing.T) {
-	d := start(t, "", server.Config{})
+	d, log := startLog(t, "", server.Config{})
 	a := admin(t, d)
 	ctx := context.Background()
 	if _, err := a.Bump(ctx, "", 10, "maintenance"); err != nil {
@@ -117,6 +119,17 @@ func TestHistoryRecordsBumps(t *testing.T) {
 	}
 	if host := history(t, a, genid.HistoryOptions{Max: 1}); len(host) != 1 || host[0].Seq != 2 {
 		t.Errorf("the host's latest: %+v", host)
+	}
+	// The log tells each bump with its entry's fields, those it has.
+	var lines []string
+	for _, l := range strings.Split(log.String(), "\n") {
+		if strings.Contains(l, "msg=bumped") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 4 || !strings.Contains(lines[0], "min=10") || !strings.Contains(lines[0], "scope=host ") || !strings.Contains(lines[1], "all_scopes=true") ||
+		strings.Contains(strings.Join(lines[1:], "\n"), "min=") || strings.Contains(lines[0]+lines[3], "all_scopes") {
+		t.Errorf("the bumps' log lines:\n%s", strings.Join(lines, "\n"))
 	}
 	// A removed scope's bumps stay told.
 	if err := a.RemoveScope(ctx, "web"); err != nil {
@@ -216,7 +229,7 @@ func TestBarrierOfRemovedScope(t *testing.T) {
 // bumps, numbers on from them, and what was left open is lost.
 func TestHistorySurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	d := start(t, dir, server.Config{})
+	d, log := startLog(t, dir, server.Config{})
 	a := admin(t, d)
 	ctx := context.Background()
 	w := watcher(t, dir)
@@ -229,23 +242,60 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	before := history(t, a, genid.HistoryOptions{})
 	d.stop()
 	a.Close()
+	logged(t, log, "history resumed", false)
 
-	d = start(t, dir, server.Config{})
+	// A daemon killed while the hooks of a bump (of a scope since
+	// removed) ran, its barrier cleared: the file's last entry.
+	js, err := json.Marshal(genid.HistoryEntry{Seq: 3, Scope: "web", Previous: 0, Generation: 1, Reason: "hooked",
+		By: "admin", Barrier: genid.BarrierCleared, Hooks: genid.HooksPending})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "state", "history.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.Write(append(js, '\n'))
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d, log = startLog(t, dir, server.Config{})
+	logged(t, log, "history resumed", true)
+	logged(t, log, "lines skipped", false)
 	a = admin(t, d)
-	a.Bump(ctx, "", 0, "third")
-	after := history(t, a, genid.HistoryOptions{})
-	if len(after) != 3 {
+	a.Bump(ctx, "", 0, "fourth")
+	after := history(t, a, genid.HistoryOptions{EveryScope: true})
+	if len(after) != 4 {
 		t.Fatalf("after a restart: %+v", after)
 	}
-	if after[0].Reason != "first" || after[0].Barrier != genid.BarrierCleared || after[0].BarrierNS != before[0].BarrierNS {
+	if after[0].Reason != "first" || after[0].Barrier != genid.BarrierCleared || after[0].BarrierNS != before[0].BarrierNS || after[0].Hooks != "" {
 		t.Errorf("first: %+v, was %+v", after[0], before[0])
 	}
-	if after[1].Reason != "second" || after[1].Barrier != genid.BarrierLost {
+	if after[1].Reason != "second" || after[1].Barrier != genid.BarrierLost || after[1].Hooks != "" {
 		t.Errorf("second: %+v", after[1])
 	}
-	if after[2].Seq != 3 || after[2].Previous != 2 || after[2].Generation != 3 {
-		t.Errorf("third: %+v", after[2])
+	if after[2].Reason != "hooked" || after[2].Barrier != genid.BarrierCleared || after[2].Hooks != genid.HooksLost {
+		t.Errorf("the bump whose hooks ran: %+v", after[2])
 	}
+	if after[3].Seq != 4 || after[3].Previous != 2 || after[3].Generation != 3 {
+		t.Errorf("fourth: %+v", after[3])
+	}
+}
+
+// A bump is in the history's file at once, not when the daemon stops: a
+// daemon that dies loses at most the changes of the last moments.
+func TestHistoryWrittenAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	d := start(t, dir, server.Config{})
+	if _, err := d.bump(0, "now"); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "state", "history.jsonl")
+	servertest.WaitFor(t, "the bump in "+path, func() bool {
+		b, _ := os.ReadFile(path)
+		return bytes.Contains(b, []byte(`"reason":"now"`))
+	})
 }
 
 // The history keeps the last 256 bumps, across rewrites of its file and
@@ -275,7 +325,8 @@ func TestHistoryBounded(t *testing.T) {
 	f.WriteString(`{"seq":601,"time":"2026-`)
 	f.Close()
 
-	d = start(t, dir, server.Config{})
+	d, log := startLog(t, dir, server.Config{})
+	logged(t, log, "history: lines skipped", true)
 	list := history(t, admin(t, d), genid.HistoryOptions{EveryScope: true})
 	if len(list) != 256 || list[0].Seq != 600-255 || list[255].Seq != 600 || list[255].Reason != "b599" {
 		t.Fatalf("%d entries, %d to %d", len(list), list[0].Seq, list[len(list)-1].Seq)
@@ -321,7 +372,7 @@ func TestHooksRunInOrder(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
 	line := `echo "$0 $GENID_SCOPE/$GENID_PREVIOUS/$GENID_GENERATION/$GENID_REASON/$GENID_SEQ $GENID_RUN_DIR" >>` + out
 	dir := hookDir(t, map[string]string{
-		"20-second":   line,
+		"20-second":   line + "; echo said",
 		"10-first":    line,
 		"30_third":    line + "; exit 3",
 		"40.sh":       line, // not a run-parts name
@@ -329,12 +380,28 @@ func TestHooksRunInOrder(t *testing.T) {
 		"60-not-exec": line,
 	})
 	os.Chmod(filepath.Join(dir, "60-not-exec"), 0o644)
-	d := start(t, "", server.Config{HooksDir: dir})
+	log := &proctest.Buffer{}
+	d := start(t, "", server.Config{HooksDir: dir, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	a := admin(t, d)
 	if _, err := a.Bump(context.Background(), "", 7, "clone"); err != nil {
 		t.Fatal(err)
 	}
 	e := hooksOf(t, a)
+	// Each run is logged, an error only where there is one; the output of
+	// a hook that wrote some, at debug level.
+	var runs, outputs []string
+	for _, l := range strings.Split(log.String(), "\n") {
+		switch {
+		case strings.Contains(l, `msg="hook ran"`) || strings.Contains(l, `msg="hook failed"`):
+			runs = append(runs, l)
+		case strings.Contains(l, `msg="hook output"`):
+			outputs = append(outputs, l)
+		}
+	}
+	if len(runs) != 3 || strings.Contains(strings.Join(runs, "\n"), " err=") || strings.Count(strings.Join(runs, "\n"), "scope=host") != 3 || len(outputs) != 1 ||
+		!strings.Contains(outputs[0], "hook=20-second") || !strings.Contains(outputs[0], `output="said\n"`) {
+		t.Errorf("the hooks' log lines:\n%s\n%s", strings.Join(runs, "\n"), strings.Join(outputs, "\n"))
+	}
 	want := fmt.Sprintf("%[1]s/10-first /0/7/clone/1 %[2]s\n%[1]s/20-second /0/7/clone/1 %[2]s\n%[1]s/30_third /0/7/clone/1 %[2]s\n", dir, d.dir)
 	if b, _ := os.ReadFile(out); string(b) != want {
 		t.Errorf("hooks ran:\n%s\nwant:\n%s", b, want)
@@ -429,29 +496,48 @@ func TestHooksTimeoutAndBumpNeverWaits(t *testing.T) {
 	})
 }
 
-// A hooks directory, or a hook, that someone else could write to is not run.
+// A hooks directory, or a hook, that someone else could write to is not
+// run; the results are in the directory's order all the same, and the
+// refusals counted as not run.
 func TestHooksRefusedWhenWritableByOthers(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
-	dir := hookDir(t, map[string]string{"10-a": "echo a >>" + out, "20-b": "echo b >>" + out})
-	os.Chmod(filepath.Join(dir, "10-a"), 0o775)
+	dir := hookDir(t, map[string]string{"10-a": "echo a >>" + out, "20-b": "echo b >>" + out, "30-c": "echo c >>" + out})
+	os.Chmod(filepath.Join(dir, "20-b"), 0o775)
 	d := start(t, "", server.Config{HooksDir: dir})
 	a := admin(t, d)
 	a.Bump(context.Background(), "", 0, "")
 	e := hooksOf(t, a)
-	if len(e.HookResults) != 2 || !strings.Contains(e.HookResults[0].Error, "writable by its group or others") || !e.HookResults[1].OK() {
+	refused := func(r genid.HookResult, why string) bool {
+		return r.Exit == -1 && r.DurationNS == 0 && !r.OK() && strings.Contains(r.Error, why)
+	}
+	if r := e.HookResults; len(r) != 3 || r[0].Name != "10-a" || !r[0].OK() || r[1].Name != "20-b" ||
+		!refused(r[1], "writable by its group or others") || r[2].Name != "30-c" || !r[2].OK() {
 		t.Errorf("results: %+v", e.HookResults)
 	}
-	if b, _ := os.ReadFile(out); string(b) != "b\n" {
+	if b, _ := os.ReadFile(out); string(b) != "a\nc\n" {
 		t.Errorf("ran: %q", b)
 	}
 	os.Chmod(dir, 0o777)
 	a.Bump(context.Background(), "", 0, "")
 	e = hooksOf(t, a)
-	if len(e.HookResults) != 1 || !strings.Contains(e.HookResults[0].Error, "hooks directory refused") {
+	if len(e.HookResults) != 1 || !refused(e.HookResults[0], "hooks directory refused") {
 		t.Errorf("results: %+v", e.HookResults)
 	}
-	if b, _ := os.ReadFile(out); string(b) != "b\n" {
+	if b, _ := os.ReadFile(out); string(b) != "a\nc\n" {
 		t.Errorf("ran: %q", b)
+	}
+	text, err := a.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfs := scrape(t, text)
+	for _, c := range []struct {
+		hook, result string
+		n            float64
+	}{{"10-a", "ok", 1}, {"20-b", "not_run", 1}, {dir, "not_run", 1}, {"30-c", "ok", 1}} {
+		if v, _ := value(t, mfs, "genid_hook_runs_total", "hook", c.hook, "result", c.result); v != c.n {
+			t.Errorf("hook %s, %s: %v runs counted, want %v", c.hook, c.result, v, c.n)
+		}
 	}
 }
 
@@ -505,7 +591,7 @@ next:
 }
 
 func TestMetrics(t *testing.T) {
-	d := start(t, "", server.Config{})
+	d, log := startLog(t, "", server.Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -574,6 +660,23 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s: a process or user in the metrics", how)
 		}
 	}
+
+	// A request's headers are bounded.
+	req, err := http.NewRequest("GET", "http://"+ln.Addr().String()+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Big", strings.Repeat("x", 16<<10))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a request with 16 KiB of headers: %s", resp.Status)
+	}
+	d.stop() // the listener closes with it, and that is no error
+	logged(t, log, "level=ERROR", false)
 }
 
 func TestMetricsBarrierAndScopeRemoval(t *testing.T) {

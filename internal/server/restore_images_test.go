@@ -13,7 +13,7 @@ import (
 // its end when it is longer than a request carries; one that is not text
 // is left out, and the restore still happens.
 func TestRestoreImagesInHistory(t *testing.T) {
-	d := start(t, "", server.Config{})
+	d, log := startLog(t, "", server.Config{})
 	a := d.admin(t)
 	last := func() *genid.RestoreInfo {
 		t.Helper()
@@ -44,5 +44,20 @@ func TestRestoreImagesInHistory(t *testing.T) {
 	}
 	if r := last(); r.ImagesDir != "" {
 		t.Fatalf("a dir that is not text in the history: %q", r.ImagesDir)
+	}
+	// The log tells each restore's bump with what the entry has of it.
+	n := 0
+	for _, l := range strings.Split(log.String(), "\n") {
+		if !strings.Contains(l, "msg=bumped") {
+			continue
+		}
+		want := []bool{true, true, false}[min(n, 2)]
+		if strings.Contains(l, "images_dir=") != want || strings.Contains(l, "recorded_generation=3") != (n == 0) {
+			t.Errorf("restore %d's log line: %s", n, l)
+		}
+		n++
+	}
+	if n != 3 {
+		t.Errorf("%d bumps logged, want 3", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,7 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/scope"
 	"github.com/genid-project/genid/internal/server"
+	"github.com/genid-project/genid/internal/servertest"
 	"github.com/genid-project/genid/internal/slots"
 	"github.com/genid-project/genid/internal/wire"
 )
@@ -176,11 +179,31 @@ func TestScopesAcrossRestart(t *testing.T) {
 	a.Close()
 	gone.Process.Kill() // while no daemon runs
 	gone.Wait()
+	// A daemon killed leaves its scopes' sockets, which the next replaces.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(d.dir, "scopes", "kept", "genid.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	for _, name := range []string{"genid.sock", "admin.sock"} { // the host's and the admin socket
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(d.dir, name), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false)
+		l.Close()
+	}
 
 	d2 := start(t, d.dir, server.Config{})
 	a2 := d2.admin(t)
 	if g, err := a2.Generation(ctx(t), "kept"); err != nil || g != 4 {
 		t.Fatalf("kept after restart: %d %v", g, err)
+	}
+	kept := d2.dialScope(t, "kept")
+	send(t, kept, wire.OpGet, 1, nil)
+	if f := recv(t, kept); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, wire.U32(4)) {
+		t.Fatalf("kept's socket after restart: %+v %x", f.Header, f.Payload)
 	}
 	if _, err := a2.Generation(ctx(t), "owned"); err != nil {
 		t.Fatalf("owned after restart: %v", err)
@@ -196,6 +219,18 @@ func TestScopesAcrossRestart(t *testing.T) {
 	})
 	if _, err := os.Stat(filepath.Join(d.dir, "scopes", "owned")); !os.IsNotExist(err) {
 		t.Fatalf("owned's directory: %v", err)
+	}
+	// A scope of no process, served again, has no process's fd to close
+	// when it goes: the daemon's own fds are left alone.
+	var before, after unix.Stat_t
+	if err := unix.Fstat(1, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.RemoveScope(ctx(t), "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fstat(1, &after); err != nil || after.Dev != before.Dev || after.Ino != before.Ino {
+		t.Fatalf("fd 1 after the removal of a scope of no process: %v", err)
 	}
 }
 
@@ -248,10 +283,15 @@ func TestScopesOwnersUpgrade(t *testing.T) {
 			t.Fatalf("%s left: %v", n, err)
 		}
 	}
+	// Moved, not lost: the next daemon has the owner too.
+	d2.stop()
+	a2.Close()
+	d3 := start(t, d.dir, server.Config{})
+	a3 := d3.admin(t)
 	owner.Process.Kill()
 	owner.Wait()
 	waitFor(t, func() bool {
-		_, err := a2.Generation(ctx(t), "owned")
+		_, err := a3.Generation(ctx(t), "owned")
 		return errors.Is(err, genid.ErrNotFound)
 	})
 }
@@ -317,15 +357,33 @@ func TestRestoreScopes(t *testing.T) {
 	if err != nil || name != "hooked" || g != 22 {
 		t.Fatalf("restore into the hook's scope, named in the record: %d %q %v", g, name, err)
 	}
+	// A third clone's (freeName's other cases: restore_test.go).
+	root4 := sleeper(t)
+	if _, name, err = a.Restore(ctx(t), "c1", &avoid, root4.Process.Pid); err != nil || name != "c1-3" {
+		t.Fatalf("a third clone's restore: %q %v", name, err)
+	}
+	// A restore's scope whose process ends while the restore lasts goes
+	// when the restore ends.
+	root4.Process.Kill()
+	root4.Wait()
+	servertest.WaitFor(t, "the daemon to see c1-3's process end", func() bool {
+		watched, err := d.OwnerWatched("c1-3")
+		return err == nil && !watched
+	})
+	if _, err := a.Generation(ctx(t), "c1-3"); err != nil {
+		t.Fatalf("c1-3 while its restore lasts: %v", err)
+	}
 	// A restore's scope goes with its process, once the restore ended.
 	a.Close()
 	root1.Process.Kill()
 	root1.Wait()
 	a2 := d.admin(t)
-	waitFor(t, func() bool {
-		_, err := a2.Generation(ctx(t), "c1")
-		return errors.Is(err, genid.ErrNotFound)
-	})
+	for _, name := range []string{"c1", "c1-3"} {
+		waitFor(t, func() bool {
+			_, err := a2.Generation(ctx(t), name)
+			return errors.Is(err, genid.ErrNotFound)
+		})
+	}
 }
 
 // Restored watchers may attach only to a scope a restore is restoring, and
@@ -467,6 +525,193 @@ func TestScopeLimits(t *testing.T) {
 	}
 }
 
+// An existing scope is no error with ExistOK, unless it is another
+// process's: a scope of no process is bound to the one given, and goes
+// when it ends.
+func TestCreateScopeExistOK(t *testing.T) {
+	d := start(t, "", server.Config{})
+	a := d.admin(t)
+	p1, p2 := sleeper(t), sleeper(t)
+	if _, err := a.CreateScope(ctx(t), "web", genid.ScopeOptions{PID: p1.Process.Pid, Start: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateScope(ctx(t), "web", genid.ScopeOptions{PID: p1.Process.Pid}); !errors.Is(err, genid.ErrExists) {
+		t.Fatalf("web again, without ExistOK: %v", err)
+	}
+	for _, c := range []struct {
+		what string
+		pid  int
+		ok   bool
+	}{{"its own process", p1.Process.Pid, true}, {"no process", 0, true}, {"another process", p2.Process.Pid, false}} {
+		g, err := a.CreateScope(ctx(t), "web", genid.ScopeOptions{PID: c.pid, ExistOK: true})
+		if c.ok && (err != nil || g != 4) {
+			t.Errorf("web again with ExistOK, for %s: %d %v, want 4", c.what, g, err)
+		}
+		if !c.ok && (!errors.Is(err, genid.ErrExists) || !strings.Contains(err.Error(), "belongs to process")) {
+			t.Errorf("web again with ExistOK, for %s: %d %v, want it refused", c.what, g, err)
+		}
+	}
+	if _, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{PID: p2.Process.Pid, ExistOK: true}); err != nil {
+		t.Fatalf("free again with ExistOK and a process: %v", err)
+	}
+	p2.Process.Kill()
+	p2.Wait()
+	waitFor(t, func() bool { // bound to p2 now
+		_, err := a.Generation(ctx(t), "free")
+		return errors.Is(err, genid.ErrNotFound)
+	})
+	if _, err := a.Generation(ctx(t), "web"); err != nil {
+		t.Fatalf("web, p1's, after p2 ended: %v", err)
+	}
+}
+
+// A daemon has so many container scopes, and no more (the host's aside);
+// one removed is one more allowed. A scope may start at the highest
+// generation a restore can still bump past, and no higher.
+func TestScopesLimited(t *testing.T) {
+	d := start(t, "", server.Config{MaxScopes: 2})
+	a := d.admin(t)
+	for _, name := range []string{"a", "b"} {
+		if _, err := a.CreateScope(ctx(t), name, genid.ScopeOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.CreateScope(ctx(t), "c", genid.ScopeOptions{}); !errors.Is(err, genid.ErrLimit) {
+		t.Fatalf("a third scope of 2: %v", err)
+	}
+	if err := a.RemoveScope(ctx(t), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := a.CreateScope(ctx(t), "c", genid.ScopeOptions{Start: scope.Max}); err != nil || g != scope.Max {
+		t.Fatalf("a scope starting at %d, once one was removed: %d %v", uint32(scope.Max), g, err)
+	}
+	a.RemoveScope(ctx(t), "c")
+	if _, err := a.CreateScope(ctx(t), "c", genid.ScopeOptions{Start: scope.Max + 1}); !errors.Is(err, genid.ErrOverflow) {
+		t.Fatalf("a scope starting past %d: %v", uint32(scope.Max), err)
+	}
+}
+
+// A removed scope leaves no fd open in the daemon (its loop's table of
+// them: floors_test.go).
+func TestScopeRemovalLeavesNothing(t *testing.T) {
+	d, log := startLog(t, "", server.Config{})
+	a := d.admin(t)
+	fds := func() int {
+		names, err := filepath.Glob("/proc/self/fd/*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(names)
+	}
+	owner := sleeper(t)                                 // os.Process holds a pidfd of its own
+	if _, err := a.Generation(ctx(t), ""); err != nil { // the admin client connects at its first request
+		t.Fatal(err)
+	}
+	before := fds()
+	for _, opts := range []genid.ScopeOptions{{}, {PID: owner.Process.Pid}} {
+		if _, err := a.CreateScope(ctx(t), "web", opts); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.RemoveScope(ctx(t), "web"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	servertest.WaitFor(t, fmt.Sprintf("the fds of before the scopes (%d)", before), func() bool { return fds() == before })
+	logged(t, log, "scope directory left", false)
+	owners, err := os.ReadFile(filepath.Join(d.dir, "state", "owners"))
+	if err != nil || bytes.Contains(owners, []byte("web")) {
+		t.Fatalf("the owners' file after the scope's removal: %v, %q", err, owners)
+	}
+	// A file of someone else's in the scope's directory: the directory
+	// stays, and the log says so.
+	if _, err := a.CreateScope(ctx(t), "web", genid.ScopeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "scopes", "web", "stray"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RemoveScope(ctx(t), "web"); err != nil {
+		t.Fatal(err)
+	}
+	logged(t, log, "scope directory left", true)
+}
+
+// A daemon that stopped leaves no fd open in its process, of its scopes
+// (owned or not) or its own, and logs no trouble closing them.
+func TestStopLeavesNothing(t *testing.T) {
+	fds := func() int {
+		names, err := filepath.Glob("/proc/self/fd/*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(names)
+	}
+	owner := sleeper(t) // os.Process holds a pidfd of its own
+	before := fds()
+	d, log := startLog(t, "", server.Config{})
+	a := d.admin(t)
+	for _, sc := range []struct {
+		name string
+		pid  int
+	}{{"owned", owner.Process.Pid}, {"free", 0}} {
+		if _, err := a.CreateScope(ctx(t), sc.name, genid.ScopeOptions{PID: sc.pid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close()
+	d.stop()
+	if n := fds(); n != before {
+		t.Errorf("%d fds open after the daemon stopped, %d before it started", n, before)
+	}
+	logged(t, log, "level=WARN", false)
+	logged(t, log, " scopes=0 ", true) // the serving line: none left by a previous daemon
+}
+
+// The host scope's status tells the daemon's version and backends (none
+// is an empty list); a container scope's, neither. An administrator sees
+// which watchers are outdated.
+func TestStatusOfHostOnly(t *testing.T) {
+	d := start(t, "", server.Config{})
+	if st := d.status(t); st.Backends == nil || len(st.Backends) != 0 {
+		t.Fatalf("the host's backends, with none: %#v", st.Backends)
+	}
+	w1, w2 := d.dial(t), d.dial(t)
+	for _, w := range []net.Conn{w1, w2} {
+		send(t, w, wire.OpWatch, 1, nil)
+		recv(t, w)
+	}
+	d.bump(0, "t")
+	send(t, w1, wire.OpAck, 2, wire.U32(1))
+	if f := recv(t, w1); f.Op == wire.OpEvent {
+		recv(t, w1) // the ack's reply, after the event
+	}
+	d.WaitRegistered("", 2)
+	st := d.status(t)
+	if len(st.WatcherList) != 2 || st.Outdated != 1 {
+		t.Fatalf("one watcher acked, one outdated: %+v", st)
+	}
+	for _, w := range st.WatcherList {
+		if w.Outdated != (w.Acked != 1) {
+			t.Fatalf("one watcher acked, one outdated: %+v", st.WatcherList)
+		}
+	}
+	d.SetBackends([]string{"vmgenid"})
+	a := d.admin(t)
+	if _, err := a.CreateScope(ctx(t), "c", genid.ScopeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	servertest.WaitFor(t, "the backends in the host's status", func() bool {
+		st, err := d.Status("")
+		return err == nil && st.Version != "" && len(st.Backends) == 1 && st.Backends[0] == "vmgenid"
+	})
+	if st, err := d.Status("c"); err != nil || st.Version != "" || st.Backends != nil {
+		t.Fatalf("a container scope's status: %+v %v", st, err)
+	}
+}
+
 // Names must be names; a socket path must fit.
 func TestScopeNames(t *testing.T) {
 	d := start(t, "", server.Config{})
@@ -486,5 +731,23 @@ func TestScopeNames(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(long, "scopes", strings.Repeat("n", 64))); !os.IsNotExist(err) {
 		t.Fatalf("the refused scope left its directory: %v", err)
+	}
+	// A path fits in 107 bytes, which leave sun_path's last for its end.
+	n := 108 - len(filepath.Join(long, "scopes", "", "genid.sock")) - 1
+	if n < 2 || n > wire.MaxName {
+		t.Fatalf("the test's run dir %s leaves a name of %d bytes to make a socket path of 108", long, n)
+	}
+	if _, err := a.CreateScope(ctx(t), strings.Repeat("m", n), genid.ScopeOptions{}); err == nil || !strings.Contains(err.Error(), "108 bytes, longer than a unix socket's 107") {
+		t.Fatalf("a socket path of 108 bytes: %v", err)
+	}
+	if _, err := a.CreateScope(ctx(t), strings.Repeat("m", n-1), genid.ScopeOptions{}); err != nil {
+		t.Fatalf("a socket path of 107 bytes: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(long, "scopes", strings.Repeat("m", n-1), "genid.sock"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() || st.Mode&0o7777 != 0o666 {
+		t.Fatalf("the scope's socket: owner %d:%d mode %#o, want the daemon's and 0666", st.Uid, st.Gid, st.Mode&0o7777)
 	}
 }

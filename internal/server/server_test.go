@@ -195,6 +195,9 @@ func TestBadInput(t *testing.T) {
 			{wire.OpAck, []byte{1, 2}},
 			{wire.OpAttach, wire.U32s(1<<7, 0)},
 			{wire.OpWaitWatchers, nil},
+			{wire.OpWatch, []byte{1}},
+			{wire.OpOutdated, []byte{1}},
+			{wire.OpStatus, []byte{1}},
 		} {
 			send(t, c, req.op, uint32(i+1), req.p)
 			if f := recv(t, c); f.Status != wire.StatusBadRequest || len(f.Payload) == 0 {
@@ -223,10 +226,16 @@ func TestBadInput(t *testing.T) {
 			op wire.Op
 			p  []byte
 		}{
-			{wire.OpGet, nil},                   // no name
-			{wire.OpGet, []byte{5, 'a'}},        // name cut short
-			{wire.OpGet, named("../x", nil)},    // not a name
-			{wire.OpGet, named("", []byte{1})},  // payload after it
+			{wire.OpGet, nil},                  // no name
+			{wire.OpGet, []byte{5, 'a'}},       // name cut short
+			{wire.OpGet, named("../x", nil)},   // not a name
+			{wire.OpGet, named("", []byte{1})}, // payload after it
+			{wire.OpOutdated, named("", []byte{1})},
+			{wire.OpStatus, named("", []byte{1})},
+			{wire.OpScopeRemove, named("", []byte{1})},
+			{wire.OpWaitWatchers, named("", []byte{1})},
+			{wire.OpMetrics, named("a", nil)},
+			{wire.OpHistory, named("", []byte{1})},
 			{wire.OpBump, named("", []byte{1})}, // short bump
 			{wire.OpBump, named("", append(wire.U32s(0, 0), "a\x00b"...))},
 			{wire.OpBump, named("x", wire.U32s(0, wire.FlagAllScopes))},
@@ -416,6 +425,64 @@ func TestRestoredAttach(t *testing.T) {
 		send(t, c, wire.OpAttach, 11, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 5))
 		return recv(t, c).Status == wire.StatusPermission
 	})
+}
+
+// An attach without FlagWatcher is a connection that watched nothing when
+// it was checkpointed: it is told the generation, and, if restored, sent
+// the event that says so, but it is no watcher. A watcher cannot attach
+// again.
+func TestAttachNotAWatcher(t *testing.T) {
+	d := start(t, "", server.Config{})
+	d.bump(3, "t")
+	c := d.dial(t)
+	reply := func(c net.Conn, id uint32, flags, acked uint32) wire.Frame {
+		t.Helper()
+		send(t, c, wire.OpAttach, id, wire.U32s(flags, acked))
+		f := recv(t, c)
+		if f.Op != wire.OpAttach || f.ID != id {
+			t.Fatalf("attach %#x: the next frame is %+v, not its reply", flags, f.Header)
+		}
+		return f
+	}
+	if f := reply(c, 1, 0, 0); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, wire.U32(3)) {
+		t.Fatalf("attach of no watcher: %+v %x", f.Header, f.Payload)
+	}
+	if n := d.status(t).Watchers; n != 0 {
+		t.Fatalf("%d watchers after an attach of no watcher", n)
+	}
+	if f := reply(c, 2, wire.FlagWatcher, 3); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, wire.U32(3)) {
+		t.Fatalf("attach of a watcher: %+v %x", f.Header, f.Payload)
+	}
+	if f := reply(c, 3, wire.FlagWatcher, 3); f.Status != wire.StatusBadRequest {
+		t.Fatalf("a watcher attaching again: %+v %q", f.Header, f.Payload)
+	}
+	d.WaitRegistered("", 1)
+
+	q := d.dialAdmin(t)
+	send(t, q, wire.OpRestore, 1, named("", wire.Restore{}.Encode()))
+	if f := recv(t, q); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, append(wire.U32(4), 0)) {
+		t.Fatalf("restore: %+v %q", f.Header, f.Payload)
+	}
+	r := d.dial(t)
+	if f := reply(r, 4, wire.FlagRestored, 0); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, wire.U32(4)) {
+		t.Fatalf("restored attach of no watcher: %+v %x", f.Header, f.Payload)
+	}
+	if ev := recv(t, r); ev.Op != wire.OpEvent || !bytes.Equal(ev.Payload, wire.U32s(4, wire.FlagRestored)) {
+		t.Fatalf("after a restored attach: %+v %x, want the restored event", ev.Header, ev.Payload)
+	}
+	if n := d.status(t).Watchers; n != 1 {
+		t.Fatalf("%d watchers after a restored attach of no watcher, want the one before", n)
+	}
+	// A restored watcher that had acked the generation is up to date, but
+	// is told it was restored all the same: it resends what it had in
+	// flight.
+	w := d.dial(t)
+	if f := reply(w, 5, wire.FlagWatcher|wire.FlagRestored, 4); f.Status != wire.StatusOK || !bytes.Equal(f.Payload, wire.U32(4)) {
+		t.Fatalf("restored attach of an up-to-date watcher: %+v %x", f.Header, f.Payload)
+	}
+	if ev := recv(t, w); ev.Op != wire.OpEvent || !bytes.Equal(ev.Payload, wire.U32s(4, wire.FlagRestored)) {
+		t.Fatalf("after a restored attach of an up-to-date watcher: %+v %x, want the restored event", ev.Header, ev.Payload)
+	}
 }
 
 func TestClient(t *testing.T) {
