@@ -128,7 +128,6 @@ struct rscope {
 	uint32_t gen;
 	struct rmount *mounts;
 	size_t nr_mounts;
-	char host_dir[PATH_MAX];	/* dump: its directory, on this host */
 	/* restore: the scope the daemon gave the restored tasks */
 	int restored;
 	char new_name[GENID_MAX_NAME + 1];
@@ -890,7 +889,7 @@ static void dump_fini(void)
 			if (!g.host_page_seen)
 				continue;
 			snprintf(path, sizeof(path), "%s", g.page);
-		} else if (fmt(path, sizeof(path), "%s/%s", s->host_dir, GENID_PAGE_NAME)) {
+		} else if (fmt(path, sizeof(path), "%s/%s/%s/%s", g.rundir, GENID_SCOPES_DIR, s->name, GENID_PAGE_NAME)) {
 			poison_record();
 			return;
 		}
@@ -1081,7 +1080,7 @@ static int genid_dump_unix_sk(int fd, int id)
 	struct sockaddr_un *addr = &a.un;
 	socklen_t len = sizeof(a.un);
 	struct rsock r = { .ino = (uint32_t)id };
-	char dir[PATH_MAX];
+	char dir[PATH_MAX], page[PATH_MAX];
 	struct rscope *s;
 	const char *base;
 	uint32_t gen;
@@ -1126,9 +1125,8 @@ static int genid_dump_unix_sk(int fd, int id)
 		return -ENOMEM;
 	if (!r.scope[0])
 		g.host_socket = 1;
-	else if (!s->host_dir[0] &&
-		 fmt(s->host_dir, sizeof(s->host_dir), "%s/%s/%s", g.rundir, GENID_SCOPES_DIR, r.scope))
-		return -1;
+	else if (fmt(page, sizeof(page), "%s/%s/%s/%s", g.rundir, GENID_SCOPES_DIR, r.scope, GENID_PAGE_NAME))
+		return -1;	/* dump_fini could not read the scope's page */
 	note_gen(s, gen);
 	note_gen(s, r.acked);
 
@@ -1290,8 +1288,6 @@ static int genid_dump_ext_mount(char *mountpoint, int id)
 	s = add_scope(name);
 	if (!s)
 		return -ENOMEM;
-	if (fmt(s->host_dir, sizeof(s->host_dir), "%s/%s/%s", g.rundir, GENID_SCOPES_DIR, name))
-		return -1;
 	note_gen(s, gen);
 	snprintf(m.path, sizeof(m.path), "%s", mp);
 	if (add_mount(s, &m))
