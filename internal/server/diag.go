@@ -104,9 +104,7 @@ func (s *Server) snapshotPeers() {
 		}
 		key, fd := c.netns()
 		if _, ok := spaces[key]; ok {
-			if fd >= 0 {
-				unix.Close(fd)
-			}
+			closeFD(fd)
 		} else {
 			spaces[key] = fd
 		}
@@ -117,9 +115,7 @@ func (s *Server) snapshotPeers() {
 		var failed error
 		for key, fd := range spaces {
 			p, err := unixPeers(fd)
-			if fd >= 0 {
-				unix.Close(fd)
-			}
+			closeFD(fd)
 			if err != nil {
 				failed = err
 				continue

@@ -135,7 +135,7 @@ func (s *Server) resumeFromFloor() error {
 			meta = scopeMeta{Name: r.Name, Created: time.Now()}
 		}
 		st, err := s.openScopeDir(r.Name, meta)
-		if err == nil && meta.PID != 0 && st.pidfd < 0 {
+		if err == nil && meta.PID != 0 && !st.ownerWatched() {
 			s.log.Info("scope's process ended while no daemon ran", "scope", r.Name, "pid", meta.PID)
 			s.destroy(st) // its files, and its floor
 			continue

@@ -40,6 +40,14 @@ func openDir(dirfd int, name string, mode uint32) (int, error) {
 	return fd, nil
 }
 
+// closeFD closes fd if it is one: the daemon's fds are -1 until they are
+// opened (a scope's pidfd stays -1 if it has no process).
+func closeFD(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
 // listen binds a non-blocking unix stream socket at path with the given
 // mode and group (-1: the daemon's), and listens. passcred makes the
 // kernel attach each sender's credentials to what it sends (peer.go); an

@@ -153,7 +153,7 @@ func (s *Server) endRestore(c *conn) {
 	for _, st := range c.restore.scopes {
 		st.restorer = nil
 		s.loop.timers.stop(&st.restoreTimer)
-		if st.pidfd < 0 && st.meta.PID != 0 {
+		if !st.ownerWatched() && st.meta.PID != 0 {
 			// Its old owner ended during the restore.
 			s.removeScope(st, "its process ended")
 		}

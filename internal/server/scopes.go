@@ -88,6 +88,10 @@ func (st *scopeState) label() string {
 
 func (st *scopeState) restoring() bool { return st.restorer != nil }
 
+// ownerWatched tells whether the daemon holds a pidfd of the scope's
+// process: it has one, and it has not seen it end.
+func (st *scopeState) ownerWatched() bool { return st.pidfd >= 0 }
+
 // openPage opens (creating it if missing) the page of a scope whose
 // directory is open as dirfd, resuming from its value. Its lock proves that
 // no other daemon serves the scope.
@@ -139,7 +143,7 @@ func (s *Server) serveScope(st *scopeState) error {
 	if err := s.loop.watch(st.lfd, special{kind: specialListen, scope: st}); err != nil {
 		return err
 	}
-	if st.pidfd >= 0 {
+	if st.ownerWatched() {
 		if err := s.loop.watch(st.pidfd, special{kind: specialPidfd, scope: st}); err != nil {
 			s.loop.unwatch(st.lfd)
 			return err
@@ -171,7 +175,7 @@ func (s *Server) loadScopes() error {
 		if err != nil {
 			return fmt.Errorf("scope %s: %w", name, err)
 		}
-		if meta.PID != 0 && st.pidfd < 0 {
+		if meta.PID != 0 && !st.ownerWatched() {
 			s.log.Info("scope's process ended while no daemon ran", "scope", name, "pid", meta.PID)
 			s.destroy(st)
 			continue
@@ -271,9 +275,7 @@ func (s *Server) newScope(name string, pid int, restored bool) (*scopeState, err
 	s.removeLeftover(name)
 	st, err := s.openScopeDir(name, scopeMeta{})
 	if err != nil {
-		if pidfd >= 0 {
-			unix.Close(pidfd)
-		}
+		closeFD(pidfd)
 		s.removeLeftover(name) // a new scope leaves nothing behind
 		return nil, err
 	}
@@ -318,7 +320,7 @@ func (s *Server) bindOwner(st *scopeState, pid int) error {
 // ownerAlive tells whether the process a scope belongs to still runs: its
 // pidfd is readable once it has ended.
 func ownerAlive(st *scopeState) bool {
-	if st.pidfd < 0 {
+	if !st.ownerWatched() {
 		return false
 	}
 	fds := []unix.PollFd{{Fd: int32(st.pidfd), Events: unix.POLLIN}}
@@ -344,7 +346,7 @@ func (s *Server) removeScope(st *scopeState, why string) error {
 		}
 	}
 	s.loop.unwatch(st.lfd)
-	if st.pidfd >= 0 {
+	if st.ownerWatched() {
 		s.loop.unwatch(st.pidfd)
 	}
 	delete(s.scopes, st.name)
@@ -361,12 +363,8 @@ func (s *Server) destroy(st *scopeState) {
 		st.restorer.restore.drop(st)
 		st.restorer = nil
 	}
-	if st.lfd >= 0 {
-		unix.Close(st.lfd)
-	}
-	if st.pidfd >= 0 {
-		unix.Close(st.pidfd)
-	}
+	closeFD(st.lfd)
+	closeFD(st.pidfd)
 	st.page.Close()
 	unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
 	unlinkPages(st.dirfd)

@@ -317,9 +317,7 @@ func (s *Server) release() {
 				unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
 			}
 		}
-		if st.pidfd >= 0 {
-			unix.Close(st.pidfd)
-		}
+		closeFD(st.pidfd)
 		if err := st.page.Close(); err != nil {
 			s.log.Warn("page close", "scope", st.label(), "err", err)
 		}
@@ -328,9 +326,7 @@ func (s *Server) release() {
 		}
 	}
 	if s.root != nil && s.scopes[""] == nil { // opened, not yet served
-		if s.root.lfd >= 0 {
-			unix.Close(s.root.lfd)
-		}
+		closeFD(s.root.lfd)
 		s.root.page.Close()
 	}
 	if s.adminfd >= 0 {
@@ -344,9 +340,7 @@ func (s *Server) release() {
 		s.owners.Close()
 	}
 	for _, fd := range []int{s.statefd, s.scopesfd, s.rundirfd} {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+		closeFD(fd)
 	}
 	s.closeFloors()
 }
