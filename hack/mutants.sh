@@ -5,8 +5,10 @@
 # Usage: hack/mutants.sh [PACKAGE...]
 #   PACKAGE  server (peer.go, read.go, loop.go; its threshold is on the privilege check and
 #            the input path: peer.go, read.go and loop.go's frame reader), checkpoint, wire,
-#            scope, server-all (every file of internal/server: hours on 2 cores), or plugin-c
-#            (the CRIU plugin's C reader and writer of the record, by hack/mutants-c.sh).
+#            scope, server-rest (every other file of internal/server, judged by all of its
+#            tests: an hour or more on 2 cores), server-all (every file: longer still), or
+#            plugin-c (the CRIU plugin's C reader and writer of the record, by
+#            hack/mutants-c.sh).
 #            Default: server checkpoint wire scope plugin-c.
 #
 # Environment:
@@ -30,7 +32,7 @@
 # cached result took 0.2 s and made compiling mutants "time out"), and -vet=off: vet is no
 # test, and it was half of each mutant's compile.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 threshold=${MUTANTS_THRESHOLD:-95}
 out=${MUTANTS_OUT:-bin/mutants}
@@ -87,6 +89,7 @@ src=$(mktemp -d "${TMPDIR:-/tmp}/genid-mutants.XXXXXX") || exit 2
 # and gremlins' copies of the module (its tests' working directories) removed. (Its TMPDIR
 # stays: the tests' socket paths are near their length limit.)
 gremlins_pid=
+# shellcheck disable=SC2317 # run by the trap below
 stop_gremlins() {
 	[ -n "$gremlins_pid" ] || return 0
 	local pid dirs=()
@@ -131,7 +134,7 @@ export PATH="$shim:$PATH"
 fail=0
 json=()
 for name in "$@"; do
-	args=() workers=1 coef=10 bound=600 skip= by="its tests" gate=$threshold frame= tool=gremlins
+	args=() workers=1 coef=10 bound=600 skip='' by="its tests" gate=$threshold frame='' tool=gremlins
 	case $name in
 	wire) pkg=./internal/wire what="internal/wire" ;;
 	scope) pkg=./internal/scope what="internal/scope" ;;
@@ -143,6 +146,10 @@ for name in "$@"; do
 		# The threshold is on the privilege check and the input path proper (below);
 		# gremlins' own figure, over the three whole files, is printed beside it.
 		gate=0 frame=1
+		;;
+	server-rest)
+		pkg=./internal/server what="internal/server but peer.go, read.go, loop.go"
+		args=(--exclude-files '(^|/)(peer|read|loop)\.go$') workers=2 coef=3 bound=14400
 		;;
 	server-all) pkg=./internal/server what="internal/server" workers=2 coef=3 bound=14400 ;;
 	plugin-c)
