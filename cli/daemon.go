@@ -49,7 +49,7 @@ func daemonCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-scopes", Value: server.DefaultMaxScopes, Usage: "most container scopes"},
 			&cli.StringFlag{Name: "admin-group", Usage: "`GROUP` (name or gid) whose members are administrators besides root: may use RUN_DIR/admin.sock (default: root only)"},
 			&cli.UintFlag{Name: "max-frame", Value: wire.DefaultMaxPayload, Usage: fmt.Sprintf("largest request payload in bytes (%d to %d)", minMaxFrame, maxMaxFrame)},
-			&cli.DurationFlag{Name: "frame-timeout", Value: server.DefaultFrameTimeout, Usage: "time a client has to finish a frame it started"},
+			&cli.DurationFlag{Name: "frame-timeout", Value: server.DefaultFrameTimeout, Usage: "time a client has to finish a frame it started (and a metrics request its headers)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "backends", Value: backend.ListAuto, Usage: "hypervisor backends that bump on VM restore: " +
 				"auto (those this machine has), none, or a comma-separated list of " + strings.Join(backend.Names(), ", ")},

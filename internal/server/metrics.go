@@ -217,7 +217,8 @@ func (s *Server) metricsText() ([]byte, error) {
 func (s *Server) ServeMetrics(ln net.Listener) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.obs.metrics.served, promhttp.HandlerOpts{}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 8 << 10}
+	// A request started must be finished in time, as a frame must.
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: s.cfg.FrameTimeout, MaxHeaderBytes: 8 << 10}
 	s.Go(func(ctx context.Context) {
 		stop := context.AfterFunc(ctx, func() { hs.Close() })
 		defer stop()

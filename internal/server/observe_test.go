@@ -679,6 +679,49 @@ func TestMetrics(t *testing.T) {
 	logged(t, log, "level=ERROR", false)
 }
 
+// A metrics request whose headers do not come in time is dropped, as a
+// frame is: the daemon's --frame-timeout bounds both.
+func TestMetricsSlowHeaders(t *testing.T) {
+	d := start(t, "", server.Config{FrameTimeout: 200 * time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ServeMetrics(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n")); err != nil { // and no end
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("a request whose headers never end, 5 s on: %v", err)
+	}
+}
+
+// failingListener is a listener whose Accept fails for good.
+type failingListener struct{ net.Listener }
+
+func (failingListener) Accept() (net.Conn, error) { return nil, errors.New("accept: broken") }
+
+// A metrics listener that fails is an error in the log, which says why;
+// one closed because the daemon stops is none (TestMetrics).
+func TestMetricsListenerFails(t *testing.T) {
+	d, log := startLog(t, "", server.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d.ServeMetrics(failingListener{ln})
+	servertest.WaitFor(t, "the listener's failure in the log", func() bool {
+		return strings.Contains(log.String(), `level=ERROR msg="metrics listener failed"`) && strings.Contains(log.String(), "accept: broken")
+	})
+}
+
 func TestMetricsBarrierAndScopeRemoval(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := admin(t, d)

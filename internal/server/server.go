@@ -87,7 +87,7 @@ type Config struct {
 	Listeners map[string]int
 
 	MaxPayload   uint32        // largest request payload; default wire.DefaultMaxPayload
-	FrameTimeout time.Duration // a started frame must complete within it; default DefaultFrameTimeout
+	FrameTimeout time.Duration // a started frame (or metrics request header) must complete within it; default DefaultFrameTimeout
 	Logger       *slog.Logger
 	// Now is the clock of the bump records (tests); default time.Now.
 	Now func() time.Time
