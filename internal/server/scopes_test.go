@@ -386,6 +386,35 @@ func TestRestoreScopes(t *testing.T) {
 	}
 }
 
+// A scope restored again on another connection is that restore's: the
+// first connection's end does not end it.
+func TestRestoreTakenOver(t *testing.T) {
+	d := start(t, "", server.Config{})
+	root := sleeper(t)
+	restore := func(q net.Conn) {
+		t.Helper()
+		send(t, q, wire.OpRestore, 1, named("x", wire.Restore{PID: uint32(root.Process.Pid)}.Encode()))
+		if f := recv(t, q); f.Status != wire.StatusOK {
+			t.Fatalf("restore of x: %+v %q", f.Header, f.Payload)
+		}
+	}
+	first, second := d.dialAdmin(t), d.dialAdmin(t)
+	restore(first)
+	restore(second)
+	first.Close()
+	counted(t, d, "the first restore's connection closed", func(c server.Counts) bool { return c.AdminConns == 1 })
+	attach := func() wire.Status {
+		c := d.dialScope(t, "x")
+		send(t, c, wire.OpAttach, 1, wire.U32s(wire.FlagWatcher|wire.FlagRestored, 0))
+		return recv(t, c).Status
+	}
+	if st := attach(); st != wire.StatusOK {
+		t.Fatalf("a restored attach while the second restore lasts: %v", st)
+	}
+	second.Close()
+	waitFor(t, func() bool { return attach() == wire.StatusPermission })
+}
+
 // Restored watchers may attach only to a scope a restore is restoring, and
 // only while it lasts.
 func TestRestoredAttachNeedsRestore(t *testing.T) {
