@@ -188,8 +188,8 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 // A daemon that cannot start closes only what it opened (and what it was
-// passed): here its run dir is a file, or it is passed a socket it has no
-// use for; the test's stdout stays open.
+// passed): here its run dir is a file, it is passed a socket it has no use
+// for, or its admin socket cannot be bound; the test's stdout stays open.
 func TestNewFailsCleanly(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
@@ -203,9 +203,14 @@ func TestNewFailsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	blocked := t.TempDir() // its admin socket's place taken by a directory, after the host's page
+	if err := os.MkdirAll(filepath.Join(blocked, "admin.sock", "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for what, cfg := range map[string]server.Config{
-		"a file as its run dir":                 {RunDir: file},
-		"a socket for a file it does not serve": {RunDir: filepath.Join(t.TempDir(), "run"), Listeners: map[string]int{"other.sock": sock}},
+		"a file as its run dir":                   {RunDir: file},
+		"a socket for a file it does not serve":   {RunDir: filepath.Join(t.TempDir(), "run"), Listeners: map[string]int{"other.sock": sock}},
+		"a directory where its admin socket goes": {RunDir: blocked},
 	} {
 		if _, err := server.New(cfg); err == nil {
 			t.Fatalf("a daemon started with %s", what)

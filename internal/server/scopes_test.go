@@ -580,11 +580,11 @@ func TestCreateScopeExistOK(t *testing.T) {
 			t.Errorf("web again with ExistOK, for %s: %d %v, want it refused", c.what, g, err)
 		}
 	}
-	if _, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{}); err != nil {
+	if _, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{Start: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{PID: p2.Process.Pid, ExistOK: true}); err != nil {
-		t.Fatalf("free again with ExistOK and a process: %v", err)
+	if g, err := a.CreateScope(ctx(t), "free", genid.ScopeOptions{PID: p2.Process.Pid, ExistOK: true}); err != nil || g != 3 {
+		t.Fatalf("free again with ExistOK and a process: %d %v, want 3", g, err)
 	}
 	p2.Process.Kill()
 	p2.Wait()
