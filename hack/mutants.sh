@@ -102,6 +102,17 @@ stop_gremlins() {
 		[ -z "$pid" ] || rm -rf "$pid"
 	done
 }
+# reap_mutants kills the test binaries of mutants that gremlins timed out: it kills their
+# go test, and the binary, reparented to init, may spin on (a mutant that hangs the loop
+# was seen at a full CPU 35 minutes later). They run in gremlins' copies of the module.
+reap_mutants() {
+	local pid
+	for pid in $(pgrep -f '\.test -test\.'); do
+		case $(readlink "/proc/$pid/cwd" 2>/dev/null) in
+		"${TMPDIR:-/tmp}"/gremlins-*) kill -KILL "$pid" 2>/dev/null ;;
+		esac
+	done
+}
 trap 'rm -rf "$src" "$src.bin" "$src.tmp"' EXIT
 trap 'stop_gremlins; exit 143' TERM INT HUP
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
@@ -182,6 +193,7 @@ for name in "$@"; do
 	wait "$gremlins_pid"
 	rc=$?
 	gremlins_pid=
+	reap_mutants
 	# Control: the unmutated tests, twice at once (as loaded as gremlins' workers), pass.
 	# A test that fails now and then would "kill" mutants it never judged.
 	ok=0
