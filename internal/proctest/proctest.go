@@ -167,3 +167,16 @@ func (d *Daemon) Kill(sig syscall.Signal) error {
 
 // Pid is the daemon's process id.
 func (d *Daemon) Pid() int { return d.Cmd.Process.Pid }
+
+// Sleeper starts a process that does nothing (sleep) for a test to use as
+// the process a scope belongs to; it is killed and reaped when the test
+// ends.
+func Sleeper(t TB) *exec.Cmd {
+	t.Helper()
+	c := exec.Command("sleep", "1000")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	return c
+}

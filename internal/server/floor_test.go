@@ -71,7 +71,7 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 		t.Fatal("the boot's first daemon is not told it is")
 	}
 	a := d.admin(t)
-	owner, gone := sleeper(t), sleeper(t)
+	owner, gone := proctest.Sleeper(t), proctest.Sleeper(t)
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 10})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid, Start: 20})
 	a.CreateScope(ctx(t), "free", genid.ScopeOptions{Start: 30}) // no owner: until removed
@@ -159,7 +159,7 @@ func TestFloorSurvivesRunDirRemoval(t *testing.T) {
 func TestFloorRaisedToPage(t *testing.T) {
 	cfg, _ := stateCfg(t)
 	run := filepath.Join(t.TempDir(), "run")
-	owner, other := sleeper(t), sleeper(t)
+	owner, other := proctest.Sleeper(t), proctest.Sleeper(t)
 	d := start(t, run, cfg)
 	a := d.admin(t)
 	a.Bump(ctx(t), "", 5, "t")

@@ -2,11 +2,11 @@ package server
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/wire"
 )
 
@@ -74,11 +74,7 @@ func TestFloorsLetGo(t *testing.T) {
 // connection reuses it.
 func TestRemovalUnwatches(t *testing.T) {
 	s := serve(t, Config{}, nil)
-	owner := exec.Command("sleep", "1000")
-	if err := owner.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { owner.Process.Kill(); owner.Wait() }()
+	owner := proctest.Sleeper(t)
 	var before, after int
 	var err error
 	if err2 := s.do(func() {

@@ -10,19 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/wire"
 )
-
-// sleeper starts a process to own a scope, killed when the test ends.
-func sleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	c := exec.Command("sleep", "1000")
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-	return c
-}
 
 // A container's scope whose process ended, before the daemon saw it end,
 // is the container's no more: a scope made or restored under its name (a
@@ -44,7 +34,7 @@ func TestOwnerGoneUnseen(t *testing.T) {
 	})
 
 	for _, how := range []string{"create", "restore"} {
-		old, restored := sleeper(t), sleeper(t)
+		old, restored := proctest.Sleeper(t), proctest.Sleeper(t)
 		var err error
 		if err2 := s.do(func() { _, err = s.createScope("web", wire.ScopeCreate{PID: uint32(old.Process.Pid)}) }); err2 != nil || err != nil {
 			t.Fatal(err2, err)

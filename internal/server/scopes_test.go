@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/genid-project/genid/genid"
+	"github.com/genid-project/genid/internal/proctest"
 	"github.com/genid-project/genid/internal/scope"
 	"github.com/genid-project/genid/internal/server"
 	"github.com/genid-project/genid/internal/servertest"
@@ -154,23 +155,12 @@ func TestScopeIsolation(t *testing.T) {
 	}
 }
 
-// sleeper starts a process to own a scope, killed when the test ends.
-func sleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	c := exec.Command("sleep", "1000")
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-	return c
-}
-
 // Scopes outlive a daemon restart, with their generations; one whose
 // process ended meanwhile does not, and one goes when its process ends.
 func TestScopesAcrossRestart(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := d.admin(t)
-	owner, gone := sleeper(t), sleeper(t)
+	owner, gone := proctest.Sleeper(t), proctest.Sleeper(t)
 	a.CreateScope(ctx(t), "kept", genid.ScopeOptions{Start: 3})
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
@@ -241,7 +231,7 @@ func TestScopesAcrossRestart(t *testing.T) {
 func TestScopesOwnersUpgrade(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := d.admin(t)
-	owner, gone := sleeper(t), sleeper(t)
+	owner, gone := proctest.Sleeper(t), proctest.Sleeper(t)
 	a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid, Start: 5})
 	a.CreateScope(ctx(t), "orphan", genid.ScopeOptions{PID: gone.Process.Pid})
 	d.stop()
@@ -358,7 +348,7 @@ func TestRestoreScopes(t *testing.T) {
 		t.Fatalf("restore into the hook's scope, named in the record: %d %q %v", g, name, err)
 	}
 	// A third clone's (freeName's other cases: restore_test.go).
-	root4 := sleeper(t)
+	root4 := proctest.Sleeper(t)
 	if _, name, err = a.Restore(ctx(t), "c1", &avoid, root4.Process.Pid); err != nil || name != "c1-3" {
 		t.Fatalf("a third clone's restore: %q %v", name, err)
 	}
@@ -390,7 +380,7 @@ func TestRestoreScopes(t *testing.T) {
 // first connection's end does not end it.
 func TestRestoreTakenOver(t *testing.T) {
 	d := start(t, "", server.Config{})
-	root := sleeper(t)
+	root := proctest.Sleeper(t)
 	restore := func(q net.Conn) {
 		t.Helper()
 		send(t, q, wire.OpRestore, 1, named("x", wire.Restore{PID: uint32(root.Process.Pid)}.Encode()))
@@ -560,7 +550,7 @@ func TestScopeLimits(t *testing.T) {
 func TestCreateScopeExistOK(t *testing.T) {
 	d := start(t, "", server.Config{})
 	a := d.admin(t)
-	p1, p2 := sleeper(t), sleeper(t)
+	p1, p2 := proctest.Sleeper(t), proctest.Sleeper(t)
 	if _, err := a.CreateScope(ctx(t), "web", genid.ScopeOptions{PID: p1.Process.Pid, Start: 4}); err != nil {
 		t.Fatal(err)
 	}
@@ -635,7 +625,7 @@ func TestScopeRemovalLeavesNothing(t *testing.T) {
 		}
 		return len(names)
 	}
-	owner := sleeper(t)                                 // os.Process holds a pidfd of its own
+	owner := proctest.Sleeper(t)                        // os.Process holds a pidfd of its own
 	if _, err := a.Generation(ctx(t), ""); err != nil { // the admin client connects at its first request
 		t.Fatal(err)
 	}
@@ -678,7 +668,7 @@ func TestStopLeavesNothing(t *testing.T) {
 		}
 		return len(names)
 	}
-	owner := sleeper(t) // os.Process holds a pidfd of its own
+	owner := proctest.Sleeper(t) // os.Process holds a pidfd of its own
 	before := fds()
 	d, log := startLog(t, "", server.Config{})
 	a := d.admin(t)
