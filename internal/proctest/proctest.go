@@ -2,6 +2,7 @@
 // tests that need the binary (end-to-end, the test bed's, torture) and for
 // the bench: one way to start it, wait until it serves, read its log while
 // it runs, and stop or kill it. genid/genidtest runs it in-process instead.
+// It also starts the idle processes that tests give scopes to (Sleeper).
 package proctest
 
 import (
