@@ -90,7 +90,7 @@ func (s *Server) snapshotPeers() {
 		ns  uint64
 	}
 	var members []member
-	spaces := map[uint64]int{} // netns inode -> fd (-1: the daemon's own)
+	spaces := map[uint64]int{} // netns inode -> fd (noFD: the daemon's own)
 	for _, c := range s.loop.conns() {
 		if c.admin {
 			continue
@@ -146,18 +146,18 @@ func (s *Server) snapshotPeers() {
 
 // netns identifies the network namespace of our end of the connection (a
 // stream connect creates it in the client's namespace) and returns an fd
-// of it, or -1 when it is the daemon's own (or unknown: an unprivileged
+// of it, or noFD when it is the daemon's own (or unknown: an unprivileged
 // daemon cannot look, and serves its own namespace only).
 func (c *conn) netns() (uint64, int) {
 	nsfd, err := unix.IoctlRetInt(c.fd, unix.SIOCGSKNS)
 	if err != nil {
-		return 0, -1
+		return 0, noFD
 	}
 	self, err := ownNetNS()
 	id, ferr := fdID(nsfd)
 	if err != nil || ferr != nil || id == self {
 		unix.Close(nsfd)
-		return 0, -1
+		return 0, noFD
 	}
 	return id.ino, nsfd
 }
@@ -170,10 +170,10 @@ const (
 )
 
 // unixPeers maps the inode of every connected unix socket of a network
-// namespace (nsfd, or ours if -1) to its peer's inode.
+// namespace (nsfd, or ours if noFD) to its peer's inode.
 func unixPeers(nsfd int) (map[uint64]uint32, error) {
 	var cfg *netlink.Config
-	if nsfd >= 0 {
+	if nsfd != noFD {
 		cfg = &netlink.Config{NetNS: nsfd}
 	}
 	nl, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, cfg)

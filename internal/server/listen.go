@@ -16,40 +16,45 @@ import (
 // there and trusts what it finds.
 func openDir(dirfd int, name string, mode uint32) (int, error) {
 	if err := unix.Mkdirat(dirfd, name, mode); err != nil && !errors.Is(err, unix.EEXIST) {
-		return -1, err
+		return noFD, err
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, err
+		return noFD, err
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return noFD, err
 	}
 	if int(st.Uid) != os.Geteuid() {
 		unix.Close(fd)
-		return -1, fmt.Errorf("owned by uid %d, not by the daemon's %d", st.Uid, os.Geteuid())
+		return noFD, fmt.Errorf("owned by uid %d, not by the daemon's %d", st.Uid, os.Geteuid())
 	}
 	// The mode of a directory made now ignores the umask; one found is
 	// set as it should be (a crash may have left it otherwise).
 	if err := unix.Fchmod(fd, mode); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return noFD, err
 	}
 	return fd, nil
 }
 
-// closeFD closes fd if it is one: the daemon's fds are -1 until they are
-// opened (a scope's pidfd stays -1 if it has no process).
+// noFD is a descriptor not (yet) open: the daemon's fds are noFD until
+// they are opened, and a scope's pidfd stays noFD if it has no process.
+// They are compared with it, never ordered against 0: a daemon started
+// with its stdin closed has a real fd 0.
+const noFD = -1
+
+// closeFD closes fd unless it is noFD.
 func closeFD(fd int) {
-	if fd >= 0 {
+	if fd != noFD {
 		unix.Close(fd)
 	}
 }
 
 // listen binds a non-blocking unix stream socket at path with the given
-// mode and group (-1: the daemon's), and listens. passcred makes the
+// mode and group (noGroup: the daemon's), and listens. passcred makes the
 // kernel attach each sender's credentials to what it sends (peer.go); an
 // accepted connection inherits it.
 //
@@ -58,14 +63,14 @@ func closeFD(fd int) {
 func listen(path string, mode uint32, gid int, passcred bool) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return -1, err
+		return noFD, err
 	}
 	fail := func(err error, bound bool) (int, error) {
 		unix.Close(fd)
 		if bound {
 			os.Remove(path)
 		}
-		return -1, err
+		return noFD, err
 	}
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fail(fmt.Errorf("socket path %s is %d bytes, longer than a unix socket's %d", path, len(path), len(unix.RawSockaddrUnix{}.Path)-1), false)
@@ -95,7 +100,7 @@ func listen(path string, mode uint32, gid int, passcred bool) (int, error) {
 // whose path is path. It is served only if it is what listen would have
 // made: a listening unix stream socket bound to path, whose file there is
 // that very socket (not one put in its place) and is the daemon's user's.
-// Then the file gets the mode and group the daemon was told (-1: the
+// Then the file gets the mode and group the daemon was told (noGroup: the
 // daemon's), whatever the socket unit said. A socket to be read with its
 // senders' credentials (passcred) must have been made with SO_PASSCRED.
 func adopt(fd, dirfd int, name, path string, mode uint32, gid int, passcred bool) error {
@@ -133,7 +138,7 @@ func adopt(fd, dirfd int, name, path string, mode uint32, gid int, passcred bool
 	if bound != (fileID{dev: st.Dev, ino: uint64(uint32(st.Ino))}) {
 		return fmt.Errorf("%s is not the file of the socket passed for it (replaced since it was bound?)", path)
 	}
-	if gid < 0 {
+	if gid == noGroup {
 		gid = os.Getegid()
 	}
 	if st.Gid != uint32(gid) {

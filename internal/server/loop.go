@@ -599,7 +599,7 @@ func (l *loop) close() {
 	}
 	l.wakeMu.Lock()
 	unix.Close(l.wake)
-	l.wake = -1
+	l.wake = noFD
 	l.posted = nil
 	l.wakeMu.Unlock()
 	l.epFile.Close()

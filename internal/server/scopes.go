@@ -55,7 +55,7 @@ type scopeState struct {
 	use   usage
 
 	meta    scopeMeta
-	pidfd   int // of meta.PID, -1 if none
+	pidfd   int // of meta.PID, noFD if none
 	removed bool
 
 	restorer     *conn // the admin connection restoring it, if any
@@ -90,13 +90,13 @@ func (st *scopeState) restoring() bool { return st.restorer != nil }
 
 // ownerWatched tells whether the daemon holds a pidfd of the scope's
 // process: it has one, and it has not seen it end.
-func (st *scopeState) ownerWatched() bool { return st.pidfd >= 0 }
+func (st *scopeState) ownerWatched() bool { return st.pidfd != noFD }
 
 // openPage opens (creating it if missing) the page of a scope whose
 // directory is open as dirfd, resuming from its value. Its lock proves that
 // no other daemon serves the scope.
 func (s *Server) openPage(name, dir string, dirfd int) (*scopeState, error) {
-	st := &scopeState{name: name, dir: dir, dirfd: dirfd, lfd: -1, pidfd: -1,
+	st := &scopeState{name: name, dir: dir, dirfd: dirfd, lfd: noFD, pidfd: noFD,
 		sock: filepath.Join(dir, genid.SocketFile)}
 	st.restoreTimer = newTimer(timerRestore, nil, st)
 	pg, err := openPages(dirfd, dir)
@@ -119,7 +119,7 @@ func (s *Server) listenScope(st *scopeState) error {
 		return fmt.Errorf("stale socket %s: %w", st.sock, err)
 	}
 	var err error
-	if st.lfd, err = listen(st.sock, 0o666, -1, false); err != nil {
+	if st.lfd, err = listen(st.sock, 0o666, noGroup, false); err != nil {
 		return fmt.Errorf("listen %s: %w", st.sock, err)
 	}
 	return nil
@@ -261,14 +261,14 @@ func (s *Server) createScope(name string, req wire.ScopeCreate) (uint32, error) 
 // removed first.
 func (s *Server) newScope(name string, pid int, restored bool) (*scopeState, error) {
 	meta := scopeMeta{Name: name, Created: s.clock(), PID: pid, Restored: restored}
-	var pidfd int = -1
+	pidfd := noFD
 	if pid != 0 {
 		start, err := procStart(pid)
 		if err != nil {
 			return nil, fmt.Errorf("process %d: %v: %w", pid, err, errNotFound)
 		}
 		meta.PIDStart = start
-		if pidfd = openOwner(pid, start); pidfd < 0 {
+		if pidfd = openOwner(pid, start); pidfd == noFD {
 			return nil, fmt.Errorf("process %d ended: %w", pid, errNotFound)
 		}
 	}
@@ -300,7 +300,7 @@ func (s *Server) bindOwner(st *scopeState, pid int) error {
 		return fmt.Errorf("process %d: %v: %w", pid, err, errNotFound)
 	}
 	fd := openOwner(pid, start)
-	if fd < 0 {
+	if fd == noFD {
 		return fmt.Errorf("process %d ended: %w", pid, errNotFound)
 	}
 	meta := st.meta
@@ -395,7 +395,7 @@ func (s *Server) scopeOwnerGone(st *scopeState) {
 		// scope goes when the restore ends (endRestore), not under it.
 		s.loop.unwatch(st.pidfd)
 		unix.Close(st.pidfd)
-		st.pidfd = -1
+		st.pidfd = noFD
 		return
 	}
 	s.removeScope(st, fmt.Sprintf("its process %d ended", st.meta.PID))
@@ -485,17 +485,17 @@ func (s *Server) dropMeta(name string) {
 }
 
 // openOwner opens a pidfd of pid if it is still the process that started
-// at start (so a pid reused since is not taken for it); -1 if not.
+// at start (so a pid reused since is not taken for it); noFD if not.
 func openOwner(pid int, start uint64) int {
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
-		return -1
+		return noFD
 	}
 	// Checked after the pidfd is open: it pins the process, so the start
 	// time read now is the pidfd's process's.
 	if now, err := procStart(pid); err != nil || now != start {
 		unix.Close(fd)
-		return -1
+		return noFD
 	}
 	return fd
 }

@@ -689,6 +689,71 @@ func TestStopLeavesNothing(t *testing.T) {
 	logged(t, log, " scopes=0 ", true) // the serving line: none left by a previous daemon
 }
 
+// A daemon whose stdin is closed has a real fd 0, the next it opens: it
+// must use it and close it like any other, not take it for "no fd". Fd 0
+// is first the run dir's (closed at New), then a scope owner's pidfd
+// (closed after New): the scope is served, its owner watched, and once the
+// daemon stops, fd 0 is free again.
+func TestStdinClosed(t *testing.T) {
+	saved, err := unix.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Dup2(saved, 0)
+		unix.Close(saved)
+	})
+	fd0 := func() string {
+		l, err := os.Readlink("/proc/self/fd/0")
+		if err != nil {
+			return ""
+		}
+		return l
+	}
+	stopped := func(d *daemon) {
+		t.Helper()
+		d.stop()
+		if l := fd0(); l != "" {
+			t.Errorf("fd 0 after the daemon stopped: %s, left open", l)
+		}
+	}
+
+	unix.Close(0)
+	d := start(t, "", server.Config{})
+	if l := fd0(); l == "" {
+		t.Fatal("the daemon opened no fd 0")
+	}
+	w := d.dial(t)
+	send(t, w, wire.OpWatch, 1, nil)
+	recv(t, w)
+	d.bump(0, "t")
+	if f := recv(t, w); f.Op != wire.OpEvent {
+		t.Fatalf("a watcher got %v, not an event", f.Op)
+	}
+	w.Close()
+	stopped(d)
+
+	unix.Dup2(saved, 0)
+	owner := proctest.Sleeper(t)
+	d, log := startLog(t, "", server.Config{})
+	a := d.admin(t)
+	if _, err := a.Generation(ctx(t), ""); err != nil { // the connection accepted
+		t.Fatal(err)
+	}
+	unix.Close(0)
+	if _, err := a.CreateScope(ctx(t), "owned", genid.ScopeOptions{PID: owner.Process.Pid}); err != nil {
+		t.Fatal(err)
+	}
+	if l := fd0(); l != "anon_inode:[pidfd]" {
+		t.Fatalf("fd 0 is %q, not the owner's pidfd", l)
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	waitFor(t, func() bool { return strings.Contains(log.String(), `msg="scope removed" scope=owned`) })
+	a.Close()
+	stopped(d)
+}
+
 // The host scope's status tells the daemon's version and backends (none
 // is an empty list); a container scope's, neither. An administrator sees
 // which watchers are outdated.

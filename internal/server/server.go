@@ -113,8 +113,9 @@ const (
 	DefaultFrameTimeout        = 5 * time.Second
 )
 
-// noGroup is Config.AdminGroup once defaults are set when there is no
-// admin group (the zero value or any negative one).
+// noGroup is a group not given: Config.AdminGroup once defaults are set
+// when there is no admin group (the zero value or any negative one), and
+// a socket's file left with the daemon's own group.
 const noGroup = -1
 
 func (c *Config) setDefaults() {
@@ -202,7 +203,7 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, euid: uint32(os.Geteuid()), clock: cfg.Now,
-		rundirfd: -1, scopesfd: -1, statefd: -1, adminfd: -1,
+		rundirfd: noFD, scopesfd: noFD, statefd: noFD, adminfd: noFD,
 		scopes: map[string]*scopeState{}, users: map[uint32]*usage{}}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	passed := maps.Clone(cfg.Listeners)
@@ -285,7 +286,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if fd, found := take(genid.SocketFile); found {
 		s.root.lfd, s.root.kept = fd, true
-		if err := adopt(fd, s.rundirfd, genid.SocketFile, s.root.sock, 0o666, -1, false); err != nil {
+		if err := adopt(fd, s.rundirfd, genid.SocketFile, s.root.sock, 0o666, noGroup, false); err != nil {
 			return nil, err
 		}
 	} else if err := s.listenScope(s.root); err != nil {
@@ -311,7 +312,7 @@ func (s *Server) release() {
 		s.loop.close() // every connection first: they may still write
 	}
 	for _, st := range s.scopes {
-		if st.lfd >= 0 {
+		if st.lfd != noFD {
 			unix.Close(st.lfd)
 			if !st.kept {
 				unix.Unlinkat(st.dirfd, genid.SocketFile, 0)
@@ -329,7 +330,7 @@ func (s *Server) release() {
 		closeFD(s.root.lfd)
 		s.root.page.Close()
 	}
-	if s.adminfd >= 0 {
+	if s.adminfd != noFD {
 		unix.Close(s.adminfd)
 		if !s.adminKept {
 			unix.Unlinkat(s.rundirfd, genid.AdminSocketFile, 0)
