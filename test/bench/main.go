@@ -382,18 +382,36 @@ func (b *bench) idle(rep *Report) error {
 }
 
 func (b *bench) restore(rep *Report) error {
-	// Many rounds: a restore takes about 7 ms, the plugin about 0.3 ms of
+	// Many rounds: a restore takes tens of ms, the plugin about 1 ms of
 	// it, and single restores on this machine vary by more than that; 400
-	// pairs narrow the ratio's interval to about ±2%.
+	// rounds narrow the ratio's interval to about ±1%.
 	r, err := restoreOuter(b, b.runs(400))
 	if err != nil {
 		return err
 	}
 	rep.Facts["criu in the test bed"] = r.Mode
 	rr := compare("criu restore of a small process (sleep)", summarise("ms", r.With), "without the plugin", summarise("ms", r.Without), true)
-	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip; restores with and without it interleaved, the interval resamples those pairs"
+	rr.Note = "the plugin reads the record and bumps past it: one daemon round trip; restores with and without it (and with an empty plugin) interleaved, the interval resamples those rounds"
 	rep.add(rr.goalCI("≤ 1.05×, the interval's", 1.05, ratioCI(r.With, r.Without)))
+	// What the figure is made of, without a target: CRIU's loading of any
+	// plugin, and what genid's does beyond it.
+	if len(r.Empty) == len(r.Without) {
+		empty := summarise("ms", r.Empty)
+		rep.add(ratioRow("criu restore: a plugin that does nothing", "the empty plugin", empty, "without a plugin", summarise("ms", r.Without),
+			"CRIU's cost of loading any plugin (dlopen, its hooks): a plugin of one init and one exit that return at once",
+			ratioCI(r.Empty, r.Without)))
+		rep.add(ratioRow("criu restore: genid's plugin over one that does nothing", "genid", summarise("ms", r.With), "the empty plugin", empty,
+			"", ratioCI(r.With, r.Empty)))
+	}
 	return nil
+}
+
+// ratioRow is a comparison of gname's figure g with bname's, with its
+// ratio's interval and no target: what a figure with a target is made of.
+func ratioRow(name, gname string, g Stat, bname string, b Stat, note string, ci [2]float64) Row {
+	r := compare(name, g, bname, b, true)
+	r.RatioOf, r.Note, r.CI = gname+" / "+bname, note, &ci
+	return r
 }
 
 // raiseLimits: 10 000 watchers need more fds and inotify instances than

@@ -115,3 +115,24 @@ func TestSummaryFromJSON(t *testing.T) {
 		t.Fatalf("summary lacks a verdict:\n%s", back.Summary())
 	}
 }
+
+// A figure's parts (ratioRow) carry their ratio and interval but no
+// target: they are in the table, not among the targets or in the README's
+// summary.
+func TestRatioRow(t *testing.T) {
+	ms := func(v float64) Stat { return Stat{Unit: "ms", N: 3, Median: v, P99: v, Samples: []float64{v}} }
+	rep := &Report{Facts: map[string]any{}}
+	rep.add(ratioRow("restore: an empty plugin", "the empty plugin", ms(1.02), "none", ms(1), "what any plugin costs", [2]float64{1.01, 1.03}))
+	if len(rep.Figures) != 1 || len(rep.Targets) != 0 {
+		t.Fatalf("figures %d, targets %d: want 1 and 0", len(rep.Figures), len(rep.Targets))
+	}
+	md := rep.Markdown()
+	for _, want := range []string{"| 1.02× [1.01, 1.03] (the empty plugin / none) | – | – |", "- the empty plugin / none: what any plugin costs"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("table lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(rep.Summary(), "empty plugin") {
+		t.Errorf("the summary has a row without a target:\n%s", rep.Summary())
+	}
+}

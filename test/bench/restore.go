@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,10 +23,18 @@ import (
 type restoreResult struct {
 	With    []float64 `json:"with_plugin_ms"`
 	Without []float64 `json:"without_plugin_ms"`
+	Empty   []float64 `json:"empty_plugin_ms"` // with a plugin that does nothing
 	Gen     uint32    `json:"generation_after"`
 	Mode    string    `json:"criu_mode"` // from the test bed's facts
 	Error   string    `json:"error,omitempty"`
 }
+
+// emptyPlugin is the source of a CRIU plugin that does nothing, built in
+// the test bed: restores with it tell CRIU's cost of loading any plugin
+// from genid's own.
+//
+//go:embed testdata/empty-plugin.c
+var emptyPlugin string
 
 // criuTimeout bounds each criu command of the figure: a criu that hangs
 // (waiting for a breakpoint that never fires, say) fails it within a
@@ -77,7 +86,7 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 		return nil, err
 	}
 	// The run's own bound is for what the criu commands' bounds do not
-	// cover; 2×rounds restores take a few seconds.
+	// cover; 3×rounds restores take a minute or less.
 	inner := time.Duration(600+rounds) * time.Second
 	ctx, cancel = context.WithTimeout(context.Background(), inner+2*time.Minute)
 	defer cancel()
@@ -100,10 +109,12 @@ func restoreOuter(b *bench, rounds int) (*restoreResult, error) {
 }
 
 // restoreInner runs in the test bed: a daemon, a small process (sleep)
-// dumped once with the plugin, then restored 2×rounds times, alternately
-// with the plugin (it reads the record and bumps past it) and without it
-// (CRIU_LIBS_DIR pointing at an empty dir). Each restore is timed from
-// exec to exit of `criu restore -d`; the restored process is then killed.
+// dumped once with the plugin, then restored 3×rounds times, in turn with
+// the plugin (it reads the record and bumps past it), without it
+// (CRIU_LIBS_DIR pointing at an empty dir) and with a plugin that does
+// nothing instead (CRIU_LIBS_DIR holding only that). Each restore is timed
+// from exec to exit of `criu restore -d`; the restored process is then
+// killed.
 func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	defer func() {
 		if e := recover(); e != nil {
@@ -144,9 +155,16 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	}
 	work, err := os.MkdirTemp("/tmp", "restore-")
 	must(err, "work dir")
-	images, empty := filepath.Join(work, "img"), filepath.Join(work, "no-plugins")
-	must(os.MkdirAll(images, 0o755), "images")
-	must(os.MkdirAll(empty, 0o755), "empty dir")
+	images, empty, other := filepath.Join(work, "img"), filepath.Join(work, "no-plugins"), filepath.Join(work, "empty-plugin")
+	for _, d := range []string{images, empty, other} {
+		must(os.MkdirAll(d, 0o755), d)
+	}
+	src := filepath.Join(work, "empty-plugin.c")
+	must(os.WriteFile(src, []byte(emptyPlugin), 0o644), "empty plugin")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	out, err := exec.CommandContext(ctx, "gcc", "-O2", "-shared", "-fPIC", "-o", filepath.Join(other, "empty.so"), src).CombinedOutput()
+	cancel()
+	must(err, "gcc of the empty plugin: "+string(out))
 
 	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	must(err, "null")
@@ -184,10 +202,12 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 	if _, err := os.Stat(filepath.Join(images, "genid.record")); err != nil {
 		panic("the plugin wrote no record at dump: " + err.Error())
 	}
-	restore := func(plugin bool, i int) float64 {
+	// kinds: genid's plugin, none, the empty plugin.
+	dirs := []string{"", empty, other}
+	restore := func(kind, i int) float64 {
 		var extra []string
-		if !plugin {
-			extra = []string{"CRIU_LIBS_DIR=" + empty}
+		if dirs[kind] != "" {
+			extra = []string{"CRIU_LIBS_DIR=" + dirs[kind]}
 		}
 		t0 := time.Now()
 		must(criu(extra, fmt.Sprintf("restore-%d.log", i), "restore", "-d"), "restore")
@@ -197,18 +217,17 @@ func restoreInner(genidctl string, rounds int) (r restoreResult) {
 		unix.Wait4(pid, &ws, 0, nil)
 		return float64(el.Nanoseconds()) / 1e6
 	}
-	restore(true, -2) // warm-up, both ways
-	restore(false, -1)
+	for kind := range dirs { // warm-up, each kind
+		restore(kind, -1-kind)
+	}
 	for i := range rounds {
-		// Alternate which goes first, so drift hits both alike.
-		first := i%2 == 0
-		a := restore(first, 2*i)
-		bb := restore(!first, 2*i+1)
-		if first {
-			r.With, r.Without = append(r.With, a), append(r.Without, bb)
-		} else {
-			r.With, r.Without = append(r.With, bb), append(r.Without, a)
+		// Rotate which goes first, so drift hits all alike.
+		var t [3]float64
+		for k := range dirs {
+			kind := (i + k) % len(dirs)
+			t[kind] = restore(kind, len(dirs)*i+k)
 		}
+		r.With, r.Without, r.Empty = append(r.With, t[0]), append(r.Without, t[1]), append(r.Empty, t[2])
 	}
 	b, _ := os.ReadFile(filepath.Join(run, "generation"))
 	if len(b) >= 4 {
