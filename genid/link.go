@@ -92,6 +92,12 @@ func (l *link) read() {
 			l.fail(err)
 			return
 		}
+		if f.Op == wire.OpRefused {
+			// Refused at connect (a limit): the daemon closes the
+			// connection, and its calls fail with why.
+			l.fail(&Error{Code: Code(f.Status), Msg: string(f.Payload)})
+			return
+		}
 		if f.Op == wire.OpEvent {
 			p, err := wire.ParsePair(f.Payload)
 			if err != nil {
@@ -162,6 +168,33 @@ func (l *link) fail(err error) {
 	close(l.done)
 }
 
+// downErr is why the calls of a link that is down fail: the daemon's
+// refusal of the connection, or errLinkDown. The caller holds l.mu.
+func (l *link) downErr() error {
+	var refused *Error
+	if errors.As(l.err, &refused) {
+		return refused
+	}
+	return errLinkDown
+}
+
+// sendErr is why a call whose request could not be written fails. A
+// daemon that refused the connection at connect hung up before the
+// request went: its refusal is in the socket, and the reader, about to
+// read it (or the end), says why.
+func (l *link) sendErr(err error) error {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		select {
+		case <-l.done:
+		case <-time.After(time.Second):
+		}
+	}
+	l.fail(err)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.downErr()
+}
+
 func (l *link) alive() bool {
 	select {
 	case <-l.done:
@@ -179,15 +212,14 @@ func (l *link) close() { l.fail(net.ErrClosed) }
 func (l *link) post(op wire.Op, payload []byte) error {
 	l.mu.Lock()
 	if l.err != nil {
-		l.mu.Unlock()
-		return errLinkDown
+		defer l.mu.Unlock()
+		return l.downErr()
 	}
 	l.nextID++
 	pc := &pendingCall{req: wire.Append(nil, wire.Header{Op: op, ID: l.nextID}, payload)}
 	l.mu.Unlock()
 	if err := l.send(pc); err != nil {
-		l.fail(err)
-		return errLinkDown
+		return l.sendErr(err)
 	}
 	return nil
 }
@@ -199,8 +231,8 @@ func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame
 	pc := &pendingCall{reply: make(chan wire.Frame, 1)}
 	l.mu.Lock()
 	if l.err != nil {
-		l.mu.Unlock()
-		return wire.Frame{}, errLinkDown
+		defer l.mu.Unlock()
+		return wire.Frame{}, l.downErr()
 	}
 	l.nextID++
 	id := l.nextID
@@ -208,8 +240,7 @@ func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame
 	l.pending[id] = pc
 	l.mu.Unlock()
 	if err := l.send(pc); err != nil {
-		l.fail(err)
-		return wire.Frame{}, errLinkDown
+		return wire.Frame{}, l.sendErr(err)
 	}
 	select {
 	case f := <-pc.reply:
@@ -218,7 +249,9 @@ func (l *link) call(ctx context.Context, op wire.Op, payload []byte) (wire.Frame
 		}
 		return f, nil
 	case <-l.done:
-		return wire.Frame{}, errLinkDown
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return wire.Frame{}, l.downErr()
 	case <-ctx.Done():
 		l.close()
 		return wire.Frame{}, ctx.Err()

@@ -77,7 +77,7 @@ func TestLimitsPerUser(t *testing.T) {
 			t.Fatalf("connection %d of nobody's 3: %+v", i, f.Header)
 		}
 	}
-	expectClosed(t, nobody[3])
+	expectRefused(t, nobody[3], wire.StatusLimit, "uid 65534 has 3 connections")
 	for range 4 {
 		d.alive(t) // root's: as many as it likes
 	}
@@ -153,7 +153,7 @@ func TestConfigDefaults(t *testing.T) {
 	nobody := dialAs(t, 65534, d.SocketPath(), 16)
 	for i, c := range nobody {
 		if i >= 14 {
-			expectClosed(t, c)
+			expectRefused(t, c, wire.StatusLimit, "14 connections (the rest is reserved)")
 			continue
 		}
 		send(t, c, wire.OpWatch, uint32(i), nil)

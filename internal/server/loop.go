@@ -356,7 +356,7 @@ func (l *loop) add(fd int, sp special) error {
 	c := &conn{srv: l.srv, fd: fd, peer: p, admin: sp.kind == specialAdmin, scope: sp.scope}
 	c.deadline = newTimer(timerFrame, c, nil)
 	if err := l.srv.admitConn(c); err != nil {
-		l.srv.refused(c, statusOf(err))
+		c.refuseConn(err)
 		return err
 	}
 	l.seq++

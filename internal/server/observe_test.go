@@ -754,7 +754,7 @@ func TestMetricsRefusedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectClosed(t, c)
+	expectRefused(t, c, wire.StatusLimit, "admin socket: 1 connections")
 	text, err := a.Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -476,8 +476,8 @@ func TestScopeLimits(t *testing.T) {
 			t.Fatalf("watcher %d of busy: %v", i, st)
 		}
 	}
-	// ...and of connections.
-	served := 0
+	// ...and of connections: the others are told why.
+	served, refused := 0, 0
 	for range 12 {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(d.dir, "scopes", "busy", "genid.sock"), Net: "unix"})
 		if err != nil {
@@ -486,12 +486,16 @@ func TestScopeLimits(t *testing.T) {
 		defer c.Close()
 		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil)) // fails on those hung up on
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := wire.ReadFrame(c, 64); err == nil {
+		f, err := wire.ReadFrame(c, 256)
+		switch {
+		case err == nil && f.Status == wire.StatusOK:
 			served++
+		case err == nil && f.Op == wire.OpRefused && strings.Contains(string(f.Payload), "scope busy has 10 connections"):
+			refused++
 		}
 	}
-	if served != 5 { // 10 per scope, 5 taken by the watchers
-		t.Fatalf("%d more connections of busy served, want 5", served)
+	if served != 5 || refused != 7 { // 10 per scope, 5 taken by the watchers
+		t.Fatalf("%d more connections of busy served, %d refused, want 5 and 7", served, refused)
 	}
 	// Another scope is not held back by it.
 	if st := watch(d.dialScope(t, "calm")); st != wire.StatusOK {

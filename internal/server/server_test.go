@@ -82,6 +82,21 @@ func expectClosed(t *testing.T, c net.Conn) {
 	}
 }
 
+// expectRefused waits for the frame of a connection refused at connect
+// (op refused, id 0, status st, a message that has want), then its close.
+func expectRefused(t *testing.T, c net.Conn, st wire.Status, want string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := wire.ReadFrame(c, wire.MaxReplyPayload)
+	if err != nil {
+		t.Fatalf("no refusal: %v", err)
+	}
+	if f.Op != wire.OpRefused || f.ID != 0 || f.Status != st || !strings.Contains(string(f.Payload), want) {
+		t.Fatalf("refusal %+v %q, want op refused, id 0, status %v, a message with %q", f.Header, f.Payload, st, want)
+	}
+	expectClosed(t, c)
+}
+
 func (d *daemon) bump(min uint32, reason string) (uint32, error) { return d.Bump("", min, reason) }
 
 func (d *daemon) status(t *testing.T) genid.Status {
@@ -285,17 +300,23 @@ func TestLimits(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	// The first 8 are served, the rest hung up on.
-	served := 0
+	// The first 8 are served, the rest told why and hung up on.
+	served, refused := 0, 0
 	for _, c := range conns {
 		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil)) // fails on those hung up on
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := wire.ReadFrame(c, 64); err == nil {
+		f, err := wire.ReadFrame(c, 64)
+		switch {
+		case err == nil && f.Op == wire.OpGet && f.Status == wire.StatusOK:
 			served++
+		case err == nil && f.Op == wire.OpRefused && f.Status == wire.StatusLimit:
+			refused++
+		default:
+			t.Errorf("a connection got %+v, %v", f.Header, err)
 		}
 	}
-	if served != 8 {
-		t.Fatalf("%d connections served, want 8", served)
+	if served != 8 || refused != 22 {
+		t.Fatalf("%d connections served, %d refused, want 8 and 22", served, refused)
 	}
 	for _, c := range conns {
 		c.Close()
@@ -305,7 +326,7 @@ func TestLimits(t *testing.T) {
 		c := d.dial(t)
 		c.Write(wire.Append(nil, wire.Header{Op: wire.OpGet, ID: 1}, nil))
 		c.SetReadDeadline(time.Now().Add(time.Second))
-		if _, err := wire.ReadFrame(c, 64); err == nil {
+		if f, err := wire.ReadFrame(c, 64); err == nil && f.Status == wire.StatusOK {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -29,14 +29,30 @@ func (c *conn) reply(h wire.Header, payload []byte) {
 	c.send(wire.Append(buf[:0], wire.Header{Op: h.Op, ID: h.ID}, payload))
 }
 
-// replyStatus sends a refusal: the status and a message of at most 1024
-// bytes.
+// replyStatus sends a refusal of request h.
 func (c *conn) replyStatus(h wire.Header, st wire.Status, msg string) {
+	c.srv.refused(c, st)
+	c.send(refusal(h, st, msg))
+}
+
+// refusal is the frame of a refusal: the status and a message of at most
+// 1024 bytes.
+func refusal(h wire.Header, st wire.Status, msg string) []byte {
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
+	return wire.Append(nil, wire.Header{Op: h.Op, ID: h.ID, Status: st}, []byte(msg))
+}
+
+// refuseConn tells a connection refused at connect why, before the loop
+// closes it: OpRefused, with the status and message a refused request
+// would get, so that a client can tell a limit from a daemon that died.
+// The socket is new and its buffer empty: the one send takes the frame
+// whole, or the client is gone.
+func (c *conn) refuseConn(err error) {
+	st := statusOf(err)
 	c.srv.refused(c, st)
-	c.send(wire.Append(nil, wire.Header{Op: h.Op, ID: h.ID, Status: st}, []byte(msg)))
+	rawSend(c.fd, refusal(wire.Header{Op: wire.OpRefused}, st, err.Error()))
 }
 
 // replyErr sends the refusal err stands for (errors.go).

@@ -55,6 +55,10 @@ const (
 
 	// OpEvent is sent by the daemon unprompted (id 0): u32 generation, u32 flags.
 	OpEvent Op = 0x80
+	// OpRefused is sent by the daemon unprompted (id 0) to a connection
+	// it refuses at connect (a limit, a scope being removed), just before
+	// it closes the connection: the status says why, the payload in words.
+	OpRefused Op = 0x81
 )
 
 // String names an op for logs and errors.
@@ -92,6 +96,8 @@ func (o Op) String() string {
 		return "metrics"
 	case OpEvent:
 		return "event"
+	case OpRefused:
+		return "refused"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }

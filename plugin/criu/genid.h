@@ -96,6 +96,7 @@ enum genid_op {
 	GENID_OP_SCOPES		= 12,
 	GENID_OP_RESTORE	= 13,
 	GENID_OP_EVENT		= 0x80,
+	GENID_OP_REFUSED	= 0x81,	/* the connection, refused at connect */
 };
 
 #define GENID_FLAG_WATCHER	(1u << 0)
@@ -695,8 +696,24 @@ static inline int genid__send(struct genid_conn *c, uint8_t op, uint32_t id,
 }
 
 /*
+ * genid__refusal keeps a refusal's message (the got bytes of its payload
+ * that were read) in c->msg, cut to fit, and returns its status.
+ */
+static inline int genid__refusal(struct genid_conn *c, const struct genid_hdr *h,
+				 const void *payload, uint32_t got)
+{
+	uint32_t n = got < sizeof(c->msg) ? got : sizeof(c->msg) - 1;
+
+	memcpy(c->msg, payload, n);
+	c->msg[n] = '\0';
+	return h->status ? h->status : GENID_ST_INTERNAL;
+}
+
+/*
  * genid__recv reads one frame. Up to cap bytes of payload land in buf; the
- * rest is read and dropped (h->len says how much there was).
+ * rest is read and dropped (h->len says how much there was). A connection
+ * the daemon refused at connect (GENID_OP_REFUSED: it closes it next)
+ * fails with the refusal's status.
  */
 static inline int genid__recv(struct genid_conn *c, struct genid_hdr *h,
 			      void *buf, uint32_t cap)
@@ -732,7 +749,26 @@ static inline int genid__recv(struct genid_conn *c, struct genid_hdr *h,
 			return genid__timed_out(c, ret);
 		left -= n;
 	}
+	if (h->op == GENID_OP_REFUSED)
+		return genid__refusal(c, h, buf, cap);
 	return 0;
+}
+
+/*
+ * genid__why_down turns a send that failed because the daemon closed the
+ * connection into the refusal it sent first, if it sent one: a connection
+ * refused at connect is closed before its first request goes.
+ */
+static inline int genid__why_down(struct genid_conn *c, int err)
+{
+	unsigned char buf[256];
+	struct genid_hdr h;
+	int ret;
+
+	if (err != -EPIPE && err != -ECONNRESET)
+		return err;
+	ret = genid__recv(c, &h, buf, sizeof(buf));
+	return ret > 0 ? ret : err;
 }
 
 /*
@@ -776,7 +812,7 @@ static inline int genid__call(struct genid_conn *c, uint8_t op, const void *req,
 
 	ret = genid__send(c, op, id, req, reqlen);
 	if (ret)
-		return ret;
+		return genid__why_down(c, ret);
 	for (;;) {
 		ret = genid__recv(c, &h, buf, sizeof(buf));
 		if (ret)
@@ -794,14 +830,8 @@ static inline int genid__call(struct genid_conn *c, uint8_t op, const void *req,
 			continue;	/* a refused quiet ack, or a resent request's twin */
 		if (h.status == GENID_ST_LIMIT && resent && op == GENID_OP_WAIT_WATCHERS)
 			continue;
-		if (h.status) {
-			n = h.len < sizeof(buf) ? h.len : sizeof(buf);
-			if (n >= sizeof(c->msg))
-				n = sizeof(c->msg) - 1;
-			memcpy(c->msg, buf, n);
-			c->msg[n] = '\0';
-			return h.status;
-		}
+		if (h.status)
+			return genid__refusal(c, &h, buf, h.len < sizeof(buf) ? h.len : sizeof(buf));
 		if (h.len > sizeof(buf) || (!replen && h.len < repcap))
 			return -EPROTO;
 		if (replen)
@@ -957,7 +987,9 @@ static inline int genid_watch(struct genid_conn *c, uint32_t *gen)
  *	For an event loop, see genid_fd and genid_read_event.
  * RETURN VALUE
  *	0, or a negative errno: -ECONNRESET when the daemon went away (see
- *	genid_reconnect), -ETIMEDOUT on a connection opened with a timeout.
+ *	genid_reconnect), -ETIMEDOUT on a connection opened with a timeout;
+ *	or GENID_ST_LIMIT (message in c->msg) on a connection the daemon
+ *	refused at connect.
  */
 static inline int genid_wait_event(struct genid_conn *c, uint32_t *gen, uint32_t *flags)
 {
@@ -992,7 +1024,8 @@ static inline int genid_wait_event(struct genid_conn *c, uint32_t *gen, uint32_t
  * RETURN VALUE
  *	0 and *gen (and *flags, as for genid_wait_event); -EAGAIN when the
  *	watcher is up to date; another negative errno when the connection
- *	failed (-ECONNRESET: the daemon went away).
+ *	failed (-ECONNRESET: the daemon went away); or, as genid_wait_event,
+ *	the refusal of a connection refused at connect.
  */
 static inline int genid_read_event(struct genid_conn *c, uint32_t *gen, uint32_t *flags)
 {

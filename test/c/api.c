@@ -379,6 +379,38 @@ static void test_restored(void)
 	ok("restored");
 }
 
+/*
+ * A connection the daemon refused at connect (a limit): the calls fail with
+ * its refusal, read where a reply was awaited, or after the request could
+ * not go because the daemon had already hung up.
+ */
+static void test_refused(void)
+{
+	static const char why[] = "uid 1000 has 64 connections: limit";
+	struct genid_conn c;
+	uint32_t g;
+	int peer;
+
+	scripted(&c, &peer);
+	put_frame(peer, GENID_OP_REFUSED, GENID_ST_LIMIT, 0, why, sizeof(why) - 1);
+	CHECK(genid_get(&c, &g) == GENID_ST_LIMIT && !strcmp(c.msg, why));
+	close(peer);
+	genid_close(&c);
+
+	scripted(&c, &peer);
+	put_frame(peer, GENID_OP_REFUSED, GENID_ST_LIMIT, 0, why, sizeof(why) - 1);
+	close(peer);
+	CHECK(genid_get(&c, &g) == GENID_ST_LIMIT && !strcmp(c.msg, why));
+	genid_close(&c);
+
+	scripted(&c, &peer);
+	put_frame(peer, GENID_OP_REFUSED, GENID_ST_LIMIT, 0, why, sizeof(why) - 1);
+	close(peer);
+	CHECK(genid_wait_event(&c, &g, NULL) == GENID_ST_LIMIT && !strcmp(c.msg, why));
+	genid_close(&c);
+	ok("refused");
+}
+
 struct page_waiter {
 	struct genid_page *pg;
 	uint32_t seen, gen;
@@ -434,6 +466,7 @@ int main(int argc, char **argv)
 	}
 	dir = argv[1];
 	test_restored();
+	test_refused();
 	path(sock, sizeof(sock), GENID_ADMIN_SOCKET_NAME);
 	CHECK(genid_open_timeout(&admin, sock, 10000) == 0);
 	test_page();

@@ -62,7 +62,7 @@ func TestCAPI(t *testing.T) {
 				}
 			}
 			err = cmd.Wait()
-			want := []string{"ok restored", "ok page", "ok page wait", "ok watcher", "ok newest", "ok quiet", "ok page ack",
+			want := []string{"ok restored", "ok refused", "ok page", "ok page wait", "ok watcher", "ok newest", "ok quiet", "ok page ack",
 				"ok refusals", "ok admin", "ok close", "restart", "ok reconnect", "PASS"}
 			if err != nil || strings.Join(out, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("api (%s): %v\nstdout: %q\nstderr:\n%s", b.name, err, out, stderr.String())
