@@ -140,12 +140,15 @@ func (c *conn) flush() {
 // side: no edge may come to tell (the write fails, c is dead and no longer
 // backlogged, and the loop closes it on reading).
 func (c *conn) backlogged() bool {
-	if len(c.out) <= pauseBacklog {
+	if !c.overBacklog() {
 		return false
 	}
 	c.flush()
-	return len(c.out) > pauseBacklog
+	return c.overBacklog()
 }
+
+// overBacklog tells whether more than pauseBacklog waits in c.out.
+func (c *conn) overBacklog() bool { return len(c.out) > pauseBacklog }
 
 // armOut asks epoll for EPOLLOUT, or stops asking.
 func (c *conn) armOut(on bool) {
