@@ -39,14 +39,13 @@ type loop struct {
 	stopping atomic.Bool
 
 	wakeMu sync.Mutex // post and stop may run on any goroutine, even as close runs
-	wake   int        // eventfd that post and stop write to; -1 once closed
+	wake   int        // eventfd that post and stop write to; noFD once closed
 	posted []func()   // under wakeMu
 
 	// Owned by the loop goroutine.
 	byFD    []*conn         // connections by fd
 	special map[int]special // listening sockets and pidfds by fd
-	nconns  int
-	seq     uint32 // tells a connection from an earlier one on the same fd
+	seq     uint32          // tells a connection from an earlier one on the same fd
 	timers  timerHeap
 	epoch   time.Time     // the loop's clock: time since epoch
 	retry   time.Duration // when to accept again after running out of fds; 0: not waiting
@@ -124,7 +123,7 @@ func (l *loop) unwatch(fd int) {
 func (l *loop) post(f func()) bool {
 	l.wakeMu.Lock()
 	defer l.wakeMu.Unlock()
-	if l.wake < 0 {
+	if l.wake == noFD {
 		return false
 	}
 	l.posted = append(l.posted, f)
@@ -140,7 +139,7 @@ func (l *loop) stop() {
 	// before we write; its number may belong to another file by then.
 	l.wakeMu.Lock()
 	defer l.wakeMu.Unlock()
-	if l.wake < 0 {
+	if l.wake == noFD {
 		return
 	}
 	one := [8]byte{1}
@@ -260,7 +259,7 @@ func (l *loop) conn(fd int) *conn {
 
 // conns lists the open connections.
 func (l *loop) conns() []*conn {
-	out := make([]*conn, 0, l.nconns)
+	var out []*conn
 	for _, c := range l.byFD {
 		if c != nil {
 			out = append(out, c)
@@ -365,11 +364,10 @@ func (l *loop) add(fd int, sp special) error {
 		l.srv.releaseConn(c)
 		return err
 	}
-	if fd >= len(l.byFD) {
-		l.byFD = append(l.byFD, make([]*conn, fd+1-len(l.byFD))...)
+	for len(l.byFD) <= fd {
+		l.byFD = append(l.byFD, nil)
 	}
 	l.byFD[fd] = c
-	l.nconns++
 	return nil
 }
 
@@ -385,7 +383,6 @@ func (l *loop) closeConn(c *conn) {
 	c.out = nil
 	rawClose(c.fd)
 	l.byFD[c.fd] = nil
-	l.nconns--
 	l.srv.connClosed(c)
 }
 
