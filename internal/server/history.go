@@ -43,11 +43,10 @@ func (s *Server) daemonCause(reason string, all bool) cause {
 	return cause{reason: reason, by: byDaemon, who: peer{pid: os.Getpid(), uid: s.euid}, all: all}
 }
 
-// observer is the history, its file's writer, the metrics and the hooks'
-// queue.
+// observer is the history, its file, the metrics and the hooks' queue.
 type observer struct {
 	ring    *history.Ring
-	file    *historyWriter // nil if the history is kept in memory only
+	file    *historyStore // nil if the history is kept in memory only
 	metrics *metrics
 	hooks   chan hookJob // to the hooks' worker; nil until it runs
 }
@@ -60,8 +59,8 @@ type scopeObs struct {
 	start time.Time // monotonic
 }
 
-// observeInit reads the history a previous daemon left and starts the
-// writer of its file. Neither can fail the daemon: without them, the
+// observeInit reads the history a previous daemon left and keeps its
+// file. Neither can fail the daemon: without them, the
 // history starts empty or is kept in memory only, and the log says why.
 func (s *Server) observeInit() {
 	s.obs = observer{ring: history.New(history.DefaultSize), metrics: newMetrics(s)}
@@ -81,7 +80,7 @@ func (s *Server) observeInit() {
 		s.log.Warn("history: lines skipped", "lines", bad)
 	}
 	s.obs.ring = ring
-	s.obs.file = startHistoryWriter(s.log, s.statefd, f, lines, ring, time.Now)
+	s.obs.file = newHistoryStore(s.statefd, f, lines)
 	// What the previous daemon left open, it cannot finish now.
 	for _, e := range ring.List(func(e *genid.HistoryEntry) bool {
 		return e.Barrier == genid.BarrierPending || e.Hooks == genid.HooksPending
@@ -102,8 +101,9 @@ func (s *Server) observeInit() {
 
 // observeClose writes what the history file still lacks and closes it.
 func (s *Server) observeClose() {
-	if s.obs.file != nil {
-		s.obs.file.close()
+	if f := s.obs.file; f != nil {
+		s.writeHistory(s.loop.now())
+		f.file.Close()
 		s.obs.file = nil
 	}
 }
@@ -200,10 +200,27 @@ func (s *Server) scopeGone(st *scopeState) {
 	s.obs.metrics.forget(st)
 }
 
-// persist hands e, as it stands, to the file's writer.
+// persist has e's latest state written to the history's file, once the
+// loop has served the events at hand (historyStore).
 func (s *Server) persist(e *genid.HistoryEntry) {
-	if s.obs.file != nil {
-		s.obs.file.put(e)
+	f := s.obs.file
+	if f == nil {
+		return
+	}
+	at := f.mark(e.Seq, s.loop.now())
+	if f.timer.idx < 0 {
+		s.loop.timers.set(&f.timer, at)
+	}
+}
+
+// writeHistory writes the history's changes to its file: the timer's work.
+// A file that cannot be written is told in the log once; the history is
+// then kept in memory.
+func (s *Server) writeHistory(now time.Duration) {
+	f := s.obs.file
+	if err := f.write(s.obs.ring, now); err != nil && !f.failed {
+		f.failed = true
+		s.log.Warn("history file not written: kept in memory", "err", err)
 	}
 }
 

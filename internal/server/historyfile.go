@@ -3,9 +3,7 @@ package server
 import (
 	"bufio"
 	"fmt"
-	"log/slog"
 	"os"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -15,109 +13,112 @@ import (
 	"github.com/genid-project/genid/internal/history"
 )
 
-// historyQueue bounds the changes waiting for the writer; past it, a change
-// is not written (the log says so once). historyEvery is the least time
-// between two writes: in a storm of bumps, the changes gather meanwhile,
-// and each entry's latest state is written once, whatever the rate.
-const (
-	historyQueue = 4096
-	historyEvery = 20 * time.Millisecond
-)
+// historyEvery is the least time between two writes of the history's
+// file: in a storm of bumps, the changes gather meanwhile, and each entry's
+// latest state is written once, whatever the rate.
+const historyEvery = 20 * time.Millisecond
 
-// historyWriter keeps the history's file, off the loop: the loop hands it
-// each entry as it changes (put), and it writes the latest state of the
-// entries that changed, as lines appended to the file: at once, unless it
-// wrote less than historyEvery ago (then when that has passed); it rewrites
-// the file from its own copy of the ring once the file has twice as many
-// lines as the ring entries. The loop spends a copy of an entry per change;
-// a daemon that dies loses at most historyEvery's changes. The appends are
-// raw system calls (sys.go), which leave the runtime's sysmon asleep, and
-// bumps further apart than historyEvery arm no timer.
-type historyWriter struct {
-	log     *slog.Logger
+// historyStore keeps the history's file. The loop marks each entry that
+// changes (persist), and writes the marked entries' latest state from the
+// ring, as lines appended to the file, once it has served the events at
+// hand: at once, unless it wrote less than historyEvery ago (then when
+// that has passed). It rewrites the file from the ring once the file has
+// twice as many lines as the ring entries. A daemon that dies loses at
+// most historyEvery's changes.
+//
+// It runs on the loop, after the replies of the events that changed the
+// entries: a goroutine of its own woke a second thread for each bump, which
+// took the CPU a woken watcher or a restored process was about to run on.
+// The appends are raw system calls to the run dir's tmpfs (sys.go), and
+// bumps further apart than historyEvery arm no timer of the runtime.
+type historyStore struct {
 	statefd int
-	ch      chan genid.HistoryEntry
-	done    sync.WaitGroup
-	dropped bool             // owned by the loop
-	now     func() time.Time // the writer's clock: time.Now, or a test's
-
-	// Owned by the writer's goroutine.
-	file   *os.File
-	buf    *bufio.Writer
-	lines  int
-	mirror *history.Ring
-	failed bool
+	file    *os.File
+	buf     *bufio.Writer
+	lines   int             // in the file
+	changed map[uint64]bool // seqs to write
+	last    time.Duration   // the last write, on the loop's clock
+	wrote   bool            // last is set
+	timer   timer
+	failed  bool // told in the log
 }
 
-// startHistoryWriter starts the writer of f, which holds lines lines and
-// the entries of ring (copied: the writer keeps its own), on the clock now.
-func startHistoryWriter(log *slog.Logger, statefd int, f *os.File, lines int, ring *history.Ring, now func() time.Time) *historyWriter {
-	w := &historyWriter{log: log, statefd: statefd, now: now, ch: make(chan genid.HistoryEntry, historyQueue),
-		file: f, buf: bufio.NewWriterSize(rawFile{f}, 16<<10), lines: lines, mirror: history.New(ring.Size())}
-	for _, e := range ring.List(nil, 0) {
-		w.mirror.Keep(e)
+// newHistoryStore keeps f, which holds lines lines, in the state directory
+// statefd.
+func newHistoryStore(statefd int, f *os.File, lines int) *historyStore {
+	return &historyStore{statefd: statefd, file: f, buf: bufio.NewWriterSize(rawFile{f}, 16<<10), lines: lines,
+		changed: make(map[uint64]bool), timer: newTimer(timerHistory, nil, nil)}
+}
+
+// mark notes that entry seq changed, and returns when, at now, the file
+// is to be written: now, or historyEvery after the last write.
+func (f *historyStore) mark(seq uint64, now time.Duration) time.Duration {
+	f.changed[seq] = true
+	if f.wrote && f.last+historyEvery > now {
+		return f.last + historyEvery
 	}
-	w.done.Go(w.run)
-	return w
+	return now
 }
 
-// put queues e's state, never blocking.
-func (w *historyWriter) put(e *genid.HistoryEntry) {
-	select {
-	case w.ch <- history.Clone(e):
-	default:
-		if !w.dropped {
-			w.dropped = true
-			w.log.Warn("history file behind: a change not written", "seq", e.Seq)
+// write appends the lines of the entries of ring that changed, oldest
+// first, or rewrites the file when it has grown enough. Line by line,
+// through a buffer of its own: it holds little at any time.
+func (f *historyStore) write(ring *history.Ring, now time.Duration) error {
+	if len(f.changed) == 0 {
+		return nil
+	}
+	f.last, f.wrote = now, true
+	defer clear(f.changed)
+	if history.Compact(f.lines+len(f.changed), ring.Size()) {
+		return f.compact(ring)
+	}
+	f.buf.Reset(rawFile{f.file})
+	n, err := f.writeLines(ring, func(e *genid.HistoryEntry) bool { return f.changed[e.Seq] })
+	f.lines += n
+	return err
+}
+
+// writeLines writes the lines of ring's entries that keep selects to f.buf,
+// and flushes it.
+func (f *historyStore) writeLines(ring *history.Ring, keep func(e *genid.HistoryEntry) bool) (n int, err error) {
+	ring.Range(func(e *genid.HistoryEntry) bool {
+		if !keep(e) {
+			return true
 		}
+		var line []byte
+		if line, err = history.Line(e); err == nil {
+			_, err = f.buf.Write(line)
+			n++
+		}
+		return err == nil
+	})
+	if err == nil {
+		err = f.buf.Flush()
 	}
+	return n, err
 }
 
-// close writes what is queued, then closes the file.
-func (w *historyWriter) close() {
-	close(w.ch)
-	w.done.Wait()
-}
-
-func (w *historyWriter) run() {
-	defer func() { w.file.Close() }()
-	changed := make(map[uint64]bool) // seqs to write
-	timer := time.NewTimer(0)
-	<-timer.C
-	waiting := false // for the timer
-	var last time.Time
-	flush := func() {
-		if err := w.write(changed); err != nil && !w.failed {
-			w.failed = true
-			w.log.Warn("history file not written: kept in memory", "err", err)
-		}
-		clear(changed)
-		last = w.now()
+// compact rewrites the file with ring's entries, one line each.
+func (f *historyStore) compact(ring *history.Ring) error {
+	tmp := historyFile + ".tmp"
+	fd, err := unix.Openat(f.statefd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("history: %w", err)
 	}
-	for {
-		select {
-		case e, ok := <-w.ch:
-			if !ok {
-				flush()
-				return
-			}
-			if w.mirror.Keep(e) {
-				changed[e.Seq] = true
-			}
-			if len(w.ch) > 0 || waiting || len(changed) == 0 {
-				continue // more to gather first
-			}
-			if wait := historyEvery - w.now().Sub(last); wait > 0 {
-				timer.Reset(wait)
-				waiting = true
-				continue
-			}
-			flush()
-		case <-timer.C:
-			waiting = false
-			flush()
-		}
+	nf := os.NewFile(uintptr(fd), historyFile)
+	f.buf.Reset(rawFile{nf})
+	n, err := f.writeLines(ring, func(*genid.HistoryEntry) bool { return true })
+	if err != nil {
+		nf.Close()
+		return fmt.Errorf("history: %w", err)
 	}
+	if err := unix.Renameat(f.statefd, tmp, f.statefd, historyFile); err != nil {
+		nf.Close()
+		return fmt.Errorf("history: %w", err)
+	}
+	f.file.Close()
+	f.file, f.lines = nf, n
+	return nil
 }
 
 // rawFile writes with raw system calls: a write to the run dir's tmpfs
@@ -139,63 +140,4 @@ func (r rawFile) Write(b []byte) (int, error) {
 		n += int(m)
 	}
 	return n, nil
-}
-
-// write appends the lines of the entries changed, oldest first, or
-// rewrites the file when it has grown enough. Line by line, through a
-// buffer of its own: the writer holds little at any time.
-func (w *historyWriter) write(changed map[uint64]bool) error {
-	if len(changed) == 0 {
-		return nil
-	}
-	if history.Compact(w.lines+len(changed), w.mirror.Size()) {
-		return w.compact()
-	}
-	w.buf.Reset(rawFile{w.file})
-	n, err := w.writeLines(func(e *genid.HistoryEntry) bool { return changed[e.Seq] })
-	w.lines += n
-	return err
-}
-
-// writeLines writes the lines of the mirror's entries that keep selects
-// to w.buf, and flushes it.
-func (w *historyWriter) writeLines(keep func(e *genid.HistoryEntry) bool) (n int, err error) {
-	w.mirror.Range(func(e *genid.HistoryEntry) bool {
-		if !keep(e) {
-			return true
-		}
-		var line []byte
-		if line, err = history.Line(e); err == nil {
-			_, err = w.buf.Write(line)
-			n++
-		}
-		return err == nil
-	})
-	if err == nil {
-		err = w.buf.Flush()
-	}
-	return n, err
-}
-
-// compact rewrites the file with the mirror's entries, one line each.
-func (w *historyWriter) compact() error {
-	tmp := historyFile + ".tmp"
-	fd, err := unix.Openat(w.statefd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("history: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), historyFile)
-	w.buf.Reset(rawFile{f})
-	n, err := w.writeLines(func(*genid.HistoryEntry) bool { return true })
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("history: %w", err)
-	}
-	if err := unix.Renameat(w.statefd, tmp, w.statefd, historyFile); err != nil {
-		f.Close()
-		return fmt.Errorf("history: %w", err)
-	}
-	w.file.Close()
-	w.file, w.lines = f, n
-	return nil
 }

@@ -293,6 +293,8 @@ func (l *loop) expire() {
 			l.srv.waitTimedOut(t.c)
 		case timerRestore:
 			l.srv.restoreExpired(t.st)
+		case timerHistory:
+			l.srv.writeHistory(now)
 		}
 	}
 	if l.retry > 0 && l.retry <= now {

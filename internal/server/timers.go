@@ -7,7 +7,7 @@ import (
 
 // timer is something the loop must do at a time: end a connection whose
 // frame (or drain) is overdue, time a wait-watchers out, end a restore that
-// never finished. Timers live in the structs they belong to, and the loop
+// never finished, write the history's file. Timers live in the structs they belong to, and the loop
 // keeps the scheduled ones in a heap: few at any time, and none while the
 // daemon is idle.
 type timer struct {
@@ -24,6 +24,7 @@ const (
 	timerFrame   timerKind = iota // c's frame in part, or its drain
 	timerWait                     // c's wait-watchers
 	timerRestore                  // st's restore window
+	timerHistory                  // the history's file has changes to write
 )
 
 func newTimer(kind timerKind, c *conn, st *scopeState) timer {
