@@ -264,7 +264,7 @@ func (s *Store) wipe() error {
 		unix.Unlinkat(s.dirfd, scopesDir, unix.AT_REMOVEDIR)
 	}
 	unix.Unlinkat(s.dirfd, marksFile, 0)
-	s.host.Store(0)
+	s.host.Set(0)
 	return nil
 }
 
@@ -394,7 +394,7 @@ func (f *Scope) Store(gen uint32) {
 		return
 	}
 	if f.w != nil {
-		f.w.Store(gen)
+		f.w.Set(gen)
 		return
 	}
 	f.s.tmu.RLock()

@@ -83,6 +83,32 @@ func TestWaitWokenByStore(t *testing.T) {
 	})
 }
 
+// Set stores without waking: a thread asleep on the page sleeps on
+// through it, and the next Store wakes it with that store's generation.
+func TestSetWakesNoOne(t *testing.T) {
+	w, r := pagePair(t)
+	w.Store(3)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ch := waitAsync(r, ctx, 3)
+	time.Sleep(100 * time.Millisecond) // asleep on the page
+	w.Set(5)
+	if w.Load() != 5 || r.Load() != 5 {
+		t.Fatalf("after Set(5): the writer reads %d, a reader %d", w.Load(), r.Load())
+	}
+	select {
+	case got := <-ch:
+		t.Fatalf("Set woke a thread asleep on the page: %+v", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	w.Store(6)
+	if got := <-ch; got.err != nil || got.gen != 6 {
+		t.Fatalf("Wait after the store: %+v, want generation 6", got)
+	}
+	w.Close()
+	w.Set(7) // a closed writer stores nothing, and does not fault
+}
+
 // A generation other than seen is returned at once, with no wait.
 func TestWaitMovedAlready(t *testing.T) {
 	bothWaits(t, func(t *testing.T) {

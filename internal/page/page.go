@@ -113,7 +113,14 @@ func (w *Writer) Load() uint32 {
 // see it at once, and it survives a crash of the daemon. Then it wakes the
 // threads sleeping on the page (Reader.Wait, futex.go). A closed writer
 // stores nothing.
-func (w *Writer) Store(gen uint32) {
+func (w *Writer) Store(gen uint32) { w.store(gen, true) }
+
+// Set stores gen as Store does, and wakes no one: for a page that no
+// other process can map (the daemon's floor, in its private state
+// directory), a wake-up is a system call for nothing.
+func (w *Writer) Set(gen uint32) { w.store(gen, false) }
+
+func (w *Writer) store(gen uint32, wakeUp bool) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.mem == nil {
@@ -121,7 +128,9 @@ func (w *Writer) Store(gen uint32) {
 	}
 	word := (*uint32)(unsafe.Pointer(&w.mem[0]))
 	atomic.StoreUint32(word, gen)
-	wake(word)
+	if wakeUp {
+		wake(word)
+	}
 }
 
 // Close unmaps the page and drops the lock. The file keeps its value.

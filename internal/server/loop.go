@@ -511,9 +511,10 @@ func (l *loop) frames(c *conn, data []byte, priv bool) (done int, paused bool) {
 	return len(data) - len(rest), false
 }
 
-// readableAdmin reads an administrator's connection: plainly, with each
-// sender's credentials, and answers its complete frames. A frame counts as
-// an administrator's only if every byte of it was.
+// readableAdmin reads an administrator's connection, with each sender's
+// credentials, and answers its complete frames; it consumes what it read
+// once answered (read.go). A frame counts as an administrator's only if
+// every byte of it was.
 func (l *loop) readableAdmin(c *conn) {
 	for !c.closed {
 		if c.draining {
@@ -524,7 +525,7 @@ func (l *loop) readableAdmin(c *conn) {
 			l.timers.stop(&c.deadline)
 			return
 		}
-		n, from, err := c.recvAdmin(l.buf, l.oob)
+		n, from, err := c.peekAdmin(l.buf, l.oob)
 		switch {
 		case err == unix.EAGAIN:
 			return
@@ -544,8 +545,16 @@ func (l *loop) readableAdmin(c *conn) {
 			l.closeConn(c)
 			return
 		}
-		if done < 0 || c.closed {
-			continue
+		if c.closed {
+			return
+		}
+		if !c.consume(l.buf, n) {
+			l.srv.log.Warn("socket read: peeked bytes gone", "pid", c.peer.pid)
+			l.closeConn(c)
+			return
+		}
+		if done < 0 {
+			continue // draining reads on plainly
 		}
 		// Frames answered whole: keep the rest, which must complete in time.
 		c.in = append(c.in[:0], c.in[done:]...)

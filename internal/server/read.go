@@ -20,9 +20,10 @@ import (
 // after the next write to the client, which wakes it anyway (conn.go). At
 // most maxHeld bytes are held.
 //
-// The admin socket's connections are read plainly (recvmsg), with the
-// credentials of each sender (peer.go): their requests are few, and each
-// is judged on who sent it.
+// The admin socket's connections are peeked the same way, with the
+// credentials of each sender (peer.go), and each request is judged on who
+// sent it. What was peeked is consumed once answered, and none of it is
+// held: requests that are answered later (wait-watchers) are few there.
 
 // maxHeld bounds what a connection may leave unconsumed in its socket: ten
 // quiet acks.
@@ -63,13 +64,21 @@ func (c *conn) keepPartial(rest []byte) {
 	}
 }
 
-// recvAdmin reads what an administrator's connection sent, with the
+// peekAdmin reads what an administrator's connection sent, with the
 // sender's credentials (the kernel never returns bytes of two senders in
-// one read).
-func (c *conn) recvAdmin(buf, oob []byte) (n int, from sender, err error) {
-	n, oobn, err := rawRecvmsg(c.fd, buf, oob)
+// one read), without consuming it.
+func (c *conn) peekAdmin(buf, oob []byte) (n int, from sender, err error) {
+	n, oobn, err := rawRecvmsg(c.fd, buf, oob, unix.MSG_PEEK)
 	if err != nil || n == 0 {
 		return n, sender{}, err
 	}
 	return n, parseSender(oob[:oobn]), nil
+}
+
+// consume drops the n bytes at the head of c's socket, once answered:
+// those peekAdmin returned. Without a control buffer, fds sent with them
+// are never installed. It returns false if the socket failed.
+func (c *conn) consume(buf []byte, n int) bool {
+	m, err := rawRecv(c.fd, buf[:n], 0)
+	return err == nil && m == n
 }

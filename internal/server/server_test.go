@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -704,27 +706,8 @@ func TestQuietAckNoWakeUp(t *testing.T) {
 		n, _ := unix.Read(fd, buf) // blocks until the next event
 		read <- n
 	}()
-	status := fmt.Sprintf("/proc/self/task/%d/status", <-tid)
-	asleep := func() (sleeps int64) {
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-			b, err := os.ReadFile(status)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if bytes.Contains(b, []byte("\nState:\tS")) {
-				_, v, _ := bytes.Cut(b, []byte("\nvoluntary_ctxt_switches:"))
-				v, _, _ = bytes.Cut(v, []byte("\n"))
-				n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-				if err != nil {
-					t.Fatalf("%s: %v", status, err)
-				}
-				return n
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the reader never blocked in read()")
-			}
-		}
-	}
+	reader := <-tid
+	asleep := func() int64 { return asleepSwitches(t, reader) }
 	before := asleep()
 	// The ack goes out on the reader's socket while it sleeps in read().
 	unix.Write(fd, wire.Append(nil, wire.Header{Op: wire.OpAck, ID: 2}, wire.Ack{Gen: gen, Flags: wire.FlagQuiet}.Encode()))
@@ -744,6 +727,168 @@ func TestQuietAckNoWakeUp(t *testing.T) {
 		q, _ := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
 		return q == 0 // consumed after the event was written
 	})
+}
+
+// asleepSwitches waits until thread tid is asleep in read(), and returns
+// its voluntary context switches: the times it went to sleep.
+func asleepSwitches(t *testing.T, tid int) int64 {
+	t.Helper()
+	task := fmt.Sprintf("/proc/self/task/%d/", tid)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(task + "status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		call, err := os.ReadFile(task + "syscall")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte("\nState:\tS")) && bytes.HasPrefix(call, []byte(strconv.Itoa(unix.SYS_READ)+" ")) {
+			return switches(t, b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reader never blocked in read()")
+		}
+	}
+}
+
+// switches reads voluntary_ctxt_switches from a status file's text b.
+func switches(t *testing.T, b []byte) int64 {
+	t.Helper()
+	_, v, _ := bytes.Cut(b, []byte("\nvoluntary_ctxt_switches:"))
+	v, _, _ = bytes.Cut(v, []byte("\n"))
+	n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+	if err != nil {
+		t.Fatalf("voluntary_ctxt_switches: %v", err)
+	}
+	return n
+}
+
+// TestAdminReplyBeforeConsume: the daemon consumes an admin request only
+// after it wrote the reply, so that a client blocked in read() (as the
+// CRIU plugin is, for its restore's reply) is woken once. Consuming first
+// wakes it for nothing (unix_write_space): on a CPU it shares with the
+// daemon, it runs, finds nothing, and sleeps again. Here the reader is
+// real-time, on the daemon's CPU: the reply's wake-up runs it before the
+// daemon's next system call, and it sees its request not yet consumed:
+// when the reply came first, for one request at least. (The reader may
+// run late now and then, its thread not yet on that CPU, say, and see
+// the request consumed. Consumed first, every request would be.)
+func TestAdminReplyBeforeConsume(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: the reader is a real-time thread")
+	}
+	// The reader's system calls are raw: between its read and its ioctl
+	// the Go runtime never parks its thread (as it may for a free P, or a
+	// collection stopping the world), which would let the daemon run. It
+	// holds its P while it sleeps in read: Ps to spare, and no collection,
+	// which would wait for that P while the daemon waits for the world.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(8))
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	d := start(t, "", server.Config{})
+	defer onOneCPU(t)()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: d.AdminSocketPath()}); err != nil {
+		t.Fatal(err)
+	}
+	type read struct {
+		n          int
+		unconsumed int // SIOCOUTQ
+		err        error
+	}
+	const requests = 10
+	early := 0 // replies that came before their request was consumed
+	for i := range uint32(requests) {
+		req := wire.Append(nil, wire.Header{Op: wire.OpGet, ID: i}, wire.AppendName(nil, ""))
+		tid := make(chan int, 1)
+		done := make(chan read, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
+			if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+				tid <- 0
+				done <- read{err: fmt.Errorf("SCHED_FIFO: %w", err)}
+				return
+			}
+			tid <- unix.Gettid()
+			var r read
+			buf := make([]byte, 256)
+			n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if errno == 0 {
+				var q int32
+				_, _, errno = unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&q)))
+				r.n, r.unconsumed = int(n), int(q)
+			}
+			if errno != 0 {
+				r.err = errno
+			}
+			done <- r
+		}()
+		if reader := <-tid; reader != 0 {
+			asleepSwitches(t, reader)
+		}
+		if _, err := unix.Write(fd, req); err != nil {
+			t.Fatal(err)
+		}
+		r := <-done
+		if r.err != nil || r.n != wire.HeaderSize+4 {
+			t.Fatalf("request %d: a reply of %d bytes, %v", i, r.n, r.err)
+		}
+		if r.unconsumed > 0 { // the send queue's memory, not its bytes
+			early++
+		}
+		waitFor(t, func() bool {
+			q, _ := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+			return q == 0 // consumed after the reply
+		})
+	}
+	if early == 0 {
+		t.Fatalf("each of %d requests was consumed before its reply came", requests)
+	}
+	t.Logf("%d of %d replies came before their request was consumed", early, requests)
+}
+
+// onOneCPU puts every thread of the process on the first CPU it may run
+// on (threads started later inherit it), and returns what puts them back.
+func onOneCPU(t *testing.T) (undo func()) {
+	t.Helper()
+	var all, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		t.Fatal(err)
+	}
+	for cpu := range 1024 {
+		if all.IsSet(cpu) {
+			one.Set(cpu)
+			break
+		}
+	}
+	// Until every thread has it: a thread that starts a new one while
+	// the others are set passes on the mask it had.
+	set := func(mask *unix.CPUSet) {
+		for changed := true; changed; {
+			changed = false
+			tasks, err := os.ReadDir("/proc/self/task")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, task := range tasks {
+				tid, err := strconv.Atoi(task.Name())
+				var has unix.CPUSet
+				if err != nil || unix.SchedGetaffinity(tid, &has) != nil || has == *mask {
+					continue // a thread gone meanwhile is no matter
+				}
+				if unix.SchedSetaffinity(tid, mask) == nil {
+					changed = true
+				}
+			}
+		}
+	}
+	set(&one)
+	return func() { set(&all) }
 }
 
 func waitFor(t *testing.T, ok func() bool) {

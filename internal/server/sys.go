@@ -128,8 +128,8 @@ func statx(dirfd int, path string, flags int) (fileID, error) {
 }
 
 // rawRecvmsg reads without blocking, with control messages (the admin
-// socket's senders' credentials).
-func rawRecvmsg(fd int, b, oob []byte) (n, oobn int, err error) {
+// socket's senders' credentials), and flags (MSG_PEEK).
+func rawRecvmsg(fd int, b, oob []byte, flags int) (n, oobn int, err error) {
 	var iov unix.Iovec
 	iov.Base = &b[0]
 	iov.SetLen(len(b))
@@ -140,7 +140,7 @@ func rawRecvmsg(fd int, b, oob []byte) (n, oobn int, err error) {
 	msg.SetControllen(len(oob))
 	for {
 		r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)),
-			unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			uintptr(flags|unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC))
 		if errno == unix.EINTR {
 			continue
 		}
