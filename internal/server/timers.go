@@ -7,9 +7,9 @@ import (
 
 // timer is something the loop must do at a time: end a connection whose
 // frame (or drain) is overdue, time a wait-watchers out, end a restore that
-// never finished, write the history's file. Timers live in the structs they belong to, and the loop
-// keeps the scheduled ones in a heap: few at any time, and none while the
-// daemon is idle.
+// never finished, write the history's file. Timers live in the structs they
+// belong to, and the loop keeps the scheduled ones in a heap: few at any
+// time, and none while the daemon is idle.
 type timer struct {
 	at   time.Duration // on the loop's clock
 	idx  int           // in the heap; -1 when not scheduled
