@@ -1,6 +1,7 @@
 package page
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -91,7 +92,7 @@ func TestSetWakesNoOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ch := waitAsync(r, ctx, 3)
-	time.Sleep(100 * time.Millisecond) // asleep on the page
+	asleepOnPage(t)
 	w.Set(5)
 	if w.Load() != 5 || r.Load() != 5 {
 		t.Fatalf("after Set(5): the writer reads %d, a reader %d", w.Load(), r.Load())
@@ -107,6 +108,25 @@ func TestSetWakesNoOne(t *testing.T) {
 	}
 	w.Close()
 	w.Set(7) // a closed writer stores nothing, and does not fault
+}
+
+// asleepOnPage waits until a thread of the process sleeps in futex_waitv,
+// as Wait does (this test's kernels have it).
+func asleepOnPage(t *testing.T) {
+	t.Helper()
+	prefix := []byte(strconv.Itoa(unix.SYS_FUTEX_WAITV) + " ")
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			if b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/syscall"); err == nil && bytes.HasPrefix(b, prefix) {
+				return
+			}
+		}
+	}
+	t.Fatal("no thread asleep on the page after 10 s")
 }
 
 // A generation other than seen is returned at once, with no wait.
