@@ -60,8 +60,8 @@ type scopeObs struct {
 }
 
 // observeInit reads the history a previous daemon left and keeps its
-// file. Neither can fail the daemon: without them, the
-// history starts empty or is kept in memory only, and the log says why.
+// file. Neither can fail the daemon: without them, the history starts
+// empty or is kept in memory only, and the log says why.
 func (s *Server) observeInit() {
 	s.obs = observer{ring: history.New(history.DefaultSize), metrics: newMetrics(s)}
 	fd, err := unix.Openat(s.statefd, historyFile, unix.O_RDWR|unix.O_CREAT|unix.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)

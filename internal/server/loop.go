@@ -548,7 +548,7 @@ func (l *loop) readableAdmin(c *conn) {
 		if c.closed {
 			return
 		}
-		if !c.consume(l.buf, n) {
+		if !c.settle(l.buf, n, false, c.writes) { // consumed: an admin connection holds none
 			l.srv.log.Warn("socket read: peeked bytes gone", "pid", c.peer.pid)
 			l.closeConn(c)
 			return

@@ -66,19 +66,12 @@ func (c *conn) keepPartial(rest []byte) {
 
 // peekAdmin reads what an administrator's connection sent, with the
 // sender's credentials (the kernel never returns bytes of two senders in
-// one read), without consuming it.
+// one read), without consuming it: settle does, once it is answered.
+// Without a control buffer there, fds sent with it are never installed.
 func (c *conn) peekAdmin(buf, oob []byte) (n int, from sender, err error) {
 	n, oobn, err := rawRecvmsg(c.fd, buf, oob, unix.MSG_PEEK)
 	if err != nil || n == 0 {
 		return n, sender{}, err
 	}
 	return n, parseSender(oob[:oobn]), nil
-}
-
-// consume drops the n bytes at the head of c's socket, once answered:
-// those peekAdmin returned. Without a control buffer, fds sent with them
-// are never installed. It returns false if the socket failed.
-func (c *conn) consume(buf []byte, n int) bool {
-	m, err := rawRecv(c.fd, buf[:n], 0)
-	return err == nil && m == n
 }
