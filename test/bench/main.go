@@ -384,8 +384,8 @@ func (b *bench) idle(rep *Report) error {
 func (b *bench) restore(rep *Report) error {
 	// Many rounds: a restore takes tens of ms, the plugin about 1 ms of
 	// it, and single restores on this machine vary by more than that; 400
-	// rounds narrow the ratio's interval to about ±1%.
-	r, err := restoreOuter(b, b.runs(400))
+	// rounds left the ratio's interval 3% wide, 2 000 about half that.
+	r, err := restoreOuter(b, b.runs(2000))
 	if err != nil {
 		return err
 	}
