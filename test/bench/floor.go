@@ -102,6 +102,9 @@ func passPairs(ctl, n int) ([]int, error) {
 			ours, batch = append(ours, p[0]), append(batch, p[1])
 		}
 		err := unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
+		for err == unix.EINTR {
+			err = unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
+		}
 		closeAll(batch)
 		if err != nil {
 			closeAll(ours)
@@ -118,6 +121,11 @@ func recvFds(fd, n int) ([]int, error) {
 	var b [1]byte
 	for len(fds) < n {
 		_, oobn, _, _, err := unix.Recvmsg(fd, b[:], oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			// A socket with a receive timeout (bound) is not restarted
+			// after a signal, and the runtime's preemption sends some.
+			continue
+		}
 		if err == nil && oobn == 0 {
 			err = fmt.Errorf("no descriptors after %d of %d", len(fds), n)
 		}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"runtime"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,5 +68,50 @@ func TestRecvFdsShort(t *testing.T) {
 	if fds, err := recvFds(ctl[1], 4); err == nil {
 		closeAll(fds)
 		t.Fatal("4 descriptors from a sender of 3: no error")
+	}
+}
+
+// TestRecvFdsSignalled: a receive bounded by a timeout (as the bench's
+// control socket is) returns EINTR when a signal comes, where a plain
+// one restarts; recvFds receives on through them.
+func TestRecvFdsSignalled(t *testing.T) {
+	ctl, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(ctl[:])
+	if err := bound(ctl[1], time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		fds []int
+		err error
+	}
+	got, tid := make(chan result, 1), make(chan int, 1)
+	go func() {
+		runtime.LockOSThread() // the thread the signals go to; it dies with the goroutine
+		tid <- unix.Gettid()
+		fds, err := recvFds(ctl[1], 1)
+		got <- result{fds, err}
+	}()
+	victim := <-tid
+	for range 20 { // SIGURG: the runtime's own, which it ignores
+		time.Sleep(5 * time.Millisecond)
+		if err := unix.Tgkill(unix.Getpid(), victim, unix.SIGURG); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ours, err := passPairs(ctl[0], 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(ours)
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("recvFds after signals: %v", r.err)
+	}
+	defer closeAll(r.fds)
+	if len(r.fds) != 1 {
+		t.Fatalf("received %d descriptors, want 1", len(r.fds))
 	}
 }
