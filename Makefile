@@ -298,7 +298,7 @@ mutants:
 torture-short: build
 	GENIDCTL=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./test/torture/
 
-# Benchmarks, not part of `make test` (as root, about 30 minutes on 2 cores):
+# Benchmarks, not part of `make test` (as root, about 35 minutes on 2 cores):
 # genid against its physical limits and its peers, each ratio measured in
 # one run. Prints a markdown table; the same data goes to
 # test/bench/results.json. BENCHFLAGS: e.g. -quick, -only fanout,barrier.
