@@ -102,9 +102,6 @@ func passPairs(ctl, n int) ([]int, error) {
 			ours, batch = append(ours, p[0]), append(batch, p[1])
 		}
 		err := unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
-		for err == unix.EINTR {
-			err = unix.Sendmsg(ctl, []byte{0}, unix.UnixRights(batch...), nil, 0)
-		}
 		closeAll(batch)
 		if err != nil {
 			closeAll(ours)

@@ -383,8 +383,9 @@ func (b *bench) idle(rep *Report) error {
 
 func (b *bench) restore(rep *Report) error {
 	// Many rounds: a restore takes tens of ms, the plugin about 1 ms of
-	// it, and single restores on this machine vary by more than that; 400
-	// rounds left the ratio's interval 3% wide, 2 000 about half that.
+	// it, and single restores on this machine vary by more than that. The
+	// ratio's interval narrows with the square root of the rounds (its
+	// widths at 400 and 2 000 are in the lab notes).
 	r, err := restoreOuter(b, b.runs(2000))
 	if err != nil {
 		return err
