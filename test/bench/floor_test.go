@@ -8,6 +8,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// fdsResult is what a goroutine of a test passed or received.
+type fdsResult struct {
+	fds []int
+	err error
+}
+
 // TestPassPairs checks the AF_UNIX floor's set-up: every pair's far end
 // arrives, in order, across several SCM_RIGHTS batches.
 func TestPassPairs(t *testing.T) {
@@ -17,14 +23,10 @@ func TestPassPairs(t *testing.T) {
 	}
 	defer closeAll(ctl[:])
 	const n = 2*fdBatch + 17
-	type result struct {
-		fds []int
-		err error
-	}
-	sent := make(chan result, 1)
+	sent := make(chan fdsResult, 1)
 	go func() {
 		fds, err := passPairs(ctl[0], n)
-		sent <- result{fds, err}
+		sent <- fdsResult{fds, err}
 	}()
 	theirs, err := recvFds(ctl[1], n)
 	if err != nil {
@@ -83,16 +85,12 @@ func TestRecvFdsSignalled(t *testing.T) {
 	if err := bound(ctl[1], time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	type result struct {
-		fds []int
-		err error
-	}
-	got, tid := make(chan result, 1), make(chan int, 1)
+	got, tid := make(chan fdsResult, 1), make(chan int, 1)
 	go func() {
 		runtime.LockOSThread() // the thread the signals go to; it dies with the goroutine
 		tid <- unix.Gettid()
 		fds, err := recvFds(ctl[1], 1)
-		got <- result{fds, err}
+		got <- fdsResult{fds, err}
 	}()
 	victim := <-tid
 	for range 20 { // SIGURG: the runtime's own, which it ignores
